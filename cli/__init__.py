@@ -1,0 +1,1 @@
+"""The meshd command line (installed as meshd.cli)."""

@@ -1,0 +1,104 @@
+"""What every command shares: finding the daemon, printing data, turning errors into one line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from meshd.config import DEFAULT_LISTEN, load_settings
+from meshd.errors import ConfigError, MeshdError
+from meshd.node import running_daemon_address
+
+console = Console()
+err_console = Console(stderr=True)
+
+AddrOption = typer.Option(
+    None,
+    "--addr",
+    "-a",
+    envvar="MESHD_ADDR",
+    help="Daemon address host:port [default: the running daemon of --home, else its listen].",
+)
+HomeOption = typer.Option(
+    None,
+    "--home",
+    envvar="MESHD_HOME",
+    help="meshd home folder (config, state).",
+    show_default="per-user data folder",
+)
+JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def resolve_address(addr: str | None, home: Path | None) -> str:
+    """--addr if given, else the daemon running from home, else the configured listen address."""
+    if addr:
+        return addr
+    try:
+        settings = load_settings(home)
+    except ConfigError:
+        return DEFAULT_LISTEN
+    running = running_daemon_address(settings.home)
+    if running:
+        return running
+    host, _, port = settings.listen.rpartition(":")
+    return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
+
+
+@contextlib.contextmanager
+def errors_as_exit() -> Iterator[None]:
+    """Print a MeshdError as one line on stderr and exit 1."""
+    try:
+        yield
+    except MeshdError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in asdict(value).items()}
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Dataclasses, enums and lists as JSON on stdout."""
+    sys.stdout.write(json.dumps(_plain(value), indent=2) + "\n")
+
+
+def human_bytes(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def human_until(unix: float) -> str:
+    """Time left until a Unix time: '4m 10s', or '-' when unset."""
+    if unix <= 0:
+        return "-"
+    left = max(unix - time.time(), 0)
+    if left >= 3600:
+        return f"{left / 3600:.1f}h"
+    return f"{int(left // 60)}m {int(left % 60):02d}s" if left >= 60 else f"{left:.0f}s"

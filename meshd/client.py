@@ -1,0 +1,271 @@
+"""The app-facing client: MeshClient (blocking) and AsyncMeshClient (asyncio), same methods.
+
+    from meshd.client import MeshClient
+    with MeshClient("127.0.0.1:7070") as mesh:
+        mesh.warm("tiny")                       # on page load: returns at once
+        for chunk in mesh.generate("tiny", "Once upon a time", max_tokens=64):
+            print(chunk.text, end="")
+
+Every call has a deadline; failures raise typed meshd.errors.MeshdError subclasses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2
+
+from meshd.rpc import channels, convert
+from meshd.rpc.status import error_from_rpc
+from meshd.types import (
+    ChatMessage,
+    Chunk,
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    PeerStatus,
+    Sampling,
+    WarmResult,
+)
+from meshd.v1 import mesh_pb2 as pb
+
+DEFAULT_ADDRESS = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_S = 30.0  # unary calls
+GENERATE_TIMEOUT_S = 600.0  # a whole streamed completion, cold load included
+DEFAULT_LEASE_S = 300.0
+
+Messages = Iterable[ChatMessage | Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole completion, as returned by complete()."""
+
+    text: str
+    tokens: int
+    prompt_tokens: int
+    finish_reason: FinishReason | None
+    served_by: str
+
+
+def build_request(
+    model: str, prompt: str | None, messages: Messages | None, max_tokens: int, sampling: Sampling
+) -> pb.GenerateRequest:
+    """The wire request for generate(); exactly one of prompt and messages."""
+    chat = tuple(
+        m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"])
+        for m in (messages or ())
+    )
+    request = GenerateRequest(
+        model=model,
+        prompt=None if chat else (prompt or ""),
+        messages=chat,
+        max_tokens=max_tokens,
+        sampling=sampling,
+    )
+    return convert.request_to_pb(request)
+
+
+def sampling_of(
+    temperature: float, top_p: float, top_k: int, seed: int | None, stop: Iterable[str]
+) -> Sampling:
+    """Sampling from keyword arguments."""
+    return Sampling(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop))
+
+
+def _join(chunks: Iterable[Chunk]) -> Completion:
+    parts, last = [], Chunk("", 0)
+    for chunk in chunks:
+        parts.append(chunk.text)
+        last = chunk
+    return Completion(
+        "".join(parts), last.tokens, last.prompt_tokens, last.finish_reason, last.served_by
+    )
+
+
+class MeshClient:
+    """A blocking client for one meshd peer."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        generate_timeout: float = GENERATE_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.timeout, self.generate_timeout = timeout, generate_timeout
+        self._channel = channels.open_channel(address)
+        self._mesh = channels.mesh_stub(self._channel)
+        self._health = channels.health_stub(self._channel)
+
+    def __enter__(self) -> MeshClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def generate(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> Iterator[Chunk]:
+        """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
+        sampling = sampling_of(temperature, top_p, top_k, seed, stop)
+        request = build_request(model, prompt, messages, max_tokens, sampling)
+        call: Any = self._mesh.Generate(request, timeout=timeout or self.generate_timeout)
+        try:
+            for message in call:
+                yield convert.chunk_from_pb(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    def complete(self, model: str, prompt: str | None = None, **kwargs: Any) -> Completion:
+        """The whole completion at once; takes the same arguments as generate()."""
+        return _join(self.generate(model, prompt, **kwargs))
+
+    def warm(
+        self,
+        model: str,
+        *,
+        lease: float = DEFAULT_LEASE_S,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> WarmResult:
+        """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
+        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait)
+        limit = timeout or (self.generate_timeout if wait else self.timeout)
+        return convert.warm_from_pb(self._unary(self._mesh.Warm, request, limit))
+
+    def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the peer has, warm or cold."""
+        reply = self._unary(self._mesh.ListModels, pb.ListModelsRequest(), timeout)
+        return [convert.model_from_pb(m) for m in reply.models]
+
+    def status(self, *, timeout: float | None = None) -> PeerStatus:
+        """The peer's load and memory."""
+        reply = self._unary(self._mesh.PeerStatus, pb.PeerStatusRequest(), timeout)
+        return convert.status_from_pb(reply)
+
+    def health(self, *, timeout: float | None = None) -> bool:
+        """True when the peer reports SERVING."""
+        request = health_pb2.HealthCheckRequest(service="")
+        reply = self._unary(self._health.Check, request, timeout)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+
+
+class AsyncMeshClient:
+    """The asyncio twin of MeshClient; create and use it inside a running loop."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        generate_timeout: float = GENERATE_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.timeout, self.generate_timeout = timeout, generate_timeout
+        self._channel: aio.Channel = channels.open_aio_channel(address)
+        self._mesh = channels.mesh_stub(self._channel)
+        self._health = channels.health_stub(self._channel)
+
+    async def __aenter__(self) -> AsyncMeshClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._channel.close(None)
+
+    async def generate(
+        self,
+        model: str,
+        prompt: str | None = None,
+        *,
+        messages: Messages | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        top_k: int = 40,
+        seed: int | None = None,
+        stop: Iterable[str] = (),
+        timeout: float | None = None,
+    ) -> AsyncIterator[Chunk]:
+        """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
+        sampling = sampling_of(temperature, top_p, top_k, seed, stop)
+        request = build_request(model, prompt, messages, max_tokens, sampling)
+        call: Any = self._mesh.Generate(request, timeout=timeout or self.generate_timeout)
+        try:
+            async for message in call:
+                yield convert.chunk_from_pb(message)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None
+        finally:
+            call.cancel()
+
+    async def complete(self, model: str, prompt: str | None = None, **kwargs: Any) -> Completion:
+        """The whole completion at once; takes the same arguments as generate()."""
+        return _join([chunk async for chunk in self.generate(model, prompt, **kwargs)])
+
+    async def warm(
+        self,
+        model: str,
+        *,
+        lease: float = DEFAULT_LEASE_S,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> WarmResult:
+        """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
+        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait)
+        limit = timeout or (self.generate_timeout if wait else self.timeout)
+        return convert.warm_from_pb(await self._unary(self._mesh.Warm, request, limit))
+
+    async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
+        """Every model the peer has, warm or cold."""
+        reply = await self._unary(self._mesh.ListModels, pb.ListModelsRequest(), timeout)
+        return [convert.model_from_pb(m) for m in reply.models]
+
+    async def status(self, *, timeout: float | None = None) -> PeerStatus:
+        """The peer's load and memory."""
+        reply = await self._unary(self._mesh.PeerStatus, pb.PeerStatusRequest(), timeout)
+        return convert.status_from_pb(reply)
+
+    async def health(self, *, timeout: float | None = None) -> bool:
+        """True when the peer reports SERVING."""
+        request = health_pb2.HealthCheckRequest(service="")
+        reply = await self._unary(self._health.Check, request, timeout)
+        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, self.address) from None

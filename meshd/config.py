@@ -1,0 +1,233 @@
+"""Frozen settings for one daemon: TOML file in the meshd home, then MESHD_* env, then flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ConfigError
+
+CONFIG_FILE = "meshd.toml"
+DEFAULT_LISTEN = "127.0.0.1:7070"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.I)
+_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_UNITS_B = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model this peer serves: its name and its GGUF file."""
+
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one daemon needs to know; built once by load_settings()."""
+
+    home: Path
+    listen: str = DEFAULT_LISTEN
+    models: tuple[ModelSpec, ...] = ()
+    pins: frozenset[str] = frozenset()
+    slots: int = 1
+    context: int = 2048
+    threads: int = 0  # 0: one per physical core
+    batch: int = 512
+    keep_alive: float = 1800.0
+    memory_budget: int = 0  # 0: leave 25% of RAM free
+    max_queue: int = 8
+    max_tokens_cap: int = 4096
+    max_prompt_bytes: int = 256 * 1024
+    max_message_bytes: int = 1024 * 1024
+    drain_seconds: float = 10.0
+    use_mmap: bool = True
+
+    def model_paths(self) -> dict[str, Path]:
+        """Models by name."""
+        return {spec.name: spec.path for spec in self.models}
+
+
+def default_home() -> Path:
+    """The per-user data folder: ~/Library/Application Support/meshd or $XDG_DATA_HOME/meshd."""
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "meshd"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "meshd"
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from 90, "90s", "500ms", "5m", "1.5h" or "2d"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(f"not a duration: {value!r} (try 90s, 5m or 1h)")
+        seconds = float(match.group(1)) * _UNITS_S[match.group(2) or "s"]
+    if seconds < 0:
+        raise ConfigError(f"a duration cannot be negative: {value!r}")
+    return seconds
+
+
+def parse_size(value: str | int) -> int:
+    """Bytes from 1048576, "512MiB", "8G" or "1.5GB" (powers of two)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(f"not a size: {value!r} (try 512MiB or 8GiB)")
+        unit = (match.group(2) or "").lower()[:1]
+        size = int(float(match.group(1)) * _UNITS_B[unit])
+    if size < 0:
+        raise ConfigError(f"a size cannot be negative: {value!r}")
+    return size
+
+
+def parse_listen(value: str) -> str:
+    """A host:port the daemon binds; port 0 picks a free one."""
+    host, sep, port = str(value).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"not a host:port address: {value!r}")
+    return str(value)
+
+
+def parse_model(value: str, base: Path | None = None) -> ModelSpec:
+    """A ModelSpec from "name=path"; a relative path is taken from base (default: cwd)."""
+    name, sep, path = str(value).partition("=")
+    if not sep or not path:
+        raise ConfigError(f"a model is NAME=PATH, got {value!r}")
+    return model_spec(name.strip(), path.strip(), base)
+
+
+def model_spec(name: str, path: str, base: Path | None = None) -> ModelSpec:
+    """A validated ModelSpec."""
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"bad model name {name!r}: letters, digits, '.', '_' or '-', 64 at most")
+    resolved = Path(path).expanduser()
+    if not resolved.is_absolute():
+        resolved = (base or Path.cwd()) / resolved
+    return ModelSpec(name, resolved.resolve())
+
+
+def _positive_int(value: Any) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a whole number: {value!r}") from None
+    if number < 0 or isinstance(value, bool):
+        raise ConfigError(f"must be a whole number ≥ 0: {value!r}")
+    return number
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"not a yes/no value: {value!r}")
+
+
+def _pins(value: Any) -> frozenset[str]:
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return frozenset(str(item).strip() for item in items if str(item).strip())
+
+
+def _models(value: Any, base: Path | None) -> tuple[ModelSpec, ...]:
+    if isinstance(value, Mapping):
+        return tuple(model_spec(str(k), str(v), base) for k, v in value.items())
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return tuple(parse_model(str(item), base) for item in items if str(item).strip())
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "listen": parse_listen,
+    "pins": _pins,
+    "slots": _positive_int,
+    "context": _positive_int,
+    "threads": _positive_int,
+    "batch": _positive_int,
+    "keep_alive": parse_duration,
+    "memory_budget": parse_size,
+    "max_queue": _positive_int,
+    "max_tokens_cap": _positive_int,
+    "max_prompt_bytes": parse_size,
+    "max_message_bytes": parse_size,
+    "drain_seconds": parse_duration,
+    "use_mmap": _boolean,
+}
+
+
+def _apply(
+    settings: Settings, source: Mapping[str, Any], origin: str, base: Path | None
+) -> Settings:
+    """Overlay one source of raw values; models from several sources merge by name."""
+    changes: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)} - {"home"}
+    for key, raw in source.items():
+        if raw is None:
+            continue
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown setting {key!r}")
+        try:
+            if key == "models":
+                merged = settings.model_paths() | {m.name: m.path for m in _models(raw, base)}
+                changes[key] = tuple(ModelSpec(n, p) for n, p in merged.items())
+            else:
+                changes[key] = _PARSERS[key](raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{origin}: {key}: {exc}") from None
+    return replace(settings, **changes)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _from_env(environ: Mapping[str, str]) -> dict[str, str]:
+    prefix = "MESHD_"
+    names = {f.name for f in fields(Settings)} - {"home"}
+    return {
+        key[len(prefix) :].lower(): value
+        for key, value in environ.items()
+        if key.startswith(prefix) and key[len(prefix) :].lower() in names
+    }
+
+
+def load_settings(
+    home: Path | None = None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the home's meshd.toml, then MESHD_* variables, then flags (None = unset)."""
+    env = os.environ if environ is None else environ
+    root = Path(home or env.get("MESHD_HOME") or default_home()).expanduser().resolve()
+    settings = Settings(home=root)
+    config_path = root / CONFIG_FILE
+    settings = _apply(settings, _read_toml(config_path), str(config_path), root)
+    settings = _apply(settings, _from_env(env), "environment", None)
+    settings = _apply(settings, flags or {}, "flags", None)
+    unknown_pins = settings.pins - set(settings.model_paths())
+    if unknown_pins:
+        raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown_pins))}")
+    if settings.slots < 1 or settings.context < 16:
+        raise ConfigError("slots must be ≥ 1 and context ≥ 16")
+    return settings

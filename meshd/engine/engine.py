@@ -1,0 +1,203 @@
+"""The model host of one peer: which models are resident, warming, evicting, and serving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Coroutine
+from typing import Any
+
+import psutil
+
+from meshd.config import Settings
+from meshd.engine.eviction import expired, plan_eviction
+from meshd.engine.generation import Job
+from meshd.engine.model import ModelHost, SlotOptions
+from meshd.engine.validate import Limits, validate_request
+from meshd.errors import InsufficientMemory, InvalidModelFile, ModelNotFound, ModelUnavailable
+from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState, WarmResult
+
+REAP_INTERVAL_S = 1.0
+# Until a model has loaded once, its load time is guessed from its size at this rate.
+ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
+
+
+def default_memory_budget() -> int:
+    """Leave a quarter of this machine's RAM to everything else."""
+    return psutil.virtual_memory().total * 3 // 4
+
+
+def default_threads() -> int:
+    """One llama.cpp thread per physical core."""
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+class Engine:
+    """Loads, warms, serves and evicts the models in Settings; all methods run on one loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.keep_alive = settings.keep_alive
+        self.memory_budget = settings.memory_budget or default_memory_budget()
+        self.limits = Limits(settings.max_tokens_cap, settings.max_prompt_bytes)
+        options = SlotOptions(
+            count=settings.slots,
+            context=settings.context,
+            threads=settings.threads or default_threads(),
+            batch=settings.batch,
+            use_mmap=settings.use_mmap,
+        )
+        self.hosts = {
+            spec.name: ModelHost(
+                spec.name,
+                spec.path,
+                options,
+                pinned=spec.name in settings.pins,
+                max_queue=settings.max_queue,
+            )
+            for spec in settings.models
+        }
+        self._load_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Validate every model file, start the keep-alive reaper, warm the pinned models."""
+        if self._reaper is not None:
+            return
+        for host in self.hosts.values():
+            with contextlib.suppress(InvalidModelFile):
+                await asyncio.to_thread(host.inspect)
+        self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
+        for host in self.hosts.values():
+            if host.pinned and host.state is ModelState.COLD:
+                self._spawn(self._warm_quietly(host))
+
+    async def close(self) -> None:
+        """Stop background work and free every model. Idempotent."""
+        tasks = [*self._tasks, *([self._reaper] if self._reaper else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._reaper = None
+        async with self._load_lock:
+            await asyncio.gather(*(h.unload() for h in self.hosts.values() if h.slots))
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def host(self, name: str) -> ModelHost:
+        """The model by name, or ModelNotFound listing what this peer has."""
+        host = self.hosts.get(name)
+        if host is None:
+            have = ", ".join(sorted(self.hosts)) or "none"
+            raise ModelNotFound(f"no model named {name!r} here (this peer has: {have})")
+        return host
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """Validate, admit, warm if needed, and stream the completion."""
+        validate_request(request, self.limits)
+        host = self.host(request.model)
+        with host.admit():
+            await self.ensure_warm(host)
+            async with contextlib.aclosing(host.stream(Job(request))) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def warm(self, name: str, lease: float = 0.0, wait: bool = False) -> WarmResult:
+        """Start warming the model (or wait for it) and hold it warm for at least the lease."""
+        host = self.host(name)
+        if host.state is ModelState.FAILED and host.facts is None:
+            raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
+        now = time.time()
+        host.lease_until = max(host.lease_until, now + lease)
+        host.last_used = max(host.last_used, now)
+        if host.state is not ModelState.WARM:
+            if wait:
+                await self.ensure_warm(host)
+            else:
+                self._spawn(self._warm_quietly(host))
+        return WarmResult(name, host.state, self._ready_in(host), host.warm_until(self.keep_alive))
+
+    async def ensure_warm(self, host: ModelHost) -> None:
+        """Return once the model is WARM; concurrent callers share one load."""
+        while host.state is not ModelState.WARM:
+            if host.loading is None or host.loading.done():
+                host.loading = asyncio.create_task(self._load(host), name=f"load-{host.name}")
+            await asyncio.shield(host.loading)
+
+    async def _load(self, host: ModelHost) -> None:
+        async with self._load_lock:
+            if host.state is ModelState.WARM:
+                return
+            try:
+                await asyncio.to_thread(host.inspect)
+            except InvalidModelFile as exc:
+                raise ModelUnavailable(f"model {host.name!r} is unusable: {exc}") from None
+            need = host.projected_memory()
+            others = [h for h in self.hosts.values() if h is not host and h.slots]
+            victims = plan_eviction(
+                [h.resident(self.keep_alive) for h in others], need, self.memory_budget
+            )
+            if victims is None:
+                raise InsufficientMemory(self._refusal(host, need, others))
+            for name in victims:
+                await self.hosts[name].unload()
+            await host.load()
+
+    def _refusal(self, host: ModelHost, need: int, others: list[ModelHost]) -> str:
+        held = sum(h.projected_memory() for h in others if h.pinned or h.busy)
+        mib = 2**20
+        return (
+            f"model {host.name!r} needs ~{need // mib} MiB but the memory budget is "
+            f"{self.memory_budget // mib} MiB ({held // mib} MiB held by busy or pinned models); "
+            "raise memory_budget or unpin a model"
+        )
+
+    async def _warm_quietly(self, host: ModelHost) -> None:
+        """Background warm: a failure is recorded on the model, not raised into the void."""
+        with contextlib.suppress(Exception):
+            await self.ensure_warm(host)
+
+    def _ready_in(self, host: ModelHost) -> float:
+        if host.state is ModelState.WARM:
+            return 0.0
+        if host.load_seconds is not None:
+            return host.load_seconds
+        return host.projected_memory() / ASSUMED_LOAD_BYTES_PER_S
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- keep-alive ------------------------------------------------------------------------
+
+    async def reap(self) -> list[str]:
+        """Unload idle models whose keep-alive and lease ran out; returns their names."""
+        async with self._load_lock:
+            loaded = [h.resident(self.keep_alive) for h in self.hosts.values() if h.slots]
+            names = expired(loaded, time.time())
+            for name in names:
+                await self.hosts[name].unload()
+            return names
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(REAP_INTERVAL_S, max(self.keep_alive / 4, 0.05)))
+            await self.reap()
+
+    # -- reporting -------------------------------------------------------------------------
+
+    def models(self) -> list[ModelInfo]:
+        """Every configured model, warm or cold."""
+        return [h.info(self.keep_alive) for h in self.hosts.values()]
+
+    def loads(self) -> list[ModelLoad]:
+        """Live load per model."""
+        return [h.load_snapshot() for h in self.hosts.values()]
+
+    def memory_in_models(self) -> int:
+        """Bytes held by resident models."""
+        return sum(h.projected_memory() for h in self.hosts.values() if h.slots)

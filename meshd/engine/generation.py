@@ -1,0 +1,156 @@
+"""The token loop that runs on a slot's worker thread: prompt → tokens → text pieces."""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from meshd.errors import Cancelled, InvalidRequest
+from meshd.types import Chunk, FinishReason, GenerateRequest
+
+Emit = Callable[[Chunk], None]
+
+
+class StopMatcher:
+    """Holds back text that could be the start of a stop sequence; cuts at the first match."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = stops
+        self.pending = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Text safe to send now, and whether a stop sequence was met."""
+        if not self.stops:
+            return text, False
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            out, self.pending = self.pending[:cut], ""
+            return out, True
+        hold = max((_overlap(self.pending, s) for s in self.stops), default=0)
+        out = self.pending[: len(self.pending) - hold]
+        self.pending = self.pending[len(self.pending) - hold :]
+        return out, False
+
+    def flush(self) -> str:
+        """Whatever was held back, at the end of the text."""
+        out, self.pending = self.pending, ""
+        return out
+
+
+def _overlap(text: str, stop: str) -> int:
+    """Length of the longest suffix of text that is a proper prefix of stop."""
+    for n in range(min(len(text), len(stop) - 1), 0, -1):
+        if text.endswith(stop[:n]):
+            return n
+    return 0
+
+
+@dataclass
+class Job:
+    """One request on one slot; `cancel` is checked before every token."""
+
+    request: GenerateRequest
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+class Vocabulary:
+    """Token pieces and end-of-generation checks for one loaded model, cached."""
+
+    def __init__(self, llm: Any) -> None:
+        self.llm = llm
+        self.vocab = llm._model.vocab
+        self.pieces: dict[int, bytes] = {}
+        self.buffer = ctypes.create_string_buffer(256)
+
+    def piece(self, token: int) -> bytes:
+        cached = self.pieces.get(token)
+        if cached is None:
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, self.buffer, 256, 0, False)
+            cached = self.buffer.raw[: max(n, 0)]
+            self.pieces[token] = cached
+        return cached
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+
+def prompt_tokens(llm: Any, request: GenerateRequest) -> list[int]:
+    """Tokens of the prompt, or of the chat rendered through the model's own template."""
+    if not request.messages:
+        assert request.prompt is not None
+        tokens: list[int] = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True)
+        return tokens
+    template = llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise InvalidRequest(
+            "this model has no chat template; send a prompt instead", field="messages"
+        )
+    formatter = Jinja2ChatFormatter(
+        template=template,
+        eos_token=_token_text(llm, llm.token_eos()),
+        bos_token=_token_text(llm, llm.token_bos()),
+    )
+    try:
+        chat: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+        rendered = formatter(messages=chat)
+    except Exception as exc:  # a template may raise anything through raise_exception
+        raise InvalidRequest(
+            f"chat template refused the messages: {exc}", field="messages"
+        ) from None
+    result: list[int] = llm.tokenize(
+        rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
+    )
+    return result
+
+
+def _token_text(llm: Any, token: int) -> str:
+    return "" if token < 0 else llm._model.token_get_text(token)
+
+
+def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
+    """Generate for job on llm, calling emit per piece of text; the last chunk says why it ended."""
+    request, sampling = job.request, job.request.sampling
+    tokens = prompt_tokens(llm, request)
+    n_ctx = llm.n_ctx()
+    if len(tokens) >= n_ctx:
+        raise InvalidRequest(
+            f"prompt is {len(tokens)} tokens; the context holds {n_ctx}", field="prompt"
+        )
+    budget = min(request.max_tokens, n_ctx - len(tokens))
+    llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    stops = StopMatcher(sampling.stop)
+    count, finish = 0, FinishReason.LENGTH
+    for token in llm.generate(
+        tokens,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        min_p=0.0,
+        temp=sampling.temperature,
+        repeat_penalty=1.0,
+    ):
+        if job.cancel.is_set():
+            raise Cancelled("generation cancelled")
+        if vocab.is_end(token):
+            finish = FinishReason.EOS
+            break
+        count += 1
+        text, stopped = stops.feed(decoder.decode(vocab.piece(token)))
+        if stopped:
+            emit(Chunk(text, count, FinishReason.STOP, prompt_tokens=len(tokens)))
+            return
+        if text:
+            emit(Chunk(text, count))
+        if count >= budget:
+            break
+    tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
+    emit(Chunk(tail, count, finish, prompt_tokens=len(tokens)))

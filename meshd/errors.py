@@ -1,0 +1,66 @@
+"""The errors meshd raises: one root, one subclass per thing a caller can act on."""
+
+from __future__ import annotations
+
+
+class MeshdError(Exception):
+    """Root of every error meshd raises on purpose; the message is one readable line."""
+
+
+class InvalidRequest(MeshdError):
+    """A request field is out of range or malformed; `field` names it."""
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ModelNotFound(MeshdError):
+    """The peer has no model by that name."""
+
+
+class InvalidModelFile(MeshdError):
+    """A model file is not a well-formed GGUF; refused before llama.cpp opens it."""
+
+
+class ModelUnavailable(MeshdError):
+    """The model exists but cannot run here now (it failed to load)."""
+
+
+class InsufficientMemory(MeshdError):
+    """Loading the model would exceed the memory budget even after eviction."""
+
+
+class Overloaded(MeshdError):
+    """Every slot is busy and the model's queue is full."""
+
+
+class RequestTooLarge(MeshdError):
+    """The request is larger than the peer accepts."""
+
+
+class PeerUnavailable(MeshdError):
+    """The peer cannot be reached, or stopped while answering."""
+
+
+class DeadlineExceeded(MeshdError):
+    """The call's deadline passed before it finished."""
+
+
+class Cancelled(MeshdError):
+    """The call was cancelled."""
+
+
+class ConfigError(MeshdError):
+    """The configuration (file, environment or flags) is invalid."""
+
+
+def error_types() -> dict[str, type[MeshdError]]:
+    """Every MeshdError class by name, so that a remote error comes back as its own type."""
+    found: dict[str, type[MeshdError]] = {MeshdError.__name__: MeshdError}
+    pending: list[type[MeshdError]] = [MeshdError]
+    while pending:
+        for sub in pending.pop().__subclasses__():
+            found[sub.__name__] = sub
+            pending.append(sub)
+    return found

@@ -1,0 +1,251 @@
+"""Validate a GGUF file before llama.cpp opens it, and read the facts meshd needs from it.
+
+The parser trusts nothing: every count is checked against the bytes that remain, arrays may
+nest only a little, and every tensor's offset + size (overflow-free in Python) must lie inside
+the file. A file that passes has a well-formed header and data section; a file that fails raises
+InvalidModelFile naming the first problem.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
+
+from meshd.errors import InvalidModelFile
+
+MAGIC = b"GGUF"
+SUPPORTED_VERSIONS = (2, 3)
+MAX_ARRAY_DEPTH = 2
+MAX_KEY_BYTES = 64 * 1024
+MAX_DIMS = 4
+DEFAULT_ALIGNMENT = 32
+# value type -> (struct format, size); 8 = string and 9 = array are variable.
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+
+
+@dataclass(frozen=True)
+class GGUFFacts:
+    """What a valid GGUF says about itself."""
+
+    architecture: str
+    name: str
+    quantization: str
+    parameters: int
+    context_length: int
+    layers: int
+    embedding: int
+    heads: int
+    kv_heads: int
+    key_length: int
+    value_length: int
+    vocab_size: int
+    has_chat_template: bool
+    tensor_count: int
+    file_size: int
+
+    def kv_cache_bytes(self, context: int) -> int:
+        """Bytes of an f16 KV cache for one slot of `context` tokens."""
+        per_token = self.layers * self.kv_heads * (self.key_length + self.value_length) * 2
+        return per_token * context
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads from a buffer."""
+
+    def __init__(self, buf: mmap.mmap | bytes, size: int) -> None:
+        self.buf, self.size, self.pos = buf, size, 0
+
+    def remaining(self) -> int:
+        return self.size - self.pos
+
+    def unpack(self, fmt: str, width: int) -> Any:
+        if self.remaining() < width:
+            raise InvalidModelFile(f"truncated: needs {width} bytes at offset {self.pos}")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += width
+        return value
+
+    def count(self, what: str, min_item_bytes: int) -> int:
+        """A uint64 count that the remaining bytes could possibly hold."""
+        n = int(self.unpack("<Q", 8))
+        if n * min_item_bytes > self.remaining():
+            raise InvalidModelFile(f"absurd {what} count {n} at offset {self.pos - 8}")
+        return n
+
+    def string(self, limit: int | None = None) -> str:
+        n = self.count("string length", 1)
+        if limit is not None and n > limit:
+            raise InvalidModelFile(f"string of {n} bytes at offset {self.pos - 8} is too long")
+        raw = bytes(self.buf[self.pos : self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidModelFile(f"string at offset {self.pos - n} is not UTF-8") from None
+
+    def skip_string(self) -> None:
+        length = self.count("string length", 1)
+        self.pos += length
+
+    def value(self, vtype: int, depth: int = 0) -> Any:
+        """A metadata value; arrays come back as their length only."""
+        if vtype in _SCALARS:
+            return self.unpack(*_SCALARS[vtype])
+        if vtype == _STRING:
+            return self.string()
+        if vtype != _ARRAY:
+            raise InvalidModelFile(f"unknown metadata value type {vtype} at offset {self.pos}")
+        if depth >= MAX_ARRAY_DEPTH:
+            raise InvalidModelFile(f"arrays nested more than {MAX_ARRAY_DEPTH} deep")
+        item_type = int(self.unpack("<I", 4))
+        width = _SCALARS[item_type][1] if item_type in _SCALARS else 8
+        n = self.count("array length", width)
+        if item_type in _SCALARS:
+            self.pos += n * width
+        else:
+            for _ in range(n):
+                if item_type == _STRING:
+                    self.skip_string()
+                else:
+                    self.value(item_type, depth + 1)
+        return n
+
+
+def _tensor_bytes(name: str, dims: list[int], ggml_type: int) -> int:
+    try:
+        block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        raise InvalidModelFile(f"tensor {name!r} has unknown type {ggml_type}") from None
+    elements = 1
+    for dim in dims:
+        elements *= dim
+    if dims and dims[0] % block:
+        raise InvalidModelFile(f"tensor {name!r}: row of {dims[0]} is not whole blocks")
+    return elements // block * type_size
+
+
+def _read_tensors(cur: _Cursor, count: int) -> list[tuple[str, int, int, int]]:
+    """(name, offset, bytes, elements) for each tensor info."""
+    tensors = []
+    for _ in range(count):
+        name = cur.string(limit=MAX_KEY_BYTES)
+        n_dims = int(cur.unpack("<I", 4))
+        if not 1 <= n_dims <= MAX_DIMS:
+            raise InvalidModelFile(f"tensor {name!r} has {n_dims} dimensions")
+        dims = [int(cur.unpack("<Q", 8)) for _ in range(n_dims)]
+        ggml_type = int(cur.unpack("<I", 4))
+        offset = int(cur.unpack("<Q", 8))
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        tensors.append((name, offset, _tensor_bytes(name, dims, ggml_type), elements))
+    return tensors
+
+
+def _check_data(
+    tensors: list[tuple[str, int, int, int]], data_start: int, size: int, alignment: int
+) -> None:
+    for name, offset, nbytes, _ in tensors:
+        if offset % alignment:
+            raise InvalidModelFile(f"tensor {name!r} offset {offset} is not {alignment}-aligned")
+        end = data_start + offset + nbytes
+        if end > size:
+            raise InvalidModelFile(
+                f"tensor {name!r} ends at byte {end}, past the end of the file ({size} bytes)"
+            )
+
+
+def _quantization(meta: dict[str, Any]) -> str:
+    file_type = meta.get("general.file_type")
+    if not isinstance(file_type, int):
+        return "unknown"
+    try:
+        return LlamaFileType(file_type).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        return f"type {file_type}"
+
+
+def _facts(meta: dict[str, Any], tensors: list[tuple[str, int, int, int]], size: int) -> GGUFFacts:
+    arch = meta.get("general.architecture")
+    if not isinstance(arch, str) or not arch:
+        raise InvalidModelFile("no general.architecture in the metadata")
+
+    def number(key: str, default: int = 0) -> int:
+        value = meta.get(f"{arch}.{key}", default)
+        return int(value) if isinstance(value, int | float) else default
+
+    embedding, heads = number("embedding_length"), number("attention.head_count", 1) or 1
+    head_dim = embedding // heads if heads else 0
+    return GGUFFacts(
+        architecture=arch,
+        name=str(meta.get("general.name", "")),
+        quantization=_quantization(meta),
+        parameters=sum(t[3] for t in tensors),
+        context_length=number("context_length"),
+        layers=number("block_count"),
+        embedding=embedding,
+        heads=heads,
+        kv_heads=number("attention.head_count_kv", heads) or heads,
+        key_length=number("attention.key_length", head_dim),
+        value_length=number("attention.value_length", head_dim),
+        vocab_size=int(meta.get("tokenizer.ggml.tokens", 0)),
+        has_chat_template="tokenizer.chat_template" in meta,
+        tensor_count=len(tensors),
+        file_size=size,
+    )
+
+
+def inspect_gguf(path: Path) -> GGUFFacts:
+    """Validate the GGUF at path and return its facts; InvalidModelFile says what is wrong."""
+    try:
+        with path.open("rb") as handle:
+            size = path.stat().st_size
+            if size < 24:
+                raise InvalidModelFile(f"not a GGUF file ({size} bytes)")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+                return _parse(buf, size)
+    except InvalidModelFile as exc:
+        raise InvalidModelFile(f"{path.name}: {exc}") from None
+    except OSError as exc:
+        raise InvalidModelFile(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _parse(buf: mmap.mmap, size: int) -> GGUFFacts:
+    if buf[:4] != MAGIC:
+        raise InvalidModelFile("not a GGUF file (bad magic)")
+    cur = _Cursor(buf, size)
+    cur.pos = 4
+    version = int(cur.unpack("<I", 4))
+    if version not in SUPPORTED_VERSIONS:
+        raise InvalidModelFile(f"unsupported GGUF version {version}")
+    tensor_count = cur.count("tensor", 24)
+    kv_count = cur.count("metadata", 12)
+    meta: dict[str, Any] = {}
+    for _ in range(kv_count):
+        key = cur.string(limit=MAX_KEY_BYTES)
+        meta[key] = cur.value(int(cur.unpack("<I", 4)))
+    tensors = _read_tensors(cur, tensor_count)
+    alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise InvalidModelFile(f"bad general.alignment {alignment!r}")
+    data_start = -(-cur.pos // alignment) * alignment
+    _check_data(tensors, data_start, size, alignment)
+    return _facts(meta, tensors, size)

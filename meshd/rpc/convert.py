@@ -1,0 +1,198 @@
+"""Conversions between the wire messages (meshd.v1) and meshd's plain types."""
+
+from __future__ import annotations
+
+from meshd.types import (
+    ChatMessage,
+    Chunk,
+    FinishReason,
+    GenerateRequest,
+    ModelInfo,
+    ModelLoad,
+    ModelState,
+    PeerStatus,
+    Sampling,
+    WarmResult,
+)
+from meshd.v1 import mesh_pb2 as pb
+
+_FINISH_TO_PB = {
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+}
+_FINISH_FROM_PB = {v: k for k, v in _FINISH_TO_PB.items()}
+_STATE_TO_PB = {
+    ModelState.COLD: pb.MODEL_STATE_COLD,
+    ModelState.LOADING: pb.MODEL_STATE_LOADING,
+    ModelState.WARM: pb.MODEL_STATE_WARM,
+    ModelState.FAILED: pb.MODEL_STATE_FAILED,
+}
+_STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
+_DEFAULT = Sampling()
+
+
+def request_to_pb(request: GenerateRequest) -> pb.GenerateRequest:
+    """Wire form of a GenerateRequest."""
+    s = request.sampling
+    sampling = pb.Sampling(
+        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=list(s.stop)
+    )
+    if s.seed is not None:
+        sampling.seed = s.seed
+    message = pb.GenerateRequest(
+        model=request.model, max_tokens=request.max_tokens, sampling=sampling, hops=request.hops
+    )
+    if request.messages:
+        message.chat.messages.extend(
+            pb.ChatMessage(role=m.role, content=m.content) for m in request.messages
+        )
+    else:
+        message.prompt = request.prompt or ""
+    return message
+
+
+def request_from_pb(message: pb.GenerateRequest) -> GenerateRequest:
+    """A GenerateRequest from the wire; absent sampling fields take their defaults."""
+    s = message.sampling
+    sampling = Sampling(
+        temperature=s.temperature if s.HasField("temperature") else _DEFAULT.temperature,
+        top_p=s.top_p if s.HasField("top_p") else _DEFAULT.top_p,
+        top_k=s.top_k if s.HasField("top_k") else _DEFAULT.top_k,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+    )
+    is_chat = message.WhichOneof("input") == "chat"
+    return GenerateRequest(
+        model=message.model,
+        prompt=None if is_chat else message.prompt,
+        messages=tuple(ChatMessage(m.role, m.content) for m in message.chat.messages),
+        max_tokens=message.max_tokens,
+        sampling=sampling,
+        hops=message.hops,
+    )
+
+
+def chunk_to_pb(chunk: Chunk) -> pb.GenerateChunk:
+    """Wire form of a Chunk."""
+    return pb.GenerateChunk(
+        text=chunk.text,
+        tokens=chunk.tokens,
+        finish_reason=_FINISH_TO_PB[chunk.finish_reason]
+        if chunk.finish_reason
+        else pb.FINISH_REASON_UNSPECIFIED,
+        prompt_tokens=chunk.prompt_tokens,
+        served_by=chunk.served_by,
+        routing_reason=chunk.routing_reason,
+    )
+
+
+def chunk_from_pb(message: pb.GenerateChunk) -> Chunk:
+    """A Chunk from the wire."""
+    return Chunk(
+        text=message.text,
+        tokens=message.tokens,
+        finish_reason=_FINISH_FROM_PB.get(message.finish_reason),
+        prompt_tokens=message.prompt_tokens,
+        served_by=message.served_by,
+        routing_reason=message.routing_reason,
+    )
+
+
+def warm_to_pb(result: WarmResult) -> pb.WarmReply:
+    """Wire form of a WarmResult."""
+    return pb.WarmReply(
+        model=result.model,
+        state=_STATE_TO_PB[result.state],
+        ready_in_seconds=result.ready_in,
+        warm_until_unix=result.warm_until,
+        served_by=result.served_by,
+    )
+
+
+def warm_from_pb(message: pb.WarmReply) -> WarmResult:
+    """A WarmResult from the wire."""
+    return WarmResult(
+        message.model,
+        _STATE_FROM_PB.get(message.state, ModelState.COLD),
+        message.ready_in_seconds,
+        message.warm_until_unix,
+        message.served_by,
+    )
+
+
+def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
+    """Wire form of a ModelInfo."""
+    return pb.ModelInfo(
+        name=info.name,
+        path=info.path,
+        size_bytes=info.size_bytes,
+        state=_STATE_TO_PB[info.state],
+        pinned=info.pinned,
+        slots=info.slots,
+        memory_bytes=info.memory_bytes,
+        last_used_unix=info.last_used,
+        warm_until_unix=info.warm_until,
+        architecture=info.architecture,
+        quantization=info.quantization,
+        context_length=info.context_length,
+        error=info.error,
+    )
+
+
+def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
+    """A ModelInfo from the wire."""
+    return ModelInfo(
+        name=m.name,
+        path=m.path,
+        size_bytes=m.size_bytes,
+        state=_STATE_FROM_PB.get(m.state, ModelState.COLD),
+        pinned=m.pinned,
+        slots=m.slots,
+        memory_bytes=m.memory_bytes,
+        last_used=m.last_used_unix,
+        warm_until=m.warm_until_unix,
+        architecture=m.architecture,
+        quantization=m.quantization,
+        context_length=m.context_length,
+        error=m.error,
+    )
+
+
+def status_to_pb(status: PeerStatus) -> pb.PeerStatusReply:
+    """Wire form of a PeerStatus."""
+    return pb.PeerStatusReply(
+        peer_id=status.peer_id,
+        version=status.version,
+        uptime_seconds=status.uptime,
+        load=[
+            pb.ModelLoad(
+                model=m.model,
+                active=m.active,
+                queued=m.queued,
+                slots=m.slots,
+                service_seconds=m.service_seconds,
+            )
+            for m in status.load
+        ],
+        memory_total_bytes=status.memory_total,
+        memory_available_bytes=status.memory_available,
+        memory_budget_bytes=status.memory_budget,
+        memory_models_bytes=status.memory_models,
+    )
+
+
+def status_from_pb(m: pb.PeerStatusReply) -> PeerStatus:
+    """A PeerStatus from the wire."""
+    return PeerStatus(
+        peer_id=m.peer_id,
+        version=m.version,
+        uptime=m.uptime_seconds,
+        load=tuple(
+            ModelLoad(x.model, x.active, x.queued, x.slots, x.service_seconds) for x in m.load
+        ),
+        memory_total=m.memory_total_bytes,
+        memory_available=m.memory_available_bytes,
+        memory_budget=m.memory_budget_bytes,
+        memory_models=m.memory_models_bytes,
+    )

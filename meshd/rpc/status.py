@@ -1,0 +1,79 @@
+"""The one table between meshd errors and gRPC status codes, used by server and client."""
+
+from __future__ import annotations
+
+import grpc
+
+from meshd import errors
+
+# The error's class name travels in trailing metadata so the client raises the same type.
+ERROR_KIND_KEY = "meshd-error"
+# The request field at fault, for InvalidRequest.
+ERROR_FIELD_KEY = "meshd-field"
+
+STATUS_OF: dict[type[errors.MeshdError], grpc.StatusCode] = {
+    errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.ModelNotFound: grpc.StatusCode.NOT_FOUND,
+    errors.InvalidModelFile: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ModelUnavailable: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.InsufficientMemory: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Overloaded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.RequestTooLarge: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.PeerUnavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Cancelled: grpc.StatusCode.CANCELLED,
+    errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+# For a status that carries no meshd metadata (raised by gRPC itself, or by a foreign server).
+ERROR_OF: dict[grpc.StatusCode, type[errors.MeshdError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: errors.ModelNotFound,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Overloaded,
+    grpc.StatusCode.UNAVAILABLE: errors.PeerUnavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
+    grpc.StatusCode.CANCELLED: errors.Cancelled,
+}
+
+
+def status_of(error: errors.MeshdError) -> grpc.StatusCode:
+    """The status code for an error, by its nearest mapped class."""
+    for cls in type(error).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return grpc.StatusCode.INTERNAL
+
+
+def trailers_of(error: errors.MeshdError) -> tuple[tuple[str, str], ...]:
+    """Trailing metadata naming the error type (and field), for the client."""
+    pairs = [(ERROR_KIND_KEY, type(error).__name__)]
+    if isinstance(error, errors.InvalidRequest) and error.field:
+        pairs.append((ERROR_FIELD_KEY, error.field))
+    return tuple(pairs)
+
+
+def error_from_rpc(exc: grpc.RpcError, address: str = "") -> errors.MeshdError:
+    """The typed MeshdError for a failed call, as the server raised it when it was meshd."""
+    code: grpc.StatusCode = exc.code()
+    details: str = exc.details() or code.name
+    trailers = dict(_metadata(exc))
+    kind = errors.error_types().get(str(trailers.get(ERROR_KIND_KEY, "")))
+    if kind is errors.InvalidRequest:
+        return errors.InvalidRequest(details, field=str(trailers.get(ERROR_FIELD_KEY, "")))
+    if kind is not None:
+        return kind(details)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        return errors.RequestTooLarge(f"request refused as too large: {details}")
+    if code is grpc.StatusCode.UNAVAILABLE and address:
+        return errors.PeerUnavailable(f"cannot reach meshd at {address}: {details}")
+    return ERROR_OF.get(code, errors.MeshdError)(details)
+
+
+def _metadata(exc: grpc.RpcError) -> list[tuple[str, str | bytes]]:
+    trailing = getattr(exc, "trailing_metadata", None)
+    if trailing is None:
+        return []
+    try:
+        return list(trailing() or [])
+    except Exception:  # a locally raised RpcError may have no metadata at all
+        return []

@@ -1,0 +1,121 @@
+"""Plain data shared by the engine, the RPC layer and the client: no gRPC, no llama.cpp."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class FinishReason(StrEnum):
+    """Why a completion ended."""
+
+    EOS = "eos"  # the model ended the text
+    LENGTH = "length"  # max_tokens or the context was reached
+    STOP = "stop"  # a stop sequence was met
+
+
+class ModelState(StrEnum):
+    """Where a model stands on one peer."""
+
+    COLD = "cold"
+    LOADING = "loading"
+    WARM = "warm"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen; temperature 0 is greedy."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 40
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a chat."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """A completion of `prompt`, or of `messages` through the model's chat template."""
+
+    model: str
+    prompt: str | None = None
+    messages: tuple[ChatMessage, ...] = ()
+    max_tokens: int = 256
+    sampling: Sampling = field(default_factory=Sampling)
+    hops: int = 0
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of streamed text; the last chunk has finish_reason and prompt_tokens set."""
+
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None = None
+    prompt_tokens: int = 0
+    served_by: str = ""
+    routing_reason: str = ""
+
+
+@dataclass(frozen=True)
+class WarmResult:
+    """Where a Warm left the model: its state, the expected wait, and the lease."""
+
+    model: str
+    state: ModelState
+    ready_in: float
+    warm_until: float
+    served_by: str = ""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One model on one peer."""
+
+    name: str
+    path: str
+    size_bytes: int
+    state: ModelState
+    pinned: bool
+    slots: int
+    memory_bytes: int
+    last_used: float
+    warm_until: float
+    architecture: str = ""
+    quantization: str = ""
+    context_length: int = 0
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ModelLoad:
+    """Live load of one model on one peer."""
+
+    model: str
+    active: int
+    queued: int
+    slots: int
+    service_seconds: float
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    """One peer's identity, load and memory."""
+
+    peer_id: str
+    version: str
+    uptime: float
+    load: tuple[ModelLoad, ...]
+    memory_total: int
+    memory_available: int
+    memory_budget: int
+    memory_models: int

@@ -1,0 +1,117 @@
+"""Write a tiny llama-architecture GGUF with random weights that real llama.cpp runs.
+
+A small SentencePiece vocabulary with byte fallback (so any text tokenizes), a chat template,
+and the end-of-sequence row of the output matrix set to zero so that greedy and top-k
+sampling never end early: tests get exactly the tokens they ask for.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+WORDS = [
+    "the",
+    "a",
+    "of",
+    "and",
+    "to",
+    "in",
+    "is",
+    "it",
+    "capital",
+    "France",
+    "Paris",
+    "once",
+    "upon",
+    "time",
+    "hello",
+    "world",
+    "model",
+    "mesh",
+    "warm",
+]
+
+
+def _vocab() -> tuple[list[str], list[float], list[int]]:
+    tokens = ["<unk>", "<s>", "</s>"]
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types += [gguf.TokenType.BYTE] * 256
+    pieces = ["▁", *(string.ascii_letters + string.digits + string.punctuation)]
+    pieces += ["▁" + w for w in WORDS]
+    tokens += pieces
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
+    return tokens, scores, [int(t) for t in types]
+
+
+def write_tiny_gguf(
+    path: Path,
+    *,
+    embedding: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    context_length: int = 4096,
+    seed: int = 0,
+) -> Path:
+    """Write the model to path and return it."""
+    rng = np.random.default_rng(seed)
+    tokens, scores, types = _vocab()
+    vocab, ff, head_dim = len(tokens), embedding * 2, embedding // heads
+
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_name("meshd-tiny-test")
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(embedding)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ff)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_unk_token_id(0)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_add_bos_token(True)
+    writer.add_chat_template(CHAT_TEMPLATE)
+
+    def weights(*shape: int, scale: float = 0.2) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    output = weights(vocab, embedding, scale=1.0)
+    # <unk>, <s>, </s> and the byte tokens never win: generation runs to max_tokens and
+    # produces readable pieces (byte fallback still serves the prompt side).
+    output[: 3 + 256] = 0.0
+    writer.add_tensor("token_embd.weight", weights(vocab, embedding, scale=1.0))
+    writer.add_tensor("output_norm.weight", np.ones(embedding, dtype=np.float32))
+    writer.add_tensor("output.weight", output)
+    for i in range(layers):
+        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(embedding, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.attn_q.weight", weights(embedding, embedding))
+        writer.add_tensor(f"blk.{i}.attn_k.weight", weights(kv_heads * head_dim, embedding))
+        writer.add_tensor(f"blk.{i}.attn_v.weight", weights(kv_heads * head_dim, embedding))
+        writer.add_tensor(f"blk.{i}.attn_output.weight", weights(embedding, embedding))
+        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(embedding, dtype=np.float32))
+        writer.add_tensor(f"blk.{i}.ffn_gate.weight", weights(ff, embedding))
+        writer.add_tensor(f"blk.{i}.ffn_up.weight", weights(ff, embedding))
+        writer.add_tensor(f"blk.{i}.ffn_down.weight", weights(embedding, ff))
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
