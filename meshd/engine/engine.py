@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import AsyncGenerator, Coroutine
-from typing import Any
+from collections.abc import AsyncGenerator
 
 import psutil
 
@@ -18,6 +18,7 @@ from meshd.engine.validate import Limits, validate_request
 from meshd.errors import InsufficientMemory, InvalidModelFile, ModelNotFound, ModelUnavailable
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState, WarmResult
 
+log = logging.getLogger("meshd.engine")
 REAP_INTERVAL_S = 1.0
 # Until a model has loaded once, its load time is guessed from its size at this rate.
 ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
@@ -72,7 +73,7 @@ class Engine:
         self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
         for host in self.hosts.values():
             if host.pinned and host.state is ModelState.COLD:
-                self._spawn(self._warm_quietly(host))
+                self._loading_task(host)
 
     async def close(self) -> None:
         """Stop background work and free every model. Idempotent."""
@@ -113,19 +114,31 @@ class Engine:
         now = time.time()
         host.lease_until = max(host.lease_until, now + lease)
         host.last_used = max(host.last_used, now)
-        if host.state is not ModelState.WARM:
-            if wait:
-                await self.ensure_warm(host)
-            else:
-                self._spawn(self._warm_quietly(host))
-        return WarmResult(name, host.state, self._ready_in(host), host.warm_until(self.keep_alive))
+        if wait:
+            await self.ensure_warm(host)
+        elif host.state is not ModelState.WARM:
+            self._loading_task(host)
+        state = host.state if host.state is ModelState.WARM else ModelState.LOADING
+        return WarmResult(name, state, self._ready_in(host), host.warm_until(self.keep_alive))
 
     async def ensure_warm(self, host: ModelHost) -> None:
         """Return once the model is WARM; concurrent callers share one load."""
         while host.state is not ModelState.WARM:
-            if host.loading is None or host.loading.done():
-                host.loading = asyncio.create_task(self._load(host), name=f"load-{host.name}")
-            await asyncio.shield(host.loading)
+            await asyncio.shield(self._loading_task(host))
+
+    def _loading_task(self, host: ModelHost) -> asyncio.Task[None]:
+        """The model's load in progress, started now if none is; a failure stays on the model."""
+        if host.loading is None or host.loading.done():
+            task = asyncio.create_task(self._load(host), name=f"load-{host.name}")
+            self._tasks.add(task)
+            task.add_done_callback(self._loaded)
+            host.loading = task
+        return host.loading
+
+    def _loaded(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("%s", task.exception())
 
     async def _load(self, host: ModelHost) -> None:
         async with self._load_lock:
@@ -155,22 +168,12 @@ class Engine:
             "raise memory_budget or unpin a model"
         )
 
-    async def _warm_quietly(self, host: ModelHost) -> None:
-        """Background warm: a failure is recorded on the model, not raised into the void."""
-        with contextlib.suppress(Exception):
-            await self.ensure_warm(host)
-
     def _ready_in(self, host: ModelHost) -> float:
         if host.state is ModelState.WARM:
             return 0.0
         if host.load_seconds is not None:
             return host.load_seconds
         return host.projected_memory() / ASSUMED_LOAD_BYTES_PER_S
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     # -- keep-alive ------------------------------------------------------------------------
 

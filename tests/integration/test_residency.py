@@ -1,0 +1,92 @@
+"""What stays warm: Warm and its lease, keep-alive expiry, pins, the memory budget and LRU."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meshd.client import MeshClient
+from meshd.errors import InsufficientMemory
+from meshd.types import ModelState
+
+
+def _states(mesh: MeshClient) -> dict[str, ModelState]:
+    return {m.name: m.state for m in mesh.models()}
+
+
+def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(0.02)
+
+
+def test_models_start_cold_and_warm_returns_before_the_load(start_node: Callable) -> None:
+    node = start_node()
+    with MeshClient(node.address) as mesh:
+        assert _states(mesh) == {"tiny": ModelState.COLD}
+        result = mesh.warm("tiny", lease=60)
+        assert result.state in (ModelState.LOADING, ModelState.WARM)
+        assert result.warm_until >= time.time() + 59
+        _eventually(lambda: _states(mesh)["tiny"] is ModelState.WARM)
+        waited = mesh.warm("tiny", wait=True)
+        assert waited.state is ModelState.WARM and waited.ready_in == 0
+
+
+def test_idle_model_is_unloaded_after_keep_alive(start_node: Callable) -> None:
+    node = start_node(keep_alive="0.5s")
+    with MeshClient(node.address) as mesh:
+        assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2
+        assert _states(mesh)["tiny"] is ModelState.WARM
+        _eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
+        assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2, "reloads on demand"
+
+
+def test_lease_outlives_keep_alive_then_lapses(start_node: Callable) -> None:
+    node = start_node(keep_alive="0.2s")
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny", lease=2.0, wait=True)
+        time.sleep(1.0)
+        assert _states(mesh)["tiny"] is ModelState.WARM, "the lease holds it past keep-alive"
+        _eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
+
+
+def test_pinned_model_warms_at_start_and_never_expires(start_node: Callable, tiny_model) -> None:
+    node = start_node(models={"pinned": tiny_model, "loose": tiny_model}, pins=["pinned"],
+                      keep_alive="0.2s")  # fmt: skip
+    with MeshClient(node.address) as mesh:
+        _eventually(lambda: _states(mesh)["pinned"] is ModelState.WARM)
+        mesh.warm("loose", lease=0, wait=True)
+        _eventually(lambda: _states(mesh)["loose"] is ModelState.COLD, timeout=5)
+        assert _states(mesh)["pinned"] is ModelState.WARM
+        assert [m.pinned for m in mesh.models()] == [True, False]
+
+
+def test_model_over_the_memory_budget_is_refused_before_loading(start_node: Callable) -> None:
+    node = start_node(memory_budget="1MiB")
+    with MeshClient(node.address) as mesh:
+        with pytest.raises(InsufficientMemory, match="memory budget is 1 MiB"):
+            mesh.complete("tiny", "Hi", max_tokens=2)
+        assert _states(mesh)["tiny"] is not ModelState.WARM
+        assert node.engine.hosts["tiny"].slots == [], "llama.cpp never loaded it"
+        assert mesh.health()
+
+
+def test_least_recently_used_idle_model_is_evicted_to_fit(start_node: Callable,
+                                                           tiny_model: Path) -> None:  # fmt: skip
+    models = {"a": tiny_model, "b": tiny_model, "c": tiny_model}
+    node = start_node(models=models)
+    with MeshClient(node.address) as mesh:
+        mesh.warm("a", wait=True)
+        mesh.warm("b", wait=True)
+        mesh.complete("a", "Hi", max_tokens=2)  # b is now the least recently used
+        hosts = node.engine.hosts
+        # Room for what a and b hold now, plus c, minus a little: one of them has to go.
+        held = hosts["a"].projected_memory() + hosts["b"].projected_memory()
+        node.engine.memory_budget = held + hosts["c"].projected_memory() - 1
+        mesh.warm("c", wait=True)
+        assert _states(mesh) == {"a": ModelState.WARM, "b": ModelState.COLD, "c": ModelState.WARM}
