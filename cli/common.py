@@ -17,11 +17,11 @@ import typer
 from rich.console import Console
 
 from meshd.config import DEFAULT_LISTEN, load_settings
+from meshd.daemonfile import running_daemon_address
 from meshd.errors import ConfigError, MeshdError
-from meshd.node import running_daemon_address
 
 console = Console()
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 AddrOption = typer.Option(
     None,

@@ -224,7 +224,7 @@ def load_settings(
     config_path = root / CONFIG_FILE
     settings = _apply(settings, _read_toml(config_path), str(config_path), root)
     settings = _apply(settings, _from_env(env), "environment", None)
-    settings = _apply(settings, flags or {}, "flags", None)
+    settings = _apply(settings, flags or {}, "command line", None)
     unknown_pins = settings.pins - set(settings.model_paths())
     if unknown_pins:
         raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown_pins))}")

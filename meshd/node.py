@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
-from pathlib import Path
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshd.config import Settings
+from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.engine import Engine
-from meshd.fsutil import atomic_write_bytes
 from meshd.identity import load_or_create_peer_id
 from meshd.rpc.channels import bind, server_options
 from meshd.rpc.servicer import MeshServicer, add_to_server
 
 log = logging.getLogger("meshd")
-DAEMON_FILE = "daemon.json"  # where a running daemon says how to reach it
 SERVICE_NAME = "meshd.v1.Mesh"
 
 
@@ -34,7 +31,6 @@ class Node:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: aio.Server | None = None
         self.port = 0
-        self._stopped = asyncio.Event()
 
     @property
     def address(self) -> str:
@@ -50,13 +46,17 @@ class Node:
         server = aio.server(options=server_options(self.settings.max_message_bytes))
         add_to_server(MeshServicer(self.engine, self.peer_id), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        self.port = bind(server, self.settings.listen)
-        await server.start()
+        try:
+            self.port = bind(server, self.settings.listen)
+            await server.start()
+        except BaseException:
+            await self.engine.close()
+            raise
         self.server = server
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
-        self._write_daemon_file()
+        write_daemon_file(self.settings.home, self.address, self.peer_id)
         log.info("serving on %s as %s", self.address, self.peer_id)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -65,9 +65,8 @@ class Node:
         if server is not None:
             await self.health.enter_graceful_shutdown()
             await server.stop(self.settings.drain_seconds if grace is None else grace)
-            self._daemon_file().unlink(missing_ok=True)
+            remove_daemon_file(self.settings.home)
         await self.engine.close()
-        self._stopped.set()
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain; a second signal exits at once."""
@@ -85,20 +84,3 @@ class Node:
         await self.start()
         await stop_requested.wait()
         await self.stop()
-
-    def _daemon_file(self) -> Path:
-        return self.settings.home / DAEMON_FILE
-
-    def _write_daemon_file(self) -> None:
-        record = {"pid": os.getpid(), "address": self.address, "peer_id": self.peer_id}
-        atomic_write_bytes(self._daemon_file(), json.dumps(record).encode())
-
-
-def running_daemon_address(home: Path) -> str | None:
-    """The address a daemon using this home wrote when it started, if it is still running."""
-    try:
-        record = json.loads((home / DAEMON_FILE).read_text())
-        os.kill(int(record["pid"]), 0)
-        return str(record["address"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None

@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from meshd.daemonfile import DAEMON_FILE, running_daemon_address
 from meshd.errors import PeerUnavailable
-from meshd.node import running_daemon_address
 
 
 class DaemonProcess:
@@ -47,7 +47,7 @@ class DaemonProcess:
     def start(self, timeout: float = 60.0) -> DaemonProcess:
         """Spawn the daemon and return once it is serving."""
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "daemon.json").unlink(missing_ok=True)
+        (self.home / DAEMON_FILE).unlink(missing_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env

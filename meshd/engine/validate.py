@@ -55,10 +55,10 @@ def _check_input(request: GenerateRequest, limits: Limits) -> None:
     if request.prompt is not None and request.messages:
         raise InvalidRequest("send a prompt or chat messages, not both", field="prompt")
     if request.messages:
-        for message in request.messages:
+        for i, message in enumerate(request.messages):
             if message.role not in CHAT_ROLES:
                 raise InvalidRequest(
-                    f"chat role must be one of {', '.join(sorted(CHAT_ROLES))}, "
+                    f"messages[{i}].role must be one of {', '.join(sorted(CHAT_ROLES))}, "
                     f"got {message.role!r}",
                     field="messages",
                 )

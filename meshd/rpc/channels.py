@@ -32,9 +32,12 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 def bind(server: aio.Server, address: str) -> int:
     """Open the server's listening port; returns the port actually bound (for :0)."""
-    port: int = server.add_insecure_port(address)
+    try:
+        port: int = server.add_insecure_port(address)
+    except RuntimeError:  # gRPC's word for "address in use" or "no such address"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError("the address is in use or not on this machine")
     return port
 
 

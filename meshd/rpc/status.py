@@ -65,7 +65,8 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> errors.MeshdError:
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         return errors.RequestTooLarge(f"request refused as too large: {details}")
     if code is grpc.StatusCode.UNAVAILABLE and address:
-        return errors.PeerUnavailable(f"cannot reach meshd at {address}: {details}")
+        reason = "connection refused" if "Connection refused" in details else details
+        return errors.PeerUnavailable(f"cannot reach meshd at {address} ({reason})")
     return ERROR_OF.get(code, errors.MeshdError)(details)
 
 

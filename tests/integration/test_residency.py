@@ -56,8 +56,9 @@ def test_lease_outlives_keep_alive_then_lapses(start_node: Callable) -> None:
 
 
 def test_pinned_model_warms_at_start_and_never_expires(start_node: Callable, tiny_model) -> None:
-    node = start_node(models={"pinned": tiny_model, "loose": tiny_model}, pins=["pinned"],
-                      keep_alive="0.2s")  # fmt: skip
+    node = start_node(
+        models={"pinned": tiny_model, "loose": tiny_model}, pins=["pinned"], keep_alive="0.2s"
+    )
     with MeshClient(node.address) as mesh:
         _eventually(lambda: _states(mesh)["pinned"] is ModelState.WARM)
         mesh.warm("loose", lease=0, wait=True)
@@ -76,8 +77,9 @@ def test_model_over_the_memory_budget_is_refused_before_loading(start_node: Call
         assert mesh.health()
 
 
-def test_least_recently_used_idle_model_is_evicted_to_fit(start_node: Callable,
-                                                           tiny_model: Path) -> None:  # fmt: skip
+def test_least_recently_used_idle_model_is_evicted_to_fit(
+    start_node: Callable, tiny_model: Path
+) -> None:
     models = {"a": tiny_model, "b": tiny_model, "c": tiny_model}
     node = start_node(models=models)
     with MeshClient(node.address) as mesh:

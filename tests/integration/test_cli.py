@@ -1,0 +1,118 @@
+"""The `meshd` command as a person types it, against a real daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from meshd.process import DaemonProcess
+
+
+def meshd(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
+    if home is not None:
+        env["MESHD_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "meshd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Iterator[DaemonProcess]:
+    home = tmp_path_factory.mktemp("cli-home")
+    with DaemonProcess(home, [f"tiny={tiny_model}"]) as running:
+        yield running
+
+
+def test_generate_streams_text_and_reports_stats(daemon: DaemonProcess) -> None:
+    out = meshd(
+        "generate", "tiny", "The capital of France is", "-n", "16", "--seed", "1", home=daemon.home
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "16 tokens" in out.stderr and "served by peer-" in out.stderr
+
+
+def test_generate_json_is_one_record(daemon: DaemonProcess) -> None:
+    out = meshd("generate", "tiny", "Hi", "-n", "5", "--json", "--addr", daemon.address)
+    record = json.loads(out.stdout)
+    assert record["tokens"] == 5 and record["finish_reason"] == "length"
+    assert record["ttft_ms"] > 0 and record["text"]
+
+
+def test_chat_flag_uses_the_template(daemon: DaemonProcess) -> None:
+    out = meshd("generate", "tiny", "Hello", "--chat", "-n", "4", "--json", home=daemon.home)
+    assert json.loads(out.stdout)["prompt_tokens"] > 10
+
+
+def test_warm_models_and_health(daemon: DaemonProcess) -> None:
+    warm = meshd("warm", "tiny", "--lease", "10m", "--wait", "--json", home=daemon.home)
+    assert json.loads(warm.stdout)["state"] == "warm"
+    models = json.loads(meshd("models", "--json", home=daemon.home).stdout)
+    assert models[0]["name"] == "tiny" and models[0]["state"] == "warm"
+    assert models[0]["warm_until"] > 0 and models[0]["size_bytes"] > 0
+    table = meshd("models", home=daemon.home)
+    assert "tiny" in table.stdout and "warm" in table.stdout
+    health = meshd("health", "--json", home=daemon.home)
+    assert health.returncode == 0
+    assert json.loads(health.stdout) == {
+        "address": daemon.address,
+        "serving": True,
+        "warm": ["tiny"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "nope", "hi"], "no model named 'nope'"),
+        (["generate", "tiny", "hi", "-n", "0"], "max_tokens must be between 1 and 4096"),
+        (["generate", "tiny", ""], "prompt is empty"),
+        (["generate", "tiny", "hi", "--temperature", "nan"], "temperature"),
+        (["warm", "tiny", "--lease", "soon"], "not a duration"),
+        (["warm", "nope"], "no model named 'nope'"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(
+    daemon: DaemonProcess, args: list[str], message: str
+) -> None:
+    out = meshd(*args, home=daemon.home)
+    assert out.returncode == 1
+    assert out.stderr.startswith("error: ") and message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_daemon_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    for command in (["health"], ["models"], ["generate", "tiny", "hi"]):
+        out = meshd(*command, "--addr", "127.0.0.1:9", home=tmp_path)
+        assert out.returncode == 1
+        assert "cannot reach meshd at 127.0.0.1:9" in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_serve_refuses_bad_flags(tmp_path: Path) -> None:
+    out = meshd("serve", "--model", "justaname", home=tmp_path)
+    assert out.returncode == 1 and "NAME=PATH" in out.stderr
+    out = meshd("serve", "--model", "x=/m.gguf", "--pin", "y", home=tmp_path)
+    assert out.returncode == 1 and "pinned model(s) not configured: y" in out.stderr
+    out = meshd("serve", "--model", "x=/m.gguf", "--keep-alive", "forever", home=tmp_path)
+    assert out.returncode == 1 and "not a duration" in out.stderr
+
+
+def test_help_and_version() -> None:
+    out = meshd("--help")
+    assert out.returncode == 0
+    for command in ("serve", "generate", "warm", "models", "health", "demo"):
+        assert command in out.stdout
+    assert meshd("--version").stdout.startswith("meshd ")

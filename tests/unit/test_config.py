@@ -1,0 +1,82 @@
+"""Settings: the TOML file, then MESHD_* variables, then flags; bad values are one clear error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshd.config import load_settings, parse_duration, parse_listen, parse_size
+from meshd.errors import ConfigError
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    settings = load_settings(tmp_path, environ={})
+    assert settings.home == tmp_path.resolve()
+    assert settings.listen == "127.0.0.1:7070"
+    assert settings.slots == 1 and settings.keep_alive == 1800 and settings.models == ()
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text(
+        'listen = "0.0.0.0:7000"\nslots = 2\nkeep_alive = "10m"\n'
+        '[models]\na = "models/a.gguf"\nb = "/abs/b.gguf"\n'
+    )
+    env = {"MESHD_SLOTS": "3", "MESHD_MODELS": "c=/c.gguf", "MESHD_UNRELATED": "x"}
+    settings = load_settings(
+        tmp_path, {"listen": "127.0.0.1:0", "models": ["a=/flag/a.gguf"]}, environ=env
+    )
+    assert settings.listen == "127.0.0.1:0"  # flag beats file
+    assert settings.slots == 3  # environment beats file
+    assert settings.keep_alive == 600  # file beats default
+    assert settings.model_paths() == {
+        "a": Path("/flag/a.gguf"),
+        "b": Path("/abs/b.gguf"),
+        "c": Path("/c.gguf"),
+    }
+
+
+def test_relative_model_paths_in_the_file_are_from_the_home(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text('[models]\na = "models/a.gguf"\n')
+    settings = load_settings(tmp_path, environ={})
+    assert settings.model_paths()["a"] == tmp_path.resolve() / "models" / "a.gguf"
+
+
+def test_home_comes_from_the_environment(tmp_path: Path) -> None:
+    assert load_settings(None, environ={"MESHD_HOME": str(tmp_path)}).home == tmp_path.resolve()
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"slots": "many"}, "slots: not a whole number"),
+        ({"keep_alive": "forever"}, "not a duration"),
+        ({"memory_budget": "lots"}, "not a size"),
+        ({"listen": "7070"}, "not a host:port"),
+        ({"models": ["../x"]}, "NAME=PATH"),
+        ({"models": ["bad name=/x.gguf"]}, "bad model name"),
+        ({"pins": ["ghost"]}, "pinned model(s) not configured: ghost"),
+        ({"colour": "blue"}, "unknown setting 'colour'"),
+        ({"slots": 0}, "slots must be"),
+    ],
+)
+def test_bad_values_are_one_clear_error(tmp_path: Path, source: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(tmp_path, source, environ={})
+    assert message in str(caught.value)
+
+
+def test_broken_toml_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text("slots = [unclosed\n")
+    with pytest.raises(ConfigError, match=r"meshd\.toml"):
+        load_settings(tmp_path, environ={})
+
+
+def test_units() -> None:
+    assert parse_duration("500ms") == 0.5 and parse_duration("5m") == 300
+    assert parse_duration(90) == 90 and parse_duration("1.5h") == 5400
+    assert parse_size("512MiB") == 512 * 2**20 and parse_size("8G") == 8 * 2**30
+    assert parse_size(1024) == 1024 and parse_size("1.5k") == 1536
+    assert parse_listen("[::1]:7070") == "[::1]:7070"
+    with pytest.raises(ConfigError):
+        parse_duration("-5s")
