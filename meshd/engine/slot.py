@@ -9,6 +9,7 @@ from typing import Any
 from llama_cpp import Llama
 
 from meshd.engine.generation import Emit, Job, Vocabulary, run_generation
+from meshd.engine.llamalog import route_llama_logs
 
 
 class Slot:
@@ -25,6 +26,7 @@ class Slot:
 
         Runs on the caller's thread; call it through `submit`.
         """
+        route_llama_logs()
         llm = Llama(
             model_path=str(path),
             n_ctx=context,

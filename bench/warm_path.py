@@ -1,0 +1,294 @@
+"""The warm path on the real demo model: what meshd adds to llama.cpp, and what warming hides.
+
+    .venv/bin/python bench/warm_path.py [--model PATH] [--prompts 60] [--threads 2]
+
+Everything is measured side by side in one run (this machine is shared and noisy), and
+requests alternate between the two sides so that drift hits both alike. Prints tables and
+writes bench/results/warm_path.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import (
+    bench_model,
+    console,
+    drop_from_page_cache,
+    percentile,
+    print_table,
+    verdict,
+    write_json,
+)
+from llama_cpp import Llama, StoppingCriteriaList
+
+from meshd.client import MeshClient
+from meshd.config import ModelSpec, Settings
+from meshd.engine import Engine
+from meshd.process import DaemonProcess
+
+MODEL = "gemma"
+COUNTRIES = ["France", "Japan", "Peru", "Kenya", "Norway", "Chile", "Egypt", "Canada", "India",
+             "Spain", "Ghana", "Italy", "Nepal", "Cuba", "Mali"]  # fmt: skip
+DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
+
+
+def prompts(n: int) -> list[str]:
+    """n different prompts of similar length: no request finds its whole prompt cached."""
+    return [f"Fact {i}: the capital city of {COUNTRIES[i % len(COUNTRIES)]} is" for i in range(n)]
+
+
+class Direct:
+    """llama-cpp-python in this process, used the way its documentation shows."""
+
+    def __init__(self, path: Path, threads: int, context: int) -> None:
+        self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
+                         n_threads_batch=threads, n_batch=512, verbose=False)  # fmt: skip
+        self.llm.eval([self.llm.token_bos()])
+
+    def ttft(self, prompt: str) -> float:
+        started = time.perf_counter()
+        stream = self.llm.create_completion(prompt, max_tokens=2, temperature=0, stream=True)
+        next(iter(stream))
+        elapsed = time.perf_counter() - started
+        stream.close()
+        return elapsed
+
+    def decode_rate(self, max_tokens: int) -> float:
+        count, first = 0, 0.0
+
+        def counter(_ids: Any, _logits: Any) -> bool:
+            nonlocal count, first
+            count += 1
+            if count == 1:
+                first = time.perf_counter()
+            return False
+
+        for _ in self.llm.create_completion(
+            DECODE_PROMPT,
+            max_tokens=max_tokens,
+            temperature=0,
+            stream=True,
+            stopping_criteria=StoppingCriteriaList([counter]),
+        ):
+            pass  # fmt: skip
+        return (count - 1) / (time.perf_counter() - first)
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+class ThroughMeshd:
+    """The same model behind `meshd serve`, asked through MeshClient over loopback."""
+
+    def __init__(self, mesh: MeshClient) -> None:
+        self.mesh = mesh
+
+    def ttft(self, prompt: str) -> float:
+        started = time.perf_counter()
+        stream = self.mesh.generate(MODEL, prompt, max_tokens=2, temperature=0)
+        next(stream)
+        elapsed = time.perf_counter() - started
+        stream.close()
+        return elapsed
+
+    def decode_rate(self, max_tokens: int) -> float:
+        first_at, first_tokens, last = 0.0, 0, None
+        for chunk in self.mesh.generate(MODEL, DECODE_PROMPT, max_tokens=max_tokens,
+                                        temperature=0):  # fmt: skip
+            if last is None:
+                first_at, first_tokens = time.perf_counter(), chunk.tokens
+            last = chunk
+        assert last is not None
+        return (last.tokens - first_tokens) / (time.perf_counter() - first_at)
+
+
+def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:
+    """Run a and b in turns, swapping who goes first each round."""
+    xs, ys = [], []
+    for i in range(rounds):
+        if i % 2:
+            ys.append(b())
+            xs.append(a())
+        else:
+            xs.append(a())
+            ys.append(b())
+    return xs, ys
+
+
+def overhead_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """TTFT and decode rate, direct vs through meshd, interleaved."""
+    serve_args = ["--threads", str(args.threads), "--context", str(args.context)]
+    direct = Direct(path, args.threads, args.context)
+    try:
+        with DaemonProcess(home / "overhead", [f"{MODEL}={path}"], extra_args=serve_args) as d, \
+                MeshClient(d.address) as mesh:  # fmt: skip
+            mesh.warm(MODEL, wait=True)
+            meshd = ThroughMeshd(mesh)
+            for p in prompts(4):  # both sides past their first-call costs
+                direct.ttft(p), meshd.ttft(p)
+            items = iter(prompts(args.prompts) * 2)
+            d_ttft, m_ttft = alternate(lambda: direct.ttft(next(items)),
+                                       lambda: meshd.ttft(next(items)), args.prompts)  # fmt: skip
+            d_rate, m_rate = alternate(lambda: direct.decode_rate(args.decode_tokens),
+                                       lambda: meshd.decode_rate(args.decode_tokens),
+                                       args.decode_rounds)  # fmt: skip
+    finally:
+        direct.close()
+    return {
+        "ttft_direct_s": d_ttft, "ttft_meshd_s": m_ttft,
+        "decode_direct_tps": d_rate, "decode_meshd_tps": m_rate,
+    }  # fmt: skip
+
+
+def first_token_after(mesh: MeshClient, since: float | None = None) -> float:
+    started = time.perf_counter() if since is None else since
+    stream = mesh.generate(MODEL, "The capital of France is", max_tokens=2, temperature=0)
+    next(stream)
+    elapsed = time.perf_counter() - started
+    stream.close()
+    return elapsed
+
+
+def warming_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Cold start vs cold model vs warm vs preemptively warmed, each on fresh daemons."""
+    serve_args = ["--threads", str(args.threads), "--context", str(args.context)]
+    spec = [f"{MODEL}={path}"]
+    cold_start, cold_model, warm, warmed = [], [], [], []
+    for r in range(args.rounds):
+        spawned = time.perf_counter()
+        with DaemonProcess(home / f"cold-{r}", spec, extra_args=serve_args) as d, \
+                MeshClient(d.address) as mesh:  # fmt: skip
+            cold_start.append(first_token_after(mesh, since=spawned))
+            warm.extend(first_token_after(mesh) for _ in range(5))
+        with DaemonProcess(home / f"model-{r}", spec, extra_args=serve_args) as d, \
+                MeshClient(d.address) as mesh:  # fmt: skip
+            cold_model.append(first_token_after(mesh))
+    lead = 1.2 * statistics.median(cold_model)  # warm() comes at least one load time ahead
+    for r in range(args.rounds):
+        with DaemonProcess(home / f"warmed-{r}", spec, extra_args=serve_args) as d, \
+                MeshClient(d.address) as mesh:  # fmt: skip
+            mesh.warm(MODEL, lease=60)
+            time.sleep(lead)
+            warmed.append(first_token_after(mesh))
+    return {"cold_start_s": cold_start, "cold_model_s": cold_model, "warm_s": warm,
+            "preemptively_warmed_s": warmed, "warm_lead_s": lead}  # fmt: skip
+
+
+async def _reload_times(path: Path, home: Path, args: argparse.Namespace, mmap: bool,
+                        from_disk: bool) -> list[float]:  # fmt: skip
+    settings = Settings(home=home, models=(ModelSpec(MODEL, path),), threads=args.threads,
+                        context=args.context, use_mmap=mmap)  # fmt: skip
+    engine = Engine(settings)
+    await engine.start()
+    times = []
+    try:
+        for _ in range(args.rounds):
+            if from_disk:
+                drop_from_page_cache(path)
+            started = time.perf_counter()
+            await engine.warm(MODEL, wait=True)
+            times.append(time.perf_counter() - started)
+            await engine.hosts[MODEL].unload()  # evicted
+    finally:
+        await engine.close()
+    return times
+
+
+def reload_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Load + warm of an evicted model: page cache vs disk, mmap on and off."""
+    result = {}
+    for mmap in (True, False):
+        for from_disk in (False, True):
+            key = f"{'mmap' if mmap else 'read'}_{'disk' if from_disk else 'page_cache'}_s"
+            result[key] = asyncio.run(_reload_times(path, home, args, mmap, from_disk))
+    return result
+
+
+def ms(seconds: float) -> str:
+    return f"{1000 * seconds:,.1f} ms"
+
+
+def report(o: dict[str, Any], w: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
+    """Print the tables; return the summary figures and goal verdicts."""
+    d50, m50 = percentile(o["ttft_direct_s"], 50), percentile(o["ttft_meshd_s"], 50)
+    d99, m99 = percentile(o["ttft_direct_s"], 99), percentile(o["ttft_meshd_s"], 99)
+    dr, mr = statistics.median(o["decode_direct_tps"]), statistics.median(o["decode_meshd_tps"])
+    s = {"ttft_ratio_p50": m50 / d50, "ttft_ratio_p99": m99 / d99,
+         "added_ms_p50": 1000 * (m50 - d50), "added_ms_p99": 1000 * (m99 - d99),
+         "decode_ratio": mr / dr}  # fmt: skip
+    print_table("meshd vs direct llama-cpp-python (same model, threads, context)",
+                ["measure", "direct", "through meshd", "ratio", "goal", ""],
+                [["TTFT p50", ms(d50), ms(m50), f"{s['ttft_ratio_p50']:.3f}", "≤ 1.05",
+                  verdict(s["ttft_ratio_p50"] <= 1.05)],
+                 ["TTFT p99", ms(d99), ms(m99), f"{s['ttft_ratio_p99']:.3f}", "≤ 1.10",
+                  verdict(s["ttft_ratio_p99"] <= 1.10)],
+                 ["added latency p50 / p99", "", f"{s['added_ms_p50']:.2f} / "
+                  f"{s['added_ms_p99']:.2f} ms", "", "", ""],
+                 ["decode tokens/s (median)", f"{dr:.1f}", f"{mr:.1f}", f"{s['decode_ratio']:.3f}",
+                  "≥ 0.98", verdict(s["decode_ratio"] >= 0.98)]])  # fmt: skip
+    cs, cm = statistics.median(w["cold_start_s"]), statistics.median(w["cold_model_s"])
+    wm, pw = statistics.median(w["warm_s"]), statistics.median(w["preemptively_warmed_s"])
+    s["hidden_of_cold_start"] = 1 - (pw - wm) / (cs - wm)
+    s["hidden_of_model_load"] = 1 - (pw - wm) / (cm - wm)
+    print_table("time to first token (medians)", ["scenario", "TTFT", "note"],
+                [["cold start", ms(cs), "new daemon process + load + first token"],
+                 ["cold model", ms(cm), "daemon running, model not loaded"],
+                 ["warm", ms(wm), "model resident"],
+                 ["preemptively warmed", ms(pw), f"Warm() {w['warm_lead_s']:.2f} s ahead"],
+                 ["hidden: of cold start / of model load", "",
+                  f"{100 * s['hidden_of_cold_start']:.1f}% / {100 * s['hidden_of_model_load']:.1f}%"
+                  f"  (goal ≥ 95%: {verdict(s['hidden_of_model_load'] >= 0.95)})"]])  # fmt: skip
+    print_table("reload of an evicted model (load + first token, median)",
+                ["weights", "from page cache", "from disk"],
+                [["mmap", ms(statistics.median(r["mmap_page_cache_s"])),
+                  ms(statistics.median(r["mmap_disk_s"]))],
+                 ["read into RAM (--no-mmap)", ms(statistics.median(r["read_page_cache_s"])),
+                  ms(statistics.median(r["read_disk_s"]))]])  # fmt: skip
+    return s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", help="GGUF to use [default: the demo's Gemma 3 270M]")
+    parser.add_argument("--prompts", type=int, default=60, help="TTFT samples per side")
+    parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--decode-rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=3, help="cold/warm/reload repetitions")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--context", type=int, default=2048)
+    args = parser.parse_args()
+    path = bench_model(args.model)
+    console.print(f"model: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
+    with tempfile.TemporaryDirectory(prefix="meshd-bench-") as tmp:
+        home = Path(tmp)
+        with console.status("direct vs meshd…"):
+            overhead = overhead_section(path, home, args)
+        with console.status("cold vs warm vs preemptively warmed…"):
+            warming = warming_section(path, home, args)
+        with console.status("reloads…"):
+            reload = reload_section(path, home / "reload", args)
+    summary = report(overhead, warming, reload)
+    out = write_json(
+        "warm_path",
+        {
+            "model": str(path),
+            "args": vars(args),
+            "summary": summary,
+            "overhead": overhead,
+            "warming": warming,
+            "reload": reload,
+        },
+    )
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
