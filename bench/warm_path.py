@@ -1,6 +1,6 @@
 """The warm path on the real demo model: what meshd adds to llama.cpp, and what warming hides.
 
-    .venv/bin/python bench/warm_path.py [--model PATH] [--prompts 60] [--threads 2]
+    .venv/bin/python bench/warm_path.py [--model PATH] [--threads 2] [--compare-threads 1]
 
 Everything is measured side by side in one run (this machine is shared and noisy), and
 requests alternate between the two sides so that drift hits both alike. Prints tables and
@@ -27,7 +27,7 @@ from common import (
     verdict,
     write_json,
 )
-from llama_cpp import Llama, StoppingCriteriaList
+from llama_cpp import Llama, llama_vocab_is_eog
 
 from meshd.client import MeshClient
 from meshd.config import ModelSpec, Settings
@@ -35,9 +35,25 @@ from meshd.engine import Engine
 from meshd.process import DaemonProcess
 
 MODEL = "gemma"
-COUNTRIES = ["France", "Japan", "Peru", "Kenya", "Norway", "Chile", "Egypt", "Canada", "India",
-             "Spain", "Ghana", "Italy", "Nepal", "Cuba", "Mali"]  # fmt: skip
+COUNTRIES = [
+    "France",
+    "Japan",
+    "Peru",
+    "Kenya",
+    "Norway",
+    "Chile",
+    "Egypt",
+    "Canada",
+    "India",
+    "Spain",
+    "Ghana",
+    "Italy",
+    "Nepal",
+    "Cuba",
+    "Mali",
+]
 DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
+PAUSE_S = 0.05
 
 
 def prompts(n: int) -> list[str]:
@@ -46,14 +62,37 @@ def prompts(n: int) -> list[str]:
 
 
 class Direct:
-    """llama-cpp-python in this process, used the way its documentation shows."""
+    """llama-cpp-python in this process: the token loop meshd itself runs, with no RPC around it.
+
+    ttft_completion() is the documented high-level API, shown for reference.
+    """
 
     def __init__(self, path: Path, threads: int, context: int) -> None:
-        self.llm = Llama(model_path=str(path), n_ctx=context, n_threads=threads,
-                         n_threads_batch=threads, n_batch=512, verbose=False)  # fmt: skip
+        self.llm = Llama(
+            model_path=str(path),
+            n_ctx=context,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=512,
+            verbose=False,
+        )
         self.llm.eval([self.llm.token_bos()])
 
+    def _tokens(self, prompt: str) -> Any:
+        tokens = self.llm.tokenize(prompt.encode(), add_bos=True)
+        return self.llm.generate(
+            tokens, top_k=40, top_p=0.95, min_p=0.0, temp=0.0, repeat_penalty=1.0
+        )
+
     def ttft(self, prompt: str) -> float:
+        started = time.perf_counter()
+        stream = self._tokens(prompt)
+        next(stream)
+        elapsed = time.perf_counter() - started
+        stream.close()
+        return elapsed
+
+    def ttft_completion(self, prompt: str) -> float:
         started = time.perf_counter()
         stream = self.llm.create_completion(prompt, max_tokens=2, temperature=0, stream=True)
         next(iter(stream))
@@ -62,24 +101,16 @@ class Direct:
         return elapsed
 
     def decode_rate(self, max_tokens: int) -> float:
-        count, first = 0, 0.0
-
-        def counter(_ids: Any, _logits: Any) -> bool:
-            nonlocal count, first
+        stream, count, first = self._tokens(DECODE_PROMPT), 0, 0.0
+        for token in stream:
             count += 1
             if count == 1:
                 first = time.perf_counter()
-            return False
-
-        for _ in self.llm.create_completion(
-            DECODE_PROMPT,
-            max_tokens=max_tokens,
-            temperature=0,
-            stream=True,
-            stopping_criteria=StoppingCriteriaList([counter]),
-        ):
-            pass  # fmt: skip
-        return (count - 1) / (time.perf_counter() - first)
+            if count == max_tokens or llama_vocab_is_eog(self.llm._model.vocab, token):
+                break
+        elapsed = time.perf_counter() - first
+        stream.close()
+        return (count - 1) / elapsed
 
     def close(self) -> None:
         self.llm.close()
@@ -101,8 +132,7 @@ class ThroughMeshd:
 
     def decode_rate(self, max_tokens: int) -> float:
         first_at, first_tokens, last = 0.0, 0, None
-        for chunk in self.mesh.generate(MODEL, DECODE_PROMPT, max_tokens=max_tokens,
-                                        temperature=0):  # fmt: skip
+        for chunk in self.mesh.generate(MODEL, DECODE_PROMPT, max_tokens=max_tokens, temperature=0):
             if last is None:
                 first_at, first_tokens = time.perf_counter(), chunk.tokens
             last = chunk
@@ -111,41 +141,53 @@ class ThroughMeshd:
 
 
 def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:
-    """Run a and b in turns, swapping who goes first each round."""
-    xs, ys = [], []
+    """Run a and b in turns, swapping who goes first each round.
+
+    A short pause before each call lets the other side's llama.cpp threads stop polling for
+    work, so neither side is measured while the other still holds the cores.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
     for i in range(rounds):
-        if i % 2:
-            ys.append(b())
-            xs.append(a())
-        else:
-            xs.append(a())
-            ys.append(b())
+        for fn, out in ((b, ys), (a, xs)) if i % 2 else ((a, xs), (b, ys)):
+            time.sleep(PAUSE_S)
+            out.append(fn())
     return xs, ys
 
 
-def overhead_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """TTFT and decode rate, direct vs through meshd, interleaved."""
-    serve_args = ["--threads", str(args.threads), "--context", str(args.context)]
-    direct = Direct(path, args.threads, args.context)
+def overhead_section(path: Path, home: Path, args: argparse.Namespace, threads: int) -> dict:
+    """TTFT and decode rate, direct vs through meshd, interleaved, at one thread count."""
+    serve_args = ["--threads", str(threads), "--context", str(args.context)]
+    direct = Direct(path, threads, args.context)
     try:
-        with DaemonProcess(home / "overhead", [f"{MODEL}={path}"], extra_args=serve_args) as d, \
-                MeshClient(d.address) as mesh:  # fmt: skip
+        with (
+            DaemonProcess(
+                home / f"overhead-{threads}", [f"{MODEL}={path}"], extra_args=serve_args
+            ) as daemon,
+            MeshClient(daemon.address) as mesh,
+        ):
             mesh.warm(MODEL, wait=True)
             meshd = ThroughMeshd(mesh)
             for p in prompts(4):  # both sides past their first-call costs
                 direct.ttft(p), meshd.ttft(p)
             items = iter(prompts(args.prompts) * 2)
-            d_ttft, m_ttft = alternate(lambda: direct.ttft(next(items)),
-                                       lambda: meshd.ttft(next(items)), args.prompts)  # fmt: skip
-            d_rate, m_rate = alternate(lambda: direct.decode_rate(args.decode_tokens),
-                                       lambda: meshd.decode_rate(args.decode_tokens),
-                                       args.decode_rounds)  # fmt: skip
+            d_ttft, m_ttft = alternate(
+                lambda: direct.ttft(next(items)), lambda: meshd.ttft(next(items)), args.prompts
+            )
+            d_rate, m_rate = alternate(
+                lambda: direct.decode_rate(args.decode_tokens),
+                lambda: meshd.decode_rate(args.decode_tokens),
+                args.decode_rounds,
+            )
     finally:
         direct.close()
     return {
-        "ttft_direct_s": d_ttft, "ttft_meshd_s": m_ttft,
-        "decode_direct_tps": d_rate, "decode_meshd_tps": m_rate,
-    }  # fmt: skip
+        "threads": threads,
+        "ttft_direct_s": d_ttft,
+        "ttft_meshd_s": m_ttft,
+        "decode_direct_tps": d_rate,
+        "decode_meshd_tps": m_rate,
+    }
 
 
 def first_token_after(mesh: MeshClient, since: float | None = None) -> float:
@@ -164,28 +206,45 @@ def warming_section(path: Path, home: Path, args: argparse.Namespace) -> dict[st
     cold_start, cold_model, warm, warmed = [], [], [], []
     for r in range(args.rounds):
         spawned = time.perf_counter()
-        with DaemonProcess(home / f"cold-{r}", spec, extra_args=serve_args) as d, \
-                MeshClient(d.address) as mesh:  # fmt: skip
+        with (
+            DaemonProcess(home / f"cold-{r}", spec, extra_args=serve_args) as d,
+            MeshClient(d.address) as mesh,
+        ):
             cold_start.append(first_token_after(mesh, since=spawned))
             warm.extend(first_token_after(mesh) for _ in range(5))
-        with DaemonProcess(home / f"model-{r}", spec, extra_args=serve_args) as d, \
-                MeshClient(d.address) as mesh:  # fmt: skip
+        with (
+            DaemonProcess(home / f"model-{r}", spec, extra_args=serve_args) as d,
+            MeshClient(d.address) as mesh,
+        ):
             cold_model.append(first_token_after(mesh))
     lead = 1.2 * statistics.median(cold_model)  # warm() comes at least one load time ahead
     for r in range(args.rounds):
-        with DaemonProcess(home / f"warmed-{r}", spec, extra_args=serve_args) as d, \
-                MeshClient(d.address) as mesh:  # fmt: skip
+        with (
+            DaemonProcess(home / f"warmed-{r}", spec, extra_args=serve_args) as d,
+            MeshClient(d.address) as mesh,
+        ):
             mesh.warm(MODEL, lease=60)
             time.sleep(lead)
             warmed.append(first_token_after(mesh))
-    return {"cold_start_s": cold_start, "cold_model_s": cold_model, "warm_s": warm,
-            "preemptively_warmed_s": warmed, "warm_lead_s": lead}  # fmt: skip
+    return {
+        "cold_start_s": cold_start,
+        "cold_model_s": cold_model,
+        "warm_s": warm,
+        "preemptively_warmed_s": warmed,
+        "warm_lead_s": lead,
+    }
 
 
-async def _reload_times(path: Path, home: Path, args: argparse.Namespace, mmap: bool,
-                        from_disk: bool) -> list[float]:  # fmt: skip
-    settings = Settings(home=home, models=(ModelSpec(MODEL, path),), threads=args.threads,
-                        context=args.context, use_mmap=mmap)  # fmt: skip
+async def _reload_times(
+    path: Path, home: Path, args: argparse.Namespace, mmap: bool, from_disk: bool
+) -> list[float]:
+    settings = Settings(
+        home=home,
+        models=(ModelSpec(MODEL, path),),
+        threads=args.threads,
+        context=args.context,
+        use_mmap=mmap,
+    )
     engine = Engine(settings)
     await engine.start()
     times = []
@@ -216,43 +275,119 @@ def ms(seconds: float) -> str:
     return f"{1000 * seconds:,.1f} ms"
 
 
-def report(o: dict[str, Any], w: dict[str, Any], r: dict[str, Any]) -> dict[str, Any]:
-    """Print the tables; return the summary figures and goal verdicts."""
+def summarize_overhead(o: dict[str, Any]) -> dict[str, float]:
+    """Ratios and added milliseconds for one thread count."""
     d50, m50 = percentile(o["ttft_direct_s"], 50), percentile(o["ttft_meshd_s"], 50)
     d99, m99 = percentile(o["ttft_direct_s"], 99), percentile(o["ttft_meshd_s"], 99)
     dr, mr = statistics.median(o["decode_direct_tps"]), statistics.median(o["decode_meshd_tps"])
-    s = {"ttft_ratio_p50": m50 / d50, "ttft_ratio_p99": m99 / d99,
-         "added_ms_p50": 1000 * (m50 - d50), "added_ms_p99": 1000 * (m99 - d99),
-         "decode_ratio": mr / dr}  # fmt: skip
-    print_table("meshd vs direct llama-cpp-python (same model, threads, context)",
-                ["measure", "direct", "through meshd", "ratio", "goal", ""],
-                [["TTFT p50", ms(d50), ms(m50), f"{s['ttft_ratio_p50']:.3f}", "≤ 1.05",
-                  verdict(s["ttft_ratio_p50"] <= 1.05)],
-                 ["TTFT p99", ms(d99), ms(m99), f"{s['ttft_ratio_p99']:.3f}", "≤ 1.10",
-                  verdict(s["ttft_ratio_p99"] <= 1.10)],
-                 ["added latency p50 / p99", "", f"{s['added_ms_p50']:.2f} / "
-                  f"{s['added_ms_p99']:.2f} ms", "", "", ""],
-                 ["decode tokens/s (median)", f"{dr:.1f}", f"{mr:.1f}", f"{s['decode_ratio']:.3f}",
-                  "≥ 0.98", verdict(s["decode_ratio"] >= 0.98)]])  # fmt: skip
+    return {
+        "threads": o["threads"],
+        "ttft_direct_p50_ms": 1000 * d50,
+        "ttft_meshd_p50_ms": 1000 * m50,
+        "ttft_direct_p99_ms": 1000 * d99,
+        "ttft_meshd_p99_ms": 1000 * m99,
+        "ttft_ratio_p50": m50 / d50,
+        "ttft_ratio_p99": m99 / d99,
+        "added_ms_p50": 1000 * (m50 - d50),
+        "added_ms_p99": 1000 * (m99 - d99),
+        "decode_direct_tps": dr,
+        "decode_meshd_tps": mr,
+        "decode_ratio": statistics.median(
+            m / d for m, d in zip(o["decode_meshd_tps"], o["decode_direct_tps"], strict=True)
+        ),
+    }
+
+
+def print_overhead(summaries: list[dict[str, float]]) -> None:
+    rows = []
+    for s in summaries:
+        t = f"{s['threads']:.0f} thr"
+        rows += [
+            [
+                f"TTFT p50, {t}",
+                f"{s['ttft_direct_p50_ms']:.1f} ms",
+                f"{s['ttft_meshd_p50_ms']:.1f} ms",
+                f"{s['ttft_ratio_p50']:.3f} (+{s['added_ms_p50']:.1f} ms)",
+                "≤ 1.05",
+                verdict(s["ttft_ratio_p50"] <= 1.05),
+            ],
+            [
+                f"TTFT p99, {t}",
+                f"{s['ttft_direct_p99_ms']:.1f} ms",
+                f"{s['ttft_meshd_p99_ms']:.1f} ms",
+                f"{s['ttft_ratio_p99']:.3f} (+{s['added_ms_p99']:.1f} ms)",
+                "≤ 1.10",
+                verdict(s["ttft_ratio_p99"] <= 1.10),
+            ],
+            [
+                f"decode tok/s, {t}",
+                f"{s['decode_direct_tps']:.1f}",
+                f"{s['decode_meshd_tps']:.1f}",
+                f"{s['decode_ratio']:.3f}",
+                "≥ 0.98",
+                verdict(s["decode_ratio"] >= 0.98),
+            ],
+        ]
+    print_table(
+        "meshd vs direct llama-cpp-python (same model, context, thread count)",
+        ["measure", "direct", "through meshd", "ratio", "goal", ""],
+        rows,
+    )
+
+
+def summarize_warming(w: dict[str, Any]) -> dict[str, float]:
     cs, cm = statistics.median(w["cold_start_s"]), statistics.median(w["cold_model_s"])
     wm, pw = statistics.median(w["warm_s"]), statistics.median(w["preemptively_warmed_s"])
-    s["hidden_of_cold_start"] = 1 - (pw - wm) / (cs - wm)
-    s["hidden_of_model_load"] = 1 - (pw - wm) / (cm - wm)
-    print_table("time to first token (medians)", ["scenario", "TTFT", "note"],
-                [["cold start", ms(cs), "new daemon process + load + first token"],
-                 ["cold model", ms(cm), "daemon running, model not loaded"],
-                 ["warm", ms(wm), "model resident"],
-                 ["preemptively warmed", ms(pw), f"Warm() {w['warm_lead_s']:.2f} s ahead"],
-                 ["hidden: of cold start / of model load", "",
-                  f"{100 * s['hidden_of_cold_start']:.1f}% / {100 * s['hidden_of_model_load']:.1f}%"
-                  f"  (goal ≥ 95%: {verdict(s['hidden_of_model_load'] >= 0.95)})"]])  # fmt: skip
-    print_table("reload of an evicted model (load + first token, median)",
-                ["weights", "from page cache", "from disk"],
-                [["mmap", ms(statistics.median(r["mmap_page_cache_s"])),
-                  ms(statistics.median(r["mmap_disk_s"]))],
-                 ["read into RAM (--no-mmap)", ms(statistics.median(r["read_page_cache_s"])),
-                  ms(statistics.median(r["read_disk_s"]))]])  # fmt: skip
-    return s
+    return {
+        "cold_start_ms": 1000 * cs,
+        "cold_model_ms": 1000 * cm,
+        "warm_ms": 1000 * wm,
+        "preemptively_warmed_ms": 1000 * pw,
+        "warm_lead_s": w["warm_lead_s"],
+        "hidden_of_cold_start": 1 - (pw - wm) / (cs - wm),
+        "hidden_of_model_load": 1 - (pw - wm) / (cm - wm),
+    }
+
+
+def print_warming(s: dict[str, float]) -> None:
+    hidden = f"{100 * s['hidden_of_cold_start']:.1f}% / {100 * s['hidden_of_model_load']:.1f}%"
+    print_table(
+        "time to first token (medians)",
+        ["scenario", "TTFT", "note"],
+        [
+            [
+                "cold start",
+                f"{s['cold_start_ms']:,.1f} ms",
+                "new daemon process + load + 1st token",
+            ],
+            ["cold model", f"{s['cold_model_ms']:,.1f} ms", "daemon running, model not loaded"],
+            ["warm", f"{s['warm_ms']:,.1f} ms", "model resident"],
+            [
+                "preemptively warmed",
+                f"{s['preemptively_warmed_ms']:,.1f} ms",
+                f"Warm() {s['warm_lead_s']:.2f} s ahead",
+            ],
+            [
+                "load hidden (of cold start / of model load)",
+                hidden,
+                f"goal ≥ 95%: {verdict(s['hidden_of_model_load'] >= 0.95)}",
+            ],
+        ],
+    )
+
+
+def print_reload(r: dict[str, Any]) -> None:
+    def cell(key: str) -> str:
+        return ms(statistics.median(r[key]))
+
+    print_table(
+        "reload of an evicted model (load + first token, median)",
+        ["weights", "from page cache", "from disk"],
+        [
+            ["mmap", cell("mmap_page_cache_s"), cell("mmap_disk_s")],
+            ["read into RAM (--no-mmap)", cell("read_page_cache_s"), cell("read_disk_s")],
+        ],
+    )
 
 
 def main() -> None:
@@ -260,22 +395,37 @@ def main() -> None:
     parser.add_argument("--model", help="GGUF to use [default: the demo's Gemma 3 270M]")
     parser.add_argument("--prompts", type=int, default=60, help="TTFT samples per side")
     parser.add_argument("--decode-tokens", type=int, default=128)
-    parser.add_argument("--decode-rounds", type=int, default=6)
+    parser.add_argument("--decode-rounds", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3, help="cold/warm/reload repetitions")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="llama.cpp threads")
+    parser.add_argument(
+        "--compare-threads",
+        type=int,
+        nargs="*",
+        default=[1],
+        help="also measure the overhead at these thread counts",
+    )
     parser.add_argument("--context", type=int, default=2048)
     args = parser.parse_args()
     path = bench_model(args.model)
     console.print(f"model: {path} ({path.stat().st_size / 2**20:.0f} MiB)")
     with tempfile.TemporaryDirectory(prefix="meshd-bench-") as tmp:
         home = Path(tmp)
-        with console.status("direct vs meshd…"):
-            overhead = overhead_section(path, home, args)
+        overhead = []
+        for threads in [args.threads, *args.compare_threads]:
+            with console.status(f"direct vs meshd, {threads} thread(s)…"):
+                overhead.append(overhead_section(path, home, args, threads))
         with console.status("cold vs warm vs preemptively warmed…"):
             warming = warming_section(path, home, args)
         with console.status("reloads…"):
             reload = reload_section(path, home / "reload", args)
-    summary = report(overhead, warming, reload)
+    summary = {
+        "overhead": [summarize_overhead(o) for o in overhead],
+        "warming": summarize_warming(warming),
+    }
+    print_overhead(summary["overhead"])
+    print_warming(summary["warming"])
+    print_reload(reload)
     out = write_json(
         "warm_path",
         {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import time
 from collections import deque
@@ -40,6 +41,23 @@ def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -
     """Hand fn to the event loop from a worker thread; a closed loop has no one to tell."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)
+
+
+def _merge_backlog(
+    first: Chunk | BaseException, backlog: asyncio.Queue[Chunk | BaseException]
+) -> Chunk | BaseException:
+    """Fold chunks that piled up while the consumer was busy into one message.
+
+    A fast model outruns the network: sending one message per token then costs more than the
+    tokens. Nothing waits here, so a consumer that keeps up still gets every token at once.
+    """
+    merged = first
+    while isinstance(merged, Chunk) and merged.finish_reason is None and not backlog.empty():
+        following = backlog.get_nowait()
+        if isinstance(following, BaseException):
+            return following
+        merged = dataclasses.replace(following, text=merged.text + following.text)
+    return merged
 
 
 class ModelHost:
@@ -182,7 +200,7 @@ class ModelHost:
         future.add_done_callback(lambda _: _post(loop, self._release, slot, started))
         try:
             while True:
-                item = await chunks.get()
+                item = _merge_backlog(await chunks.get(), chunks)
                 if isinstance(item, BaseException):
                     raise item
                 yield item

@@ -14,6 +14,9 @@ from meshd.v1 import mesh_pb2_grpc
 
 # Keep idle peer links alive through NATs and notice dead peers without a request.
 _KEEPALIVE = [
+    # No bandwidth probing: its extra PING frames wake both ends mid-generation, and on a
+    # small machine that time is taken from llama.cpp's threads. Messages here are small.
+    ("grpc.http2.bdp_probe", 0),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -27,6 +30,7 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
+        ("grpc.http2.bdp_probe", 0),
     ]
 
 

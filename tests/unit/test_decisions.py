@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import grpc
@@ -10,9 +11,10 @@ import pytest
 from meshd import errors
 from meshd.engine.eviction import Resident, expired, plan_eviction, warm_until
 from meshd.engine.generation import StopMatcher
+from meshd.engine.model import _merge_backlog
 from meshd.engine.validate import Limits, validate_request
 from meshd.rpc.status import error_from_rpc, status_of, trailers_of
-from meshd.types import GenerateRequest, Sampling
+from meshd.types import Chunk, FinishReason, GenerateRequest, Sampling
 
 
 def resident(
@@ -154,3 +156,28 @@ class TestStatusMapping:
         assert "cannot reach meshd at h:1" in str(error_from_rpc(down, "h:1"))
         odd = FakeRpcError(grpc.StatusCode.DATA_LOSS, "?")
         assert type(error_from_rpc(odd)) is errors.MeshdError
+
+
+class TestMergeBacklog:
+    """Chunks that piled up while the consumer was busy go out as one message."""
+
+    @staticmethod
+    def _queue(*items: object) -> asyncio.Queue:
+        queue: asyncio.Queue = asyncio.Queue()
+        for item in items:
+            queue.put_nowait(item)
+        return queue
+
+    async def test_nothing_waiting_passes_the_chunk_through(self) -> None:
+        chunk = Chunk("a", 1)
+        assert _merge_backlog(chunk, self._queue()) is chunk
+
+    async def test_waiting_chunks_fold_into_one_up_to_the_last(self) -> None:
+        backlog = self._queue(Chunk("b", 2), Chunk("c", 3, FinishReason.LENGTH, 5), Chunk("x", 9))
+        merged = _merge_backlog(Chunk("a", 1), backlog)
+        assert merged == Chunk("abc", 3, FinishReason.LENGTH, 5)
+        assert backlog.qsize() == 1, "nothing after the last chunk is taken"
+
+    async def test_an_error_in_the_backlog_wins(self) -> None:
+        error = RuntimeError("slot failed")
+        assert _merge_backlog(Chunk("a", 1), self._queue(Chunk("b", 2), error)) is error
