@@ -225,9 +225,6 @@ def load_settings(
     settings = _apply(settings, _read_toml(config_path), str(config_path), root)
     settings = _apply(settings, _from_env(env), "environment", None)
     settings = _apply(settings, flags or {}, "command line", None)
-    unknown_pins = settings.pins - set(settings.model_paths())
-    if unknown_pins:
-        raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown_pins))}")
     if settings.slots < 1 or settings.context < 16:
         raise ConfigError("slots must be ≥ 1 and context ≥ 16")
     return settings

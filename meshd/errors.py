@@ -51,6 +51,18 @@ class Cancelled(MeshdError):
     """The call was cancelled."""
 
 
+class DownloadFailed(MeshdError):
+    """A model could not be fetched from its source (HTTP error, stall, refused)."""
+
+
+class InsufficientSpace(MeshdError):
+    """The disk has no room for the model."""
+
+
+class IntegrityError(MeshdError):
+    """Received bytes do not match the expected digest or size."""
+
+
 class ConfigError(MeshdError):
     """The configuration (file, environment or flags) is invalid."""
 

@@ -16,6 +16,7 @@ from meshd.engine import Engine
 from meshd.identity import load_or_create_peer_id
 from meshd.rpc.channels import bind, server_options
 from meshd.rpc.servicer import MeshServicer, add_to_server
+from meshd.store import ModelStore
 
 log = logging.getLogger("meshd")
 SERVICE_NAME = "meshd.v1.Mesh"
@@ -27,7 +28,8 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.peer_id = load_or_create_peer_id(settings.home)
-        self.engine = Engine(settings)
+        self.store = ModelStore(settings.home)
+        self.engine = Engine(settings, self.store)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: aio.Server | None = None
         self.port = 0
@@ -44,7 +46,7 @@ class Node:
             return
         await self.engine.start()
         server = aio.server(options=server_options(self.settings.max_message_bytes))
-        add_to_server(MeshServicer(self.engine, self.peer_id), server)
+        add_to_server(MeshServicer(self.engine, self.store, self.peer_id), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             self.port = bind(server, self.settings.listen)

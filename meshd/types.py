@@ -94,6 +94,7 @@ class ModelInfo:
     quantization: str = ""
     context_length: int = 0
     error: str = ""
+    digest: str = ""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
+from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -15,7 +17,14 @@ from meshd.engine.eviction import expired, plan_eviction
 from meshd.engine.generation import Job
 from meshd.engine.model import ModelHost, SlotOptions
 from meshd.engine.validate import Limits, validate_request
-from meshd.errors import InsufficientMemory, InvalidModelFile, ModelNotFound, ModelUnavailable
+from meshd.errors import (
+    ConfigError,
+    InsufficientMemory,
+    InvalidModelFile,
+    ModelNotFound,
+    ModelUnavailable,
+)
+from meshd.store import ModelStore
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState, WarmResult
 
 log = logging.getLogger("meshd.engine")
@@ -37,28 +46,22 @@ def default_threads() -> int:
 class Engine:
     """Loads, warms, serves and evicts the models in Settings; all methods run on one loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
         self.settings = settings
+        self.store = store
         self.keep_alive = settings.keep_alive
         self.memory_budget = settings.memory_budget or default_memory_budget()
         self.limits = Limits(settings.max_tokens_cap, settings.max_prompt_bytes)
-        options = SlotOptions(
+        self.options = SlotOptions(
             count=settings.slots,
             context=settings.context,
             threads=settings.threads or default_threads(),
             batch=settings.batch,
             use_mmap=settings.use_mmap,
         )
-        self.hosts = {
-            spec.name: ModelHost(
-                spec.name,
-                spec.path,
-                options,
-                pinned=spec.name in settings.pins,
-                max_queue=settings.max_queue,
-            )
-            for spec in settings.models
-        }
+        self.hosts = {spec.name: self._new_host(spec.name, spec.path) for spec in settings.models}
+        self._store_seen = -1
+        self._retired: list[ModelHost] = []  # out of the store, still loaded
         self._load_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
@@ -70,6 +73,10 @@ class Engine:
         for host in self.hosts.values():
             with contextlib.suppress(InvalidModelFile):
                 await asyncio.to_thread(host.inspect)
+        await self.refresh()
+        unknown = self.settings.pins - set(self.hosts)
+        if unknown:
+            raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown))}")
         self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
         for host in self.hosts.values():
             if host.pinned and host.state is ModelState.COLD:
@@ -84,7 +91,48 @@ class Engine:
         self._tasks.clear()
         self._reaper = None
         async with self._load_lock:
-            await asyncio.gather(*(h.unload() for h in self.hosts.values() if h.slots))
+            loaded = [h for h in [*self.hosts.values(), *self._retired] if h.slots]
+            await asyncio.gather(*(h.unload() for h in loaded))
+            self._retired.clear()
+
+    def _new_host(self, name: str, path: Path, digest: str = "") -> ModelHost:
+        return ModelHost(
+            name,
+            path,
+            self.options,
+            pinned=name in self.settings.pins,
+            max_queue=self.settings.max_queue,
+            digest=digest,
+        )
+
+    async def refresh(self) -> None:
+        """Pick up models pulled into, or removed from, the store since the last look."""
+        if self.store is None or self.store.manifest_mtime() == self._store_seen:
+            return
+        self._store_seen = self.store.manifest_mtime()
+        try:
+            stored = {m.name: m for m in await asyncio.to_thread(self.store.models)}
+        except InvalidModelFile as exc:
+            log.error("%s", exc)
+            return
+        configured = set(self.settings.model_paths())
+        for name, model in stored.items():
+            host = self.hosts.get(name)
+            if name not in configured and (host is None or host.digest != model.digest):
+                if host is not None:
+                    self._retire(host)
+                host = self._new_host(name, self.store.blob_path(model.digest), model.digest)
+                self.hosts[name] = host
+                with contextlib.suppress(InvalidModelFile):
+                    await asyncio.to_thread(host.inspect)
+        for name, host in list(self.hosts.items()):
+            if host.digest and name not in stored:
+                self._retire(self.hosts.pop(name))
+
+    def _retire(self, host: ModelHost) -> None:
+        """A model that left the store: the reaper unloads it once its requests finish."""
+        if host.slots:
+            self._retired.append(host)
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -99,6 +147,7 @@ class Engine:
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """Validate, admit, warm if needed, and stream the completion."""
         validate_request(request, self.limits)
+        await self.refresh()
         host = self.host(request.model)
         with host.admit():
             await self.ensure_warm(host)
@@ -108,6 +157,7 @@ class Engine:
 
     async def warm(self, name: str, lease: float = 0.0, wait: bool = False) -> WarmResult:
         """Start warming the model (or wait for it) and hold it warm for at least the lease."""
+        await self.refresh()
         host = self.host(name)
         if host.state is ModelState.FAILED and host.facts is None:
             raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
@@ -129,22 +179,28 @@ class Engine:
     def _loading_task(self, host: ModelHost) -> asyncio.Task[None]:
         """The model's load in progress, started now if none is; a failure stays on the model."""
         if host.loading is None or host.loading.done():
-            task = asyncio.create_task(self._load(host), name=f"load-{host.name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._loaded)
-            host.loading = task
+            host.loading = self._background(self._load(host), f"load-{host.name}")
         return host.loading
 
-    def _loaded(self, task: asyncio.Task[None]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A task the engine keeps and cancels on close; its failure is logged, not lost."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.info("%s", task.exception())
+            log.info("%s: %s", task.get_name(), task.exception())
 
     async def _load(self, host: ModelHost) -> None:
         async with self._load_lock:
             if host.state is ModelState.WARM:
                 return
             try:
+                if host.digest and self.store is not None:
+                    await asyncio.to_thread(self.store.checked_path, host.name)
                 await asyncio.to_thread(host.inspect)
             except InvalidModelFile as exc:
                 raise ModelUnavailable(f"model {host.name!r} is unusable: {exc}") from None
@@ -180,6 +236,9 @@ class Engine:
     async def reap(self) -> list[str]:
         """Unload idle models whose keep-alive and lease ran out; returns their names."""
         async with self._load_lock:
+            for host in [h for h in self._retired if not h.busy]:
+                self._retired.remove(host)
+                await host.unload()
             loaded = [h.resident(self.keep_alive) for h in self.hosts.values() if h.slots]
             names = expired(loaded, time.time())
             for name in names:

@@ -64,9 +64,17 @@ class ModelHost:
     """Owns one model's slots; the Engine decides when it loads and unloads."""
 
     def __init__(
-        self, name: str, path: Path, options: SlotOptions, *, pinned: bool, max_queue: int
+        self,
+        name: str,
+        path: Path,
+        options: SlotOptions,
+        *,
+        pinned: bool,
+        max_queue: int,
+        digest: str = "",
     ) -> None:
         self.name, self.path, self.options = name, path, options
+        self.digest = digest  # set for models that live in the store
         self.pinned, self.max_queue = pinned, max_queue
         self.state = ModelState.COLD
         self.error = ""
@@ -244,4 +252,5 @@ class ModelHost:
             quantization=facts.quantization if facts else "",
             context_length=self.options.context,
             error=self.error,
+            digest=self.digest,
         )

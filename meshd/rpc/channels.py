@@ -23,11 +23,15 @@ _KEEPALIVE = [
 ]
 
 
+# Model file chunks are 1 MiB; what a peer receives is limited separately.
+MAX_SEND_BYTES = 4 * 2**20
+
+
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     """Options for a daemon's server: message-size limit and keep-alive policy."""
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max(max_message_bytes, MAX_SEND_BYTES)),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
         ("grpc.http2.bdp_probe", 0),
@@ -45,9 +49,10 @@ def bind(server: aio.Server, address: str) -> int:
     return port
 
 
-def open_channel(address: str) -> grpc.Channel:
-    """A blocking channel to a daemon."""
-    return grpc.insecure_channel(address, options=_KEEPALIVE)
+def open_channel(address: str, max_receive_bytes: int | None = None) -> grpc.Channel:
+    """A blocking channel to a daemon; model transfers raise the receive limit."""
+    limit = [("grpc.max_receive_message_length", max_receive_bytes)] if max_receive_bytes else []
+    return grpc.insecure_channel(address, options=_KEEPALIVE + limit)
 
 
 def open_aio_channel(address: str) -> aio.Channel:

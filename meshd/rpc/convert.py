@@ -137,6 +137,7 @@ def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
         quantization=info.quantization,
         context_length=info.context_length,
         error=info.error,
+        digest=info.digest,
     )
 
 
@@ -156,6 +157,7 @@ def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
         quantization=m.quantization,
         context_length=m.context_length,
         error=m.error,
+        digest=m.digest,
     )
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import psutil
@@ -15,11 +18,13 @@ from meshd.engine import Engine
 from meshd.errors import MeshdError
 from meshd.rpc import convert
 from meshd.rpc.status import status_of, trailers_of
+from meshd.store import ModelStore
 from meshd.types import PeerStatus as PeerStatusInfo
 from meshd.v1 import mesh_pb2 as pb
 from meshd.v1 import mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
+TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message
 
 
 async def _abort(context: aio.ServicerContext[Any, Any], error: MeshdError) -> None:
@@ -40,8 +45,9 @@ async def _unary(
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """Serves one peer's Engine over gRPC."""
 
-    def __init__(self, engine: Engine, peer_id: str) -> None:
+    def __init__(self, engine: Engine, store: ModelStore, peer_id: str) -> None:
         self.engine = engine
+        self.store = store
         self.peer_id = peer_id
         self.started = time.monotonic()
 
@@ -81,6 +87,20 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> pb.PeerStatusReply:
         return convert.status_to_pb(self.status())
 
+    async def FetchModel(
+        self, request: pb.FetchModelRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.FetchModelChunk]:
+        try:
+            wanted = request.digest if request.WhichOneof("model") == "digest" else request.name
+            model = await asyncio.to_thread(self.store.find, wanted)
+            path = await asyncio.to_thread(self.store.checked_path, model.name)
+            manifest = pb.ModelManifest(name=model.name, digest=model.digest, size=model.size)
+            yield pb.FetchModelChunk(manifest=manifest)
+            async for block in read_blocks(path, request.offset):
+                yield pb.FetchModelChunk(data=block)
+        except MeshdError as error:
+            await _abort(context, error)
+
     def status(self) -> PeerStatusInfo:
         """This peer's identity, load and memory, now."""
         memory = psutil.virtual_memory()
@@ -94,6 +114,17 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             memory_budget=self.engine.memory_budget,
             memory_models=self.engine.memory_in_models(),
         )
+
+
+async def read_blocks(path: Path, offset: int) -> AsyncIterator[bytes]:
+    """The file from offset in TRANSFER_CHUNK blocks, read off the event loop."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while block := await asyncio.to_thread(os.pread, fd, TRANSFER_CHUNK, offset):
+            offset += len(block)
+            yield block
+    finally:
+        os.close(fd)
 
 
 def add_to_server(servicer: MeshServicer, server: aio.Server) -> None:

@@ -23,6 +23,9 @@ STATUS_OF: dict[type[errors.MeshdError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.DownloadFailed: grpc.StatusCode.UNAVAILABLE,
+    errors.InsufficientSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
 }
 
 # For a status that carries no meshd metadata (raised by gRPC itself, or by a foreign server).

@@ -54,6 +54,11 @@ class MeshStub:
                 request_serializer=meshd_dot_v1_dot_mesh__pb2.PeerStatusRequest.SerializeToString,
                 response_deserializer=meshd_dot_v1_dot_mesh__pb2.PeerStatusReply.FromString,
                 _registered_method=True)
+        self.FetchModel = channel.unary_stream(
+                '/meshd.v1.Mesh/FetchModel',
+                request_serializer=meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.SerializeToString,
+                response_deserializer=meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -87,6 +92,13 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchModel(self, request, context):
+        """Streams a model file from this peer's store: the manifest first, then the bytes from offset.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.PeerStatus,
                     request_deserializer=meshd_dot_v1_dot_mesh__pb2.PeerStatusRequest.FromString,
                     response_serializer=meshd_dot_v1_dot_mesh__pb2.PeerStatusReply.SerializeToString,
+            ),
+            'FetchModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchModel,
+                    request_deserializer=meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.FromString,
+                    response_serializer=meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Mesh:
             '/meshd.v1.Mesh/PeerStatus',
             meshd_dot_v1_dot_mesh__pb2.PeerStatusRequest.SerializeToString,
             meshd_dot_v1_dot_mesh__pb2.PeerStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meshd.v1.Mesh/FetchModel',
+            meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.SerializeToString,
+            meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.FromString,
             options,
             channel_credentials,
             insecure,

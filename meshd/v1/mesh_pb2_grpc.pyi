@@ -45,6 +45,8 @@ class MeshStub:
     """What this peer has: every configured model, warm or cold."""
     PeerStatus: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.PeerStatusRequest, _mesh_pb2.PeerStatusReply]
     """This peer's live load and memory."""
+    FetchModel: _grpc.UnaryStreamMultiCallable[_mesh_pb2.FetchModelRequest, _mesh_pb2.FetchModelChunk]
+    """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
 
 @_typing.type_check_only
 class MeshAsyncStub(MeshStub):
@@ -57,6 +59,8 @@ class MeshAsyncStub(MeshStub):
     """What this peer has: every configured model, warm or cold."""
     PeerStatus: _aio.UnaryUnaryMultiCallable[_mesh_pb2.PeerStatusRequest, _mesh_pb2.PeerStatusReply]  # type: ignore[assignment]
     """This peer's live load and memory."""
+    FetchModel: _aio.UnaryStreamMultiCallable[_mesh_pb2.FetchModelRequest, _mesh_pb2.FetchModelChunk]  # type: ignore[assignment]
+    """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
 
 class MeshServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -90,5 +94,13 @@ class MeshServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.PeerStatusReply, _abc.Awaitable[_mesh_pb2.PeerStatusReply]]:
         """This peer's live load and memory."""
+
+    @_abc_1.abstractmethod
+    def FetchModel(
+        self,
+        request: _mesh_pb2.FetchModelRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_mesh_pb2.FetchModelChunk], _abc.AsyncIterator[_mesh_pb2.FetchModelChunk]]:
+        """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
 
 def add_MeshServicer_to_server(servicer: MeshServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

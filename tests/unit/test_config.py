@@ -55,7 +55,6 @@ def test_home_comes_from_the_environment(tmp_path: Path) -> None:
         ({"listen": "7070"}, "not a host:port"),
         ({"models": ["../x"]}, "NAME=PATH"),
         ({"models": ["bad name=/x.gguf"]}, "bad model name"),
-        ({"pins": ["ghost"]}, "pinned model(s) not configured: ghost"),
         ({"colour": "blue"}, "unknown setting 'colour'"),
         ({"slots": 0}, "slots must be"),
     ],

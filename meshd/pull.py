@@ -1,0 +1,307 @@
+"""Every way a model gets into the store: a local file, HTTP(S) (resumable), or a friend's peer.
+
+All sources share one path: probe size and digest, check disk (and memory) first, append to a
+resumable partial file while hashing, then let the store verify and ingest it. A partial file
+is never loaded and never has a final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import grpc
+
+from meshd import errors
+from meshd.fsutil import fsync_file
+from meshd.rpc import channels
+from meshd.rpc.status import error_from_rpc
+from meshd.store import ModelStore, StoredModel, parse_digest, parse_name, sha256_file
+from meshd.v1 import mesh_pb2 as pb
+
+Progress = Callable[[int, int | None], None]
+READ_CHUNK = 1024 * 1024
+STALL_TIMEOUT_S = 30.0
+SPACE_MARGIN = 64 * 2**20  # leave this much free beyond the file
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What a source says of its file before the download."""
+
+    size: int | None
+    digest: str | None
+
+
+class Source(Protocol):
+    """Somewhere a model file can be read from, from any offset."""
+
+    label: str
+
+    def probe(self) -> Probe: ...
+
+    def read(self, offset: int) -> Iterator[bytes]: ...
+
+    def default_name(self) -> str: ...
+
+
+def _name_from_file(file_name: str) -> str:
+    stem = Path(file_name).name.removesuffix(".gguf")
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).strip(".-_")
+    return cleaned[:64].lower() or "model"
+
+
+class LocalSource:
+    """A file on this machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.expanduser().resolve()
+        self.label = str(self.path)
+        if not self.path.is_file():
+            raise errors.InvalidRequest(f"no such file: {self.path}", "source")
+
+    def probe(self) -> Probe:
+        return Probe(self.path.stat().st_size, None)
+
+    def read(self, offset: int) -> Iterator[bytes]:
+        with self.path.open("rb") as handle:
+            handle.seek(offset)
+            while block := handle.read(READ_CHUNK):
+                yield block
+
+    def default_name(self) -> str:
+        return _name_from_file(self.path.name)
+
+
+def hf_url(source: str) -> str:
+    """hf://org/repo/path/file.gguf -> the Hugging Face resolve URL of the main branch."""
+    parts = source.removeprefix("hf://").split("/")
+    if len(parts) < 3 or not all(parts):
+        raise errors.InvalidRequest("hf:// takes org/repo/path/to/file.gguf", "source")
+    org, repo, rest = parts[0], parts[1], "/".join(parts[2:])
+    return f"https://huggingface.co/{org}/{repo}/resolve/main/{rest}"
+
+
+class HttpSource:
+    """An HTTP(S) URL; resumes with Range, follows redirects, gives up after a stall."""
+
+    def __init__(self, url: str, stall_timeout: float = STALL_TIMEOUT_S) -> None:
+        self.url, self.label, self.stall_timeout = url, url, stall_timeout
+
+    def _open(self, offset: int) -> tuple[object, int, int | None]:
+        request = urllib.request.Request(self.url, headers={"Range": f"bytes={offset}-"})
+        try:
+            response = urllib.request.urlopen(request, timeout=self.stall_timeout)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416:  # asked past the end: what we hold is complete or wrong
+                return None, offset, offset
+            raise errors.DownloadFailed(f"{self.url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise errors.DownloadFailed(f"{self.url}: {reason}") from None
+        start = offset if response.status == 206 else 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        return response, start, total
+
+    def probe(self) -> Probe:
+        response, _start, total = self._open(0)
+        if response is not None:
+            response.close()  # type: ignore[attr-defined]
+        return Probe(total, None)
+
+    def read(self, offset: int) -> Iterator[bytes]:
+        response, start, _total = self._open(offset)
+        if response is None:
+            return
+        if start != offset:
+            raise _Restart()
+        try:
+            while True:
+                try:
+                    block = response.read(READ_CHUNK)  # type: ignore[attr-defined]
+                except TimeoutError:
+                    raise errors.DownloadFailed(
+                        f"{self.url}: stalled for {self.stall_timeout:.0f}s"
+                    ) from None
+                if not block:
+                    return
+                yield block
+        finally:
+            response.close()  # type: ignore[attr-defined]
+
+    def default_name(self) -> str:
+        return _name_from_file(self.url.split("?")[0].rsplit("/", 1)[-1])
+
+
+class _Restart(Exception):
+    """The server ignored Range: the download starts again from byte 0."""
+
+
+class PeerSource:
+    """A model in a friend's peer store, fetched over gRPC (FetchModel)."""
+
+    def __init__(self, address: str, wanted: str, timeout: float = STALL_TIMEOUT_S) -> None:
+        self.address, self.wanted, self.timeout = address, wanted, timeout
+        self.label = f"peer {address}"
+        self._probe: Probe | None = None
+
+    def _call(self, offset: int) -> Iterator[pb.FetchModelChunk]:
+        request = pb.FetchModelRequest(offset=offset)
+        if self.wanted.startswith("sha256:"):
+            request.digest = parse_digest(self.wanted)
+        else:
+            request.name = parse_name(self.wanted)
+        channel = channels.open_channel(self.address, max_receive_bytes=8 * READ_CHUNK)
+        try:
+            yield from channels.mesh_stub(channel).FetchModel(request)
+        except grpc.RpcError as exc:
+            error = error_from_rpc(exc, self.address)
+            raise type(error)(f"{self.label}: {error}") from None
+        finally:
+            channel.close()
+
+    def probe(self) -> Probe:
+        if self._probe is None:
+            first = next(iter(self._call(2**62)), None)  # past the end: the manifest only
+            if first is None or not first.HasField("manifest"):
+                raise errors.DownloadFailed(f"{self.label} sent no manifest")
+            digest = parse_digest(first.manifest.digest)
+            self._probe = Probe(first.manifest.size, digest)
+        return self._probe
+
+    def read(self, offset: int) -> Iterator[bytes]:
+        for message in self._call(offset):
+            if message.HasField("data"):
+                yield message.data
+
+    def default_name(self) -> str:
+        return self.wanted if not self.wanted.startswith("sha256:") else "model"
+
+
+def open_source(source: str, from_peer: str | None = None) -> Source:
+    """The Source a `meshd pull` argument names."""
+    if from_peer:
+        return PeerSource(from_peer, source)
+    if source.startswith("hf://"):
+        return HttpSource(hf_url(source))
+    if source.startswith(("http://", "https://")):
+        return HttpSource(source)
+    return LocalSource(Path(source))
+
+
+@dataclass
+class PullResult:
+    """What a pull did."""
+
+    model: StoredModel
+    downloaded_bytes: int
+    already_present: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def _check_space(store: ModelStore, needed: int) -> None:
+    store.partial.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(store.partial).free
+    if needed + SPACE_MARGIN > free:
+        raise errors.InsufficientSpace(
+            f"not enough disk space: the model needs {needed / 2**20:.0f} MiB more, "
+            f"{free / 2**20:.0f} MiB free in {store.root}"
+        )
+
+
+def _fit_warnings(size: int | None, memory_budget: int | None, strict: bool) -> list[str]:
+    if size is None or memory_budget is None or size <= memory_budget:
+        return []
+    message = (
+        f"the model ({size / 2**20:.0f} MiB) is larger than this peer's memory budget "
+        f"({memory_budget / 2**20:.0f} MiB): it can be stored and shared, not served here"
+    )
+    if strict:
+        raise errors.InsufficientMemory(message)
+    return [message]
+
+
+def pull(
+    store: ModelStore,
+    source: Source,
+    *,
+    name: str | None = None,
+    digest: str | None = None,
+    progress: Progress | None = None,
+    memory_budget: int | None = None,
+    strict: bool = False,
+) -> PullResult:
+    """Bring source into the store under name; resumes an interrupted download of it."""
+    name = parse_name(name or source.default_name())
+    probe = source.probe()
+    expected = parse_digest(digest) if digest else probe.digest
+    warnings = _fit_warnings(probe.size, memory_budget, strict)
+    if expected and store.has(expected):
+        return PullResult(_rename(store, expected, name), 0, True, warnings)
+    key = (expected or "sha256:" + hashlib.sha256(source.label.encode()).hexdigest())[7:]
+    with store.partial_file(key) as part:
+        if expected and store.has(expected):  # another pull finished while we waited
+            return PullResult(_rename(store, expected, name), 0, True, warnings)
+        hasher, downloaded = _download(store, source, part, probe.size, progress)
+        actual = "sha256:" + hasher.hexdigest()
+        size = part.stat().st_size
+        if (expected and actual != expected) or (probe.size is not None and size != probe.size):
+            part.unlink(missing_ok=True)
+            raise errors.IntegrityError(
+                f"{source.label} sent a file that does not match: expected "
+                f"{expected or 'sha256 unknown'} of {probe.size} bytes, got {actual} of {size}"
+            )
+        try:
+            model = store.ingest(part, actual, name, source.label)
+        except errors.InvalidModelFile:
+            part.unlink(missing_ok=True)
+            raise
+    return PullResult(model, downloaded, False, warnings)
+
+
+def _rename(store: ModelStore, digest: str, name: str) -> StoredModel:
+    existing = store.find(digest)
+    return existing if existing.name == name else store.add_name(name, existing)
+
+
+def _download(
+    store: ModelStore, source: Source, part: Path, size: int | None, progress: Progress | None
+) -> tuple[hashlib._Hash, int]:
+    """Append the rest of the file to part; returns the hash of all of it and bytes fetched."""
+    offset = part.stat().st_size if part.exists() else 0
+    if size is not None and offset > size:
+        offset = 0  # longer than the file: not ours to trust; start again
+    _check_space(store, (size or 0) - offset)
+    with part.open("r+b" if part.exists() else "wb") as out:
+        out.truncate(offset)
+        hasher = sha256_file(part, offset)
+        out.seek(offset)
+        fetched = 0
+        try:
+            for block in source.read(offset):
+                out.write(block)
+                hasher.update(block)
+                fetched += len(block)
+                if progress:
+                    progress(offset + fetched, size)
+        except _Restart:
+            out.truncate(0)
+            out.close()
+            return _download(store, source, part, size, progress)
+        except OSError as exc:
+            if exc.errno == 28:  # ENOSPC
+                raise errors.InsufficientSpace(
+                    f"disk full while writing {part.name}; free some space and pull again "
+                    "(the download resumes)"
+                ) from None
+            raise
+        out.flush()
+        fsync_file(out.fileno())
+    return hasher, fetched
