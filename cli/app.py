@@ -5,30 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from meshd import __version__
-from meshd.client import MeshClient
-from meshd.config import load_settings, parse_duration
+from meshd.config import load_settings
 from meshd.errors import ConfigError, PeerUnavailable
-from meshd.types import Chunk
 
-from .common import (
-    AddrOption,
-    HomeOption,
-    JsonOption,
-    console,
-    err_console,
-    errors_as_exit,
-    human_bytes,
-    human_until,
-    print_json,
-    resolve_address,
-)
+from . import store, talk
+from .common import HomeOption, console, err_console, errors_as_exit
 
 app = typer.Typer(
     name="meshd",
@@ -100,142 +86,6 @@ def serve(
             raise PeerUnavailable(f"cannot serve on {settings.listen}: {exc}") from None
 
 
-def _print_stats(first: float | None, started: float, last: Chunk | None) -> None:
-    if last is None or first is None:
-        return
-    decode = time.perf_counter() - first
-    rate = (last.tokens - 1) / decode if last.tokens > 1 and decode > 0 else 0.0
-    err_console.print(
-        f"[dim]{last.tokens} tokens · first token {1000 * (first - started):.0f} ms · "
-        f"{rate:.1f} tok/s · {last.finish_reason} · served by {last.served_by}[/]",
-        highlight=False,
-    )
-
-
-@app.command()
-def generate(
-    model: str = typer.Argument(..., help="Model name."),
-    prompt: str = typer.Argument(..., help="Prompt text (with --chat: the user's message)."),
-    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
-    temperature: float = typer.Option(0.8, help="0 is greedy."),
-    top_p: float = typer.Option(0.95),
-    top_k: int = typer.Option(40),
-    seed: int | None = typer.Option(None, help="Fixed seed for repeatable output."),
-    stop: list[str] = typer.Option([], help="Stop at this text; repeat."),
-    chat: bool = typer.Option(False, "--chat", help="Send as a chat message (model template)."),
-    addr: str | None = AddrOption,
-    home: Path | None = HomeOption,
-    json_out: bool = JsonOption,
-) -> None:
-    """Stream a completion as it is generated."""
-    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
-        options = dict(
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            seed=seed,
-            stop=stop,
-        )
-        text_in = {"messages": [{"role": "user", "content": prompt}]} if chat else {}
-        started, first, last, parts = time.perf_counter(), None, None, []
-        for chunk in mesh.generate(model, None if chat else prompt, **text_in, **options):  # type: ignore[arg-type]
-            first = first or time.perf_counter()
-            last = chunk
-            parts.append(chunk.text)
-            if not json_out:
-                sys.stdout.write(chunk.text)
-                sys.stdout.flush()
-        if json_out:
-            ttft = None if first is None else round(1000 * (first - started), 2)
-            print_json(
-                {
-                    "model": model,
-                    "text": "".join(parts),
-                    "tokens": last and last.tokens,
-                    "prompt_tokens": last and last.prompt_tokens,
-                    "finish_reason": last and last.finish_reason,
-                    "served_by": last and last.served_by,
-                    "ttft_ms": ttft,
-                }
-            )
-        else:
-            sys.stdout.write("\n")
-            _print_stats(first, started, last)
-
-
-@app.command()
-def warm(
-    model: str = typer.Argument(..., help="Model name."),
-    lease: str = typer.Option("5m", help="Keep it warm at least this long."),
-    wait: bool = typer.Option(False, "--wait", help="Return only once it is warm."),
-    addr: str | None = AddrOption,
-    home: Path | None = HomeOption,
-    json_out: bool = JsonOption,
-) -> None:
-    """Warm a model ahead of use (returns at once unless --wait)."""
-    with errors_as_exit():
-        lease_s = parse_duration(lease)
-        with MeshClient(resolve_address(addr, home)) as mesh:
-            result = mesh.warm(model, lease=lease_s, wait=wait)
-    if json_out:
-        print_json(result)
-        return
-    eta = f", ready in ~{result.ready_in:.1f}s" if result.ready_in else ""
-    console.print(
-        f"{result.model}: {result.state}{eta} on {result.served_by}; "
-        f"warm for {human_until(result.warm_until)}"
-    )
-
-
-@app.command()
-def models(
-    addr: str | None = AddrOption,
-    home: Path | None = HomeOption,
-    json_out: bool = JsonOption,
-) -> None:
-    """List this peer's models, warm or cold, and their memory."""
-    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
-        listed = mesh.models()
-    if json_out:
-        print_json(listed)
-        return
-    table = Table("model", "state", "size", "memory", "slots", "quant", "warm for", "note")
-    for m in listed:
-        table.add_row(
-            m.name,
-            str(m.state),
-            human_bytes(m.size_bytes),
-            human_bytes(m.memory_bytes),
-            str(m.slots),
-            m.quantization or "-",
-            "pinned" if m.pinned else human_until(m.warm_until),
-            m.error,
-        )
-    console.print(table)
-
-
-@app.command()
-def health(
-    addr: str | None = AddrOption,
-    home: Path | None = HomeOption,
-    json_out: bool = JsonOption,
-) -> None:
-    """Is the daemon serving, and what is warm? Exit 0 when serving, 1 otherwise."""
-    address = resolve_address(addr, home)
-    with errors_as_exit(), MeshClient(address, timeout=5.0) as mesh:
-        serving = mesh.health()
-        listed = mesh.models() if serving else []
-    warm_models = [m.name for m in listed if m.state == "warm"]
-    if json_out:
-        print_json({"address": address, "serving": serving, "warm": warm_models})
-    else:
-        state = "[green]serving[/]" if serving else "[red]not serving[/]"
-        console.print(f"{address}: {state}; warm: {', '.join(warm_models) or 'none'}")
-    raise typer.Exit(0 if serving else 1)
-
-
-@app.command()
 def demo(
     max_tokens: int = typer.Option(48, "--max-tokens", "-n", help="Tokens in the answer."),
     home: Path | None = typer.Option(None, help="Where the demo keeps its model and daemons."),
@@ -245,6 +95,15 @@ def demo(
 
     with errors_as_exit():
         run_demo(home, max_tokens)
+
+
+app.command()(talk.generate)
+app.command()(talk.warm)
+app.command()(talk.models)
+app.command()(talk.health)
+app.command()(store.pull)
+app.command()(store.rm)
+app.command()(demo)
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ is never loaded and never has a final name.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import shutil
 import urllib.error
 import urllib.request
@@ -94,8 +95,9 @@ class HttpSource:
     def __init__(self, url: str, stall_timeout: float = STALL_TIMEOUT_S) -> None:
         self.url, self.label, self.stall_timeout = url, url, stall_timeout
 
-    def _open(self, offset: int) -> tuple[object, int, int | None]:
-        request = urllib.request.Request(self.url, headers={"Range": f"bytes={offset}-"})
+    def _open(self, offset: int, end: str = "") -> tuple[object, int, int | None]:
+        """The response from offset on, where it really starts, and the whole file's size."""
+        request = urllib.request.Request(self.url, headers={"Range": f"bytes={offset}-{end}"})
         try:
             response = urllib.request.urlopen(request, timeout=self.stall_timeout)
         except urllib.error.HTTPError as exc:
@@ -106,35 +108,49 @@ class HttpSource:
             reason = getattr(exc, "reason", exc)
             raise errors.DownloadFailed(f"{self.url}: {reason}") from None
         start = offset if response.status == 206 else 0
+        content_range = response.headers.get("Content-Range", "")
         length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
+        if response.status == 206 and content_range.rpartition("/")[2].isdigit():
+            total: int | None = int(content_range.rpartition("/")[2])
+        else:
+            total = start + int(length) if length is not None else None
         return response, start, total
 
     def probe(self) -> Probe:
-        response, _start, total = self._open(0)
+        response, _start, total = self._open(0, end="0")  # one byte: just the headers
         if response is not None:
             response.close()  # type: ignore[attr-defined]
         return Probe(total, None)
 
     def read(self, offset: int) -> Iterator[bytes]:
-        response, start, _total = self._open(offset)
+        response, start, total = self._open(offset)
         if response is None:
             return
         if start != offset:
             raise _Restart()
+        received = start
         try:
             while True:
                 try:
                     block = response.read(READ_CHUNK)  # type: ignore[attr-defined]
                 except TimeoutError:
                     raise errors.DownloadFailed(
-                        f"{self.url}: stalled for {self.stall_timeout:.0f}s"
+                        f"{self.url}: stalled for {self.stall_timeout:.0f}s; pull again to resume"
+                    ) from None
+                except (http.client.HTTPException, OSError) as exc:
+                    raise errors.DownloadFailed(
+                        f"{self.url}: connection lost ({type(exc).__name__}); pull again to resume"
                     ) from None
                 if not block:
-                    return
+                    break
+                received += len(block)
                 yield block
         finally:
             response.close()  # type: ignore[attr-defined]
+        if total is not None and received < total:
+            raise errors.DownloadFailed(
+                f"{self.url}: connection closed at byte {received} of {total}; pull again to resume"
+            )
 
     def default_name(self) -> str:
         return _name_from_file(self.url.split("?")[0].rsplit("/", 1)[-1])
@@ -239,7 +255,7 @@ def pull(
     strict: bool = False,
 ) -> PullResult:
     """Bring source into the store under name; resumes an interrupted download of it."""
-    name = parse_name(name or source.default_name())
+    name = parse_name(source.default_name() if name is None else name)
     probe = source.probe()
     expected = parse_digest(digest) if digest else probe.digest
     warnings = _fit_warnings(probe.size, memory_budget, strict)
@@ -258,6 +274,9 @@ def pull(
                 f"{source.label} sent a file that does not match: expected "
                 f"{expected or 'sha256 unknown'} of {probe.size} bytes, got {actual} of {size}"
             )
+        if store.has(actual):  # the same file under another name: keep the one we have
+            part.unlink()
+            return PullResult(_rename(store, actual, name), downloaded, True, warnings)
         try:
             model = store.ingest(part, actual, name, source.label)
         except errors.InvalidModelFile:

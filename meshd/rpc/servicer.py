@@ -79,6 +79,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsReply:
+        await self.engine.refresh()
         models = [convert.model_to_pb(m) for m in self.engine.models()]
         return pb.ListModelsReply(peer_id=self.peer_id, models=models)
 

@@ -1,0 +1,186 @@
+"""Commands that talk to a running daemon: generate, warm, models, health."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from meshd.client import MeshClient
+from meshd.config import load_settings, parse_duration
+from meshd.errors import InvalidModelFile
+from meshd.store import ModelStore
+from meshd.types import Chunk
+
+from .common import (
+    AddrOption,
+    HomeOption,
+    JsonOption,
+    console,
+    err_console,
+    errors_as_exit,
+    human_bytes,
+    human_until,
+    print_json,
+    resolve_address,
+)
+
+
+def _print_stats(
+    first: Chunk | None, first_at: float, ttft_ms: float | None, last: Chunk | None
+) -> None:
+    """One dim line on stderr: tokens, time to first token, decode rate, who served."""
+    if last is None or first is None:
+        return
+    decode = time.perf_counter() - first_at
+    rate = (last.tokens - first.tokens) / decode if decode > 0 else 0.0
+    err_console.print(
+        f"[dim]{last.tokens} tokens · first token {ttft_ms:.0f} ms · "
+        f"{rate:.1f} tok/s · {last.finish_reason} · served by {last.served_by}[/]",
+        highlight=False,
+    )
+
+
+def generate(
+    model: str = typer.Argument(..., help="Model name."),
+    prompt: str = typer.Argument(..., help="Prompt text (with --chat: the user's message)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", "-n", help="Most tokens to generate."),
+    temperature: float = typer.Option(0.8, help="0 is greedy."),
+    top_p: float = typer.Option(0.95),
+    top_k: int = typer.Option(40),
+    seed: int | None = typer.Option(None, help="Fixed seed for repeatable output."),
+    stop: list[str] = typer.Option([], help="Stop at this text; repeat."),
+    chat: bool = typer.Option(False, "--chat", help="Send as a chat message (model template)."),
+    addr: str | None = AddrOption,
+    home: Path | None = HomeOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Stream a completion as it is generated."""
+    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
+        options = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            stop=stop,
+        )
+        text_in = {"messages": [{"role": "user", "content": prompt}]} if chat else {}
+        started = time.perf_counter()
+        first: Chunk | None = None
+        first_at, last, parts = 0.0, None, []
+        for chunk in mesh.generate(model, None if chat else prompt, **text_in, **options):  # type: ignore[arg-type]
+            if first is None:
+                first, first_at = chunk, time.perf_counter()
+            last = chunk
+            parts.append(chunk.text)
+            if not json_out:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+        ttft_ms = round(1000 * (first_at - started), 2) if first else None
+        if json_out:
+            print_json(
+                {
+                    "model": model,
+                    "text": "".join(parts),
+                    "tokens": last and last.tokens,
+                    "prompt_tokens": last and last.prompt_tokens,
+                    "finish_reason": last and last.finish_reason,
+                    "served_by": last and last.served_by,
+                    "ttft_ms": ttft_ms,
+                }
+            )
+        else:
+            sys.stdout.write("\n")
+            _print_stats(first, first_at, ttft_ms, last)
+
+
+def warm(
+    model: str = typer.Argument(..., help="Model name."),
+    lease: str = typer.Option("5m", help="Keep it warm at least this long."),
+    wait: bool = typer.Option(False, "--wait", help="Return only once it is warm."),
+    addr: str | None = AddrOption,
+    home: Path | None = HomeOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Warm a model ahead of use (returns at once unless --wait)."""
+    with errors_as_exit():
+        lease_s = parse_duration(lease)
+        with MeshClient(resolve_address(addr, home)) as mesh:
+            result = mesh.warm(model, lease=lease_s, wait=wait)
+    if json_out:
+        print_json(result)
+        return
+    eta = f", ready in ~{result.ready_in:.1f}s" if result.ready_in else ""
+    console.print(
+        f"{result.model}: {result.state}{eta} on {result.served_by}; "
+        f"warm for {human_until(result.warm_until)}"
+    )
+
+
+def models(
+    addr: str | None = AddrOption,
+    home: Path | None = HomeOption,
+    json_out: bool = JsonOption,
+    verify: bool = typer.Option(False, "--verify", help="Hash every stored file again first."),
+) -> None:
+    """List this peer's models, warm or cold, and their memory."""
+    if verify:
+        _verify_store(home)
+    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
+        listed = mesh.models()
+    if json_out:
+        print_json(listed)
+        return
+    table = Table("model", "state", "size", "memory", "slots", "quant", "warm for", "note")
+    for m in listed:
+        table.add_row(
+            m.name,
+            str(m.state),
+            human_bytes(m.size_bytes),
+            human_bytes(m.memory_bytes),
+            str(m.slots),
+            m.quantization or "-",
+            "pinned" if m.pinned else human_until(m.warm_until),
+            m.error,
+        )
+    console.print(table)
+
+
+def health(
+    addr: str | None = AddrOption,
+    home: Path | None = HomeOption,
+    json_out: bool = JsonOption,
+) -> None:
+    """Is the daemon serving, and what is warm? Exit 0 when serving, 1 otherwise."""
+    address = resolve_address(addr, home)
+    with errors_as_exit(), MeshClient(address, timeout=5.0) as mesh:
+        serving = mesh.health()
+        listed = mesh.models() if serving else []
+    warm_models = [m.name for m in listed if m.state == "warm"]
+    if json_out:
+        print_json({"address": address, "serving": serving, "warm": warm_models})
+    else:
+        state = "[green]serving[/]" if serving else "[red]not serving[/]"
+        console.print(f"{address}: {state}; warm: {', '.join(warm_models) or 'none'}")
+    raise typer.Exit(0 if serving else 1)
+
+
+def _verify_store(home: Path | None) -> None:
+    """Hash every stored model; name the changed ones and exit 1 if there are any."""
+    with errors_as_exit():
+        store = ModelStore(load_settings(home).home)
+    bad = []
+    for model in store.models():
+        try:
+            store.verify(model.name)
+        except InvalidModelFile as error:
+            bad.append(str(error))
+    for line in bad:
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False)
+    if bad:
+        raise typer.Exit(1)
+    err_console.print(f"verified {len(store.models())} stored model(s)", highlight=False)
