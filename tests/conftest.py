@@ -100,7 +100,7 @@ def start_node(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., NodeT
 
     def start(models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
         home = tmp_path / f"node{len(started)}"
-        settings = node_settings(home, models or {"tiny": tiny_model}, **flags)
+        settings = node_settings(home, {"tiny": tiny_model} if models is None else models, **flags)
         node = NodeThread(settings).start()
         started.append(node)
         return node

@@ -17,6 +17,7 @@ class Behaviour:
     stall_s: float = 0.0  # sleep this long in the middle of the body
     no_length: bool = False  # send no Content-Length
     status: int = 0  # answer with this error status instead
+    piece_delay_s: float = 0.0  # send the body in 16 KiB pieces, sleeping between them
     bytes_sent: int = 0
     requests: list[str] = field(default_factory=list)
 
@@ -76,6 +77,9 @@ class FileServer:
     def _send_body(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
         b = self.behaviour
         limit = len(body) if b.drop_after is None else min(b.drop_after, len(body))
+        if b.piece_delay_s:
+            self._trickle(request, body[:limit])
+            return
         half = limit // 2
         try:
             request.wfile.write(body[:half])
@@ -90,6 +94,16 @@ class FileServer:
             return
         if limit < len(body):
             request.close_connection = True
+
+    def _trickle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            for i in range(0, len(body), 16384):
+                request.wfile.write(body[i : i + 16384])
+                request.wfile.flush()
+                self.behaviour.bytes_sent += len(body[i : i + 16384])
+                time.sleep(self.behaviour.piece_delay_s)
+        except OSError:
+            return
 
     def close(self) -> None:
         self.httpd.shutdown()
