@@ -39,6 +39,7 @@ _SCALARS: dict[int, tuple[str, int]] = {
     12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
+_U64 = struct.Struct("<Q")
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,6 @@ class _Cursor:
         except UnicodeDecodeError:
             raise InvalidModelFile(f"string at offset {self.pos - n} is not UTF-8") from None
 
-    def skip_string(self) -> None:
-        length = self.count("string length", 1)
-        self.pos += length
-
     def value(self, vtype: int, depth: int = 0) -> Any:
         """A metadata value; arrays come back as their length only."""
         if vtype in _SCALARS:
@@ -120,13 +117,24 @@ class _Cursor:
         n = self.count("array length", width)
         if item_type in _SCALARS:
             self.pos += n * width
+        elif item_type == _STRING:
+            self.skip_strings(n)
         else:
             for _ in range(n):
-                if item_type == _STRING:
-                    self.skip_string()
-                else:
-                    self.value(item_type, depth + 1)
+                self.value(item_type, depth + 1)
         return n
+
+    def skip_strings(self, n: int) -> None:
+        """Step over n strings: a vocabulary holds hundreds of thousands, so this loop is tight."""
+        buf, pos, size, length_at = self.buf, self.pos, self.size, _U64.unpack_from
+        try:
+            for _ in range(n):
+                pos += 8 + length_at(buf, pos)[0]
+        except struct.error:
+            raise InvalidModelFile(f"truncated: string array runs past offset {pos}") from None
+        if pos > size:
+            raise InvalidModelFile(f"truncated: string array ends at {pos}, past the file")
+        self.pos = pos
 
 
 def _tensor_bytes(name: str, dims: list[int], ggml_type: int) -> int:

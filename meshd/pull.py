@@ -174,7 +174,7 @@ class PeerSource:
             request.digest = parse_digest(self.wanted)
         else:
             request.name = parse_name(self.wanted)
-        channel = channels.open_channel(self.address, max_receive_bytes=8 * READ_CHUNK)
+        channel = channels.open_channel(self.address, bulk=True)
         try:
             yield from channels.mesh_stub(channel).FetchModel(request)
         except grpc.RpcError as exc:

@@ -14,12 +14,18 @@ from meshd.v1 import mesh_pb2_grpc
 
 # Keep idle peer links alive through NATs and notice dead peers without a request.
 _KEEPALIVE = [
-    # No bandwidth probing: its extra PING frames wake both ends mid-generation, and on a
-    # small machine that time is taken from llama.cpp's threads. Messages here are small.
-    ("grpc.http2.bdp_probe", 0),
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+]
+# Requests and tokens: no bandwidth probing. Its PING frames wake both ends mid-generation,
+# and on a small machine that time is taken from llama.cpp's threads.
+_INTERACTIVE = [*_KEEPALIVE, ("grpc.http2.bdp_probe", 0)]
+# Model files: a flow-control window that grows with the link, and room for 1 MiB chunks.
+_BULK = [
+    *_KEEPALIVE,
+    ("grpc.http2.lookahead_bytes", 16 * 2**20),
+    ("grpc.max_receive_message_length", 8 * 2**20),
 ]
 
 
@@ -49,15 +55,14 @@ def bind(server: aio.Server, address: str) -> int:
     return port
 
 
-def open_channel(address: str, max_receive_bytes: int | None = None) -> grpc.Channel:
-    """A blocking channel to a daemon; model transfers raise the receive limit."""
-    limit = [("grpc.max_receive_message_length", max_receive_bytes)] if max_receive_bytes else []
-    return grpc.insecure_channel(address, options=_KEEPALIVE + limit)
+def open_channel(address: str, *, bulk: bool = False) -> grpc.Channel:
+    """A blocking channel to a daemon; bulk=True for model file transfers."""
+    return grpc.insecure_channel(address, options=_BULK if bulk else _INTERACTIVE)
 
 
 def open_aio_channel(address: str) -> aio.Channel:
     """An asyncio channel to a daemon; create it inside the running loop."""
-    return aio.insecure_channel(address, options=_KEEPALIVE)
+    return aio.insecure_channel(address, options=_INTERACTIVE)
 
 
 def mesh_stub(channel: grpc.Channel | aio.Channel) -> mesh_pb2_grpc.MeshStub:
