@@ -14,6 +14,7 @@ ensure_venv() {
   fi
   .venv/bin/python -m pip install --quiet --upgrade pip
   echo "installing meshd[$extra] into .venv (the first time builds llama-cpp-python: ~5 min)" >&2
+  # PYTHONWARNINGS: setuptools' notes about editable installs are not news to a user.
   CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-    .venv/bin/python -m pip install --quiet -e ".[$extra]"
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[$extra]"
 }
