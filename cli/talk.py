@@ -135,11 +135,14 @@ def models(
     if json_out:
         print_json(listed)
         return
-    table = Table("model", "state", "size", "memory", "slots", "quant", "warm for", "note")
+    table = Table(
+        "model", "state", "digest", "size", "memory", "slots", "quant", "warm for", "note"
+    )
     for m in listed:
         table.add_row(
             m.name,
             str(m.state),
+            m.digest[7:19] if m.digest else "(file)",
             human_bytes(m.size_bytes),
             human_bytes(m.memory_bytes),
             str(m.slots),

@@ -161,3 +161,22 @@ def test_a_peer_sending_wrong_bytes_is_named_and_nothing_is_kept(
     assert store.models() == []
     assert list(store.partial.glob("*.part")) == [], "the bad bytes are not resumed from"
     assert not store.blobs.exists() or list(store.blobs.iterdir()) == []
+
+
+def test_a_pull_never_disturbs_a_model_being_served(
+    start_node: Callable, tiny_model: Path, tmp_path: Path
+) -> None:
+    node = start_node(models={}, context=4096)
+    store = ModelStore(node.settings.home)
+    pull(store, LocalSource(tiny_model), name="served")
+    other = tmp_path / "other.gguf"
+    other.write_bytes(tiny_model.read_bytes()[:-8] + b"\0" * 8)  # same shape, other digest
+    with MeshClient(node.address) as mesh:
+        expected = mesh.complete("served", "Once", max_tokens=600, temperature=0).text
+        stream = mesh.generate("served", "Once", max_tokens=600, temperature=0)
+        parts = [next(stream).text]
+        pull(store, LocalSource(tiny_model), name="again")  # the same file under a new name
+        pull(store, LocalSource(other), name="other")  # and another file
+        parts.extend(chunk.text for chunk in stream)
+        assert "".join(parts) == expected
+        assert {m.name for m in mesh.models()} == {"served", "again", "other"}
