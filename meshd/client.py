@@ -192,7 +192,7 @@ class AsyncMeshClient:
         self.address = address
         self.timeout, self.generate_timeout = timeout, generate_timeout
         self._channel: aio.Channel = channels.open_aio_channel(address)
-        self._mesh = channels.mesh_stub(self._channel)
+        self._mesh = channels.aio_mesh_stub(self._channel)
         self._health = channels.health_stub(self._channel)
 
     async def __aenter__(self) -> AsyncMeshClient:

@@ -50,6 +50,13 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     drain_seconds: float = 10.0
     use_mmap: bool = True
+    # The mesh.
+    mesh_id: str = "default"
+    peers: tuple[str, ...] = ()  # static peers, host:port (other houses, Tailscale)
+    advertise: str = ""  # the address other peers use for this one [default: the bound one]
+    discovery: bool = True  # mDNS on the local network
+    heartbeat_interval: float = 1.0
+    dead_after: float = 2.5  # no good heartbeat for this long: out of routing
 
     def model_paths(self) -> dict[str, Path]:
         """Models by name."""
@@ -140,9 +147,19 @@ def _boolean(value: Any) -> bool:
     raise ConfigError(f"not a yes/no value: {value!r}")
 
 
-def _pins(value: Any) -> frozenset[str]:
+def _list(value: Any) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
-    return frozenset(str(item).strip() for item in items if str(item).strip())
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def _pins(value: Any) -> frozenset[str]:
+    return frozenset(_list(value))
+
+
+def _mesh_id(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ConfigError(f"bad mesh id {value!r}: letters, digits, '.', '_' or '-'")
+    return value
 
 
 def _models(value: Any, base: Path | None) -> tuple[ModelSpec, ...]:
@@ -167,6 +184,12 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_message_bytes": parse_size,
     "drain_seconds": parse_duration,
     "use_mmap": _boolean,
+    "mesh_id": lambda v: _mesh_id(str(v)),
+    "peers": lambda v: tuple(parse_listen(p) for p in _list(v)),
+    "advertise": lambda v: parse_listen(str(v)) if str(v) else "",
+    "discovery": _boolean,
+    "heartbeat_interval": parse_duration,
+    "dead_after": parse_duration,
 }
 
 

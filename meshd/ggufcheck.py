@@ -130,6 +130,8 @@ class _Cursor:
         try:
             for _ in range(n):
                 pos += 8 + length_at(buf, pos)[0]
+                if pos > size:
+                    break
         except struct.error:
             raise InvalidModelFile(f"truncated: string array runs past offset {pos}") from None
         if pos > size:

@@ -14,7 +14,9 @@ from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.engine import Engine
 from meshd.identity import load_or_create_peer_id
-from meshd.rpc.channels import bind, server_options
+from meshd.mesh import Mesh
+from meshd.peers import Membership, PeerTable
+from meshd.rpc.channels import ChannelPool, bind, server_options
 from meshd.rpc.servicer import MeshServicer, add_to_server
 from meshd.store import ModelStore
 
@@ -30,6 +32,12 @@ class Node:
         self.peer_id = load_or_create_peer_id(settings.home)
         self.store = ModelStore(settings.home)
         self.engine = Engine(settings, self.store)
+        self.pool = ChannelPool()
+        self.table = PeerTable(self.peer_id, settings.mesh_id, settings.dead_after)
+        self.mesh = Mesh(self.engine, self.table, self.pool, self.peer_id, settings.mesh_id, "")
+        self.membership = Membership(
+            self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval
+        )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: aio.Server | None = None
         self.port = 0
@@ -46,7 +54,7 @@ class Node:
             return
         await self.engine.start()
         server = aio.server(options=server_options(self.settings.max_message_bytes))
-        add_to_server(MeshServicer(self.engine, self.store, self.peer_id), server)
+        add_to_server(MeshServicer(self.mesh, self.store), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         try:
             self.port = bind(server, self.settings.listen)
@@ -59,7 +67,11 @@ class Node:
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
         write_daemon_file(self.settings.home, self.address, self.peer_id)
-        log.info("serving on %s as %s", self.address, self.peer_id)
+        self.mesh.address = self.settings.advertise or self.address
+        for peer in self.settings.peers:
+            self.table.add(peer, "static")
+        self.membership.start()
+        log.info("serving on %s as %s (mesh %s)", self.address, self.peer_id, self.mesh.mesh_id)
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight streams finish within grace, then free the models."""
@@ -68,6 +80,8 @@ class Node:
             await self.health.enter_graceful_shutdown()
             await server.stop(self.settings.drain_seconds if grace is None else grace)
             remove_daemon_file(self.settings.home)
+        await self.membership.close()
+        await self.pool.close()
         await self.engine.close()
 
     async def run_until_signalled(self) -> None:

@@ -120,3 +120,60 @@ class PeerStatus:
     memory_available: int
     memory_budget: int
     memory_models: int
+
+
+@dataclass(frozen=True)
+class PeerModel:
+    """A model on a peer, as its heartbeat reports it."""
+
+    name: str
+    state: ModelState
+    active: int = 0
+    queued: int = 0
+    slots: int = 1
+    service_seconds: float = 0.0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PeerInfo:
+    """What a peer says of itself in a heartbeat."""
+
+    peer_id: str
+    mesh_id: str
+    version: str
+    address: str
+    models: tuple[PeerModel, ...] = ()
+    memory_free: int = 0
+    known_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class MeshPeer:
+    """A peer in this peer's table."""
+
+    info: PeerInfo
+    alive: bool
+    rtt: float
+    last_seen: float
+    local: bool = False
+
+
+@dataclass(frozen=True)
+class RoutingRecord:
+    """One routing decision: when, which model, which peer, why."""
+
+    at: float
+    model: str
+    peer_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MeshStatus:
+    """The mesh as one peer sees it."""
+
+    peer_id: str
+    mesh_id: str
+    peers: tuple[MeshPeer, ...]
+    recent: tuple[RoutingRecord, ...] = ()

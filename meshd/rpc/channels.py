@@ -65,11 +65,36 @@ def open_aio_channel(address: str) -> aio.Channel:
     return aio.insecure_channel(address, options=_INTERACTIVE)
 
 
-def mesh_stub(channel: grpc.Channel | aio.Channel) -> mesh_pb2_grpc.MeshStub:
-    """The meshd.v1.Mesh stub on a channel."""
+def mesh_stub(channel: grpc.Channel) -> mesh_pb2_grpc.MeshStub:
+    """The meshd.v1.Mesh stub on a blocking channel."""
+    return mesh_pb2_grpc.MeshStub(channel)
+
+
+def aio_mesh_stub(channel: aio.Channel) -> mesh_pb2_grpc.MeshAsyncStub:
+    """The meshd.v1.Mesh stub on an asyncio channel."""
     return mesh_pb2_grpc.MeshStub(channel)
 
 
 def health_stub(channel: grpc.Channel | aio.Channel) -> health_pb2_grpc.HealthStub:
     """The grpc.health.v1 stub on a channel."""
     return health_pb2_grpc.HealthStub(channel)
+
+
+class ChannelPool:
+    """One asyncio channel per peer address, reused by heartbeats and forwarded requests."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, aio.Channel] = {}
+
+    def get(self, address: str) -> aio.Channel:
+        """The channel to address, opened on first use (inside the running loop)."""
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = open_aio_channel(address)
+        return channel
+
+    async def close(self) -> None:
+        """Close every channel (idempotent)."""
+        channels, self._channels = list(self._channels.values()), {}
+        for channel in channels:
+            await channel.close(None)

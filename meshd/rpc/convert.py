@@ -7,10 +7,15 @@ from meshd.types import (
     Chunk,
     FinishReason,
     GenerateRequest,
+    MeshPeer,
+    MeshStatus,
     ModelInfo,
     ModelLoad,
     ModelState,
+    PeerInfo,
+    PeerModel,
     PeerStatus,
+    RoutingRecord,
     Sampling,
     WarmResult,
 )
@@ -197,4 +202,87 @@ def status_from_pb(m: pb.PeerStatusReply) -> PeerStatus:
         memory_available=m.memory_available_bytes,
         memory_budget=m.memory_budget_bytes,
         memory_models=m.memory_models_bytes,
+    )
+
+
+def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
+    """Wire form of a PeerInfo."""
+    return pb.PeerInfo(
+        peer_id=info.peer_id,
+        mesh_id=info.mesh_id,
+        version=info.version,
+        address=info.address,
+        models=[
+            pb.PeerModel(
+                name=m.name,
+                state=_STATE_TO_PB[m.state],
+                active=m.active,
+                queued=m.queued,
+                slots=m.slots,
+                service_seconds=m.service_seconds,
+                memory_bytes=m.memory_bytes,
+            )
+            for m in info.models
+        ],
+        memory_free_bytes=info.memory_free,
+        known_addresses=list(info.known_addresses),
+    )
+
+
+def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
+    """A PeerInfo from the wire."""
+    return PeerInfo(
+        peer_id=m.peer_id,
+        mesh_id=m.mesh_id,
+        version=m.version,
+        address=m.address,
+        models=tuple(
+            PeerModel(
+                x.name,
+                _STATE_FROM_PB.get(x.state, ModelState.COLD),
+                x.active,
+                x.queued,
+                x.slots,
+                x.service_seconds,
+                x.memory_bytes,
+            )
+            for x in m.models
+        ),
+        memory_free=m.memory_free_bytes,
+        known_addresses=tuple(m.known_addresses),
+    )
+
+
+def mesh_status_to_pb(status: MeshStatus) -> pb.MeshStatusReply:
+    """Wire form of a MeshStatus."""
+    return pb.MeshStatusReply(
+        peer_id=status.peer_id,
+        mesh_id=status.mesh_id,
+        peers=[
+            pb.MeshPeer(
+                info=peer_info_to_pb(p.info),
+                alive=p.alive,
+                rtt_seconds=p.rtt,
+                last_seen_unix=p.last_seen,
+                local=p.local,
+            )
+            for p in status.peers
+        ],
+        recent=[
+            pb.RoutingDecision(at_unix=r.at, model=r.model, peer_id=r.peer_id, reason=r.reason)
+            for r in status.recent
+        ],
+    )
+
+
+def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
+    """A MeshStatus from the wire."""
+    return MeshStatus(
+        peer_id=m.peer_id,
+        mesh_id=m.mesh_id,
+        peers=tuple(
+            MeshPeer(peer_info_from_pb(p.info), p.alive, p.rtt_seconds, p.last_seen_unix, p.local)
+            for p in m.peers
+        ),
+        recent=tuple(RoutingRecord(r.at_unix, r.model, r.peer_id, r.reason) for r in m.recent),
     )

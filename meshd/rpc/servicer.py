@@ -14,8 +14,8 @@ import psutil
 from grpc import aio
 
 from meshd import __version__
-from meshd.engine import Engine
 from meshd.errors import MeshdError
+from meshd.mesh import Mesh
 from meshd.rpc import convert
 from meshd.rpc.status import status_of, trailers_of
 from meshd.store import ModelStore
@@ -43,24 +43,26 @@ async def _unary(
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
-    """Serves one peer's Engine over gRPC."""
+    """Serves one peer over gRPC: its Engine and store, and the mesh it routes into."""
 
-    def __init__(self, engine: Engine, store: ModelStore, peer_id: str) -> None:
-        self.engine = engine
+    def __init__(self, mesh: Mesh, store: ModelStore) -> None:
+        self.mesh = mesh
+        self.engine = mesh.engine
         self.store = store
-        self.peer_id = peer_id
+        self.peer_id = mesh.peer_id
         self.started = time.monotonic()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateChunk]:
         try:
-            stream = self.engine.generate(convert.request_from_pb(request))
+            stream = self.mesh.generate(convert.request_from_pb(request))
             async with contextlib.aclosing(stream) as chunks:
                 async for chunk in chunks:
                     message = convert.chunk_to_pb(chunk)
-                    message.served_by = self.peer_id
-                    if chunk.finish_reason is not None:
+                    if not message.served_by:
+                        message.served_by = self.peer_id
+                    if chunk.finish_reason is not None and not message.routing_reason:
                         message.routing_reason = "local"
                     yield message
         except MeshdError as error:
@@ -70,11 +72,25 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.WarmReply:
         result = await _unary(
-            context, lambda: self.engine.warm(request.model, request.lease_seconds, request.wait)
+            context,
+            lambda: self.mesh.warm(
+                request.model, request.lease_seconds, request.wait, request.replicas, request.hops
+            ),
         )
         reply = convert.warm_to_pb(result)
-        reply.served_by = self.peer_id
+        reply.served_by = result.served_by or self.peer_id
         return reply
+
+    async def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.HeartbeatReply:
+        self.mesh.table.add(request.sender.address, "inbound")  # heartbeat it back
+        return pb.HeartbeatReply(peer=convert.peer_info_to_pb(self.mesh.local_info()))
+
+    async def MeshStatus(
+        self, request: pb.MeshStatusRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.MeshStatusReply:
+        return convert.mesh_status_to_pb(self.mesh.status())
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: aio.ServicerContext[Any, Any]

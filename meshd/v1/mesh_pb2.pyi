@@ -598,3 +598,228 @@ class FetchModelChunk(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___FetchModelChunk: _TypeAlias = FetchModelChunk  # noqa: Y015
+
+@_typing.final
+class PeerModel(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    QUEUED_FIELD_NUMBER: _builtins.int
+    SLOTS_FIELD_NUMBER: _builtins.int
+    SERVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    state: Global___ModelState.ValueType
+    active: _builtins.int
+    queued: _builtins.int
+    slots: _builtins.int
+    service_seconds: _builtins.float
+    memory_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        state: Global___ModelState.ValueType = ...,
+        active: _builtins.int = ...,
+        queued: _builtins.int = ...,
+        slots: _builtins.int = ...,
+        service_seconds: _builtins.float = ...,
+        memory_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "queued", b"queued", "service_seconds", b"service_seconds", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerModel: _TypeAlias = PeerModel  # noqa: Y015
+
+@_typing.final
+class PeerInfo(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    MESH_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MODELS_FIELD_NUMBER: _builtins.int
+    MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
+    KNOWN_ADDRESSES_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    mesh_id: _builtins.str
+    version: _builtins.str
+    address: _builtins.str
+    """where other peers reach it"""
+    memory_free_bytes: _builtins.int
+    """budget left for models"""
+    @_builtins.property
+    def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerModel]: ...
+    @_builtins.property
+    def known_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the peers it knows: a static link reveals the rest"""
+
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+        mesh_id: _builtins.str = ...,
+        version: _builtins.str = ...,
+        address: _builtins.str = ...,
+        models: _abc.Iterable[Global___PeerModel] | None = ...,
+        memory_free_bytes: _builtins.int = ...,
+        known_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerInfo: _TypeAlias = PeerInfo  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SENDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sender(self) -> Global___PeerInfo: ...
+    def __init__(
+        self,
+        *,
+        sender: Global___PeerInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def peer(self) -> Global___PeerInfo: ...
+    def __init__(
+        self,
+        *,
+        peer: Global___PeerInfo | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatReply: _TypeAlias = HeartbeatReply  # noqa: Y015
+
+@_typing.final
+class MeshPeer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INFO_FIELD_NUMBER: _builtins.int
+    ALIVE_FIELD_NUMBER: _builtins.int
+    RTT_SECONDS_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_UNIX_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    alive: _builtins.bool
+    rtt_seconds: _builtins.float
+    last_seen_unix: _builtins.float
+    local: _builtins.bool
+    @_builtins.property
+    def info(self) -> Global___PeerInfo: ...
+    def __init__(
+        self,
+        *,
+        info: Global___PeerInfo | None = ...,
+        alive: _builtins.bool = ...,
+        rtt_seconds: _builtins.float = ...,
+        last_seen_unix: _builtins.float = ...,
+        local: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alive", b"alive", "info", b"info", "last_seen_unix", b"last_seen_unix", "local", b"local", "rtt_seconds", b"rtt_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshPeer: _TypeAlias = MeshPeer  # noqa: Y015
+
+@_typing.final
+class RoutingDecision(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_UNIX_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    at_unix: _builtins.float
+    model: _builtins.str
+    peer_id: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        at_unix: _builtins.float = ...,
+        model: _builtins.str = ...,
+        peer_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_unix", b"at_unix", "model", b"model", "peer_id", b"peer_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutingDecision: _TypeAlias = RoutingDecision  # noqa: Y015
+
+@_typing.final
+class MeshStatusRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshStatusRequest: _TypeAlias = MeshStatusRequest  # noqa: Y015
+
+@_typing.final
+class MeshStatusReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_ID_FIELD_NUMBER: _builtins.int
+    MESH_ID_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    RECENT_FIELD_NUMBER: _builtins.int
+    peer_id: _builtins.str
+    mesh_id: _builtins.str
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshPeer]: ...
+    @_builtins.property
+    def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingDecision]: ...
+    def __init__(
+        self,
+        *,
+        peer_id: _builtins.str = ...,
+        mesh_id: _builtins.str = ...,
+        peers: _abc.Iterable[Global___MeshPeer] | None = ...,
+        recent: _abc.Iterable[Global___RoutingDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["mesh_id", b"mesh_id", "peer_id", b"peer_id", "peers", b"peers", "recent", b"recent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MeshStatusReply: _TypeAlias = MeshStatusReply  # noqa: Y015

@@ -59,6 +59,16 @@ class MeshStub:
                 request_serializer=meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.SerializeToString,
                 response_deserializer=meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/meshd.v1.Mesh/Heartbeat',
+                request_serializer=meshd_dot_v1_dot_mesh__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=meshd_dot_v1_dot_mesh__pb2.HeartbeatReply.FromString,
+                _registered_method=True)
+        self.MeshStatus = channel.unary_unary(
+                '/meshd.v1.Mesh/MeshStatus',
+                request_serializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.SerializeToString,
+                response_deserializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -99,6 +109,20 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Between peers, every second: who I am, my load and models, the peers I know.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MeshStatus(self, request, context):
+        """The mesh as this peer sees it, and its recent routing decisions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +150,16 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.FetchModel,
                     request_deserializer=meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.FromString,
                     response_serializer=meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=meshd_dot_v1_dot_mesh__pb2.HeartbeatRequest.FromString,
+                    response_serializer=meshd_dot_v1_dot_mesh__pb2.HeartbeatReply.SerializeToString,
+            ),
+            'MeshStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.MeshStatus,
+                    request_deserializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.FromString,
+                    response_serializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +297,60 @@ class Mesh:
             '/meshd.v1.Mesh/FetchModel',
             meshd_dot_v1_dot_mesh__pb2.FetchModelRequest.SerializeToString,
             meshd_dot_v1_dot_mesh__pb2.FetchModelChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshd.v1.Mesh/Heartbeat',
+            meshd_dot_v1_dot_mesh__pb2.HeartbeatRequest.SerializeToString,
+            meshd_dot_v1_dot_mesh__pb2.HeartbeatReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MeshStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshd.v1.Mesh/MeshStatus',
+            meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.SerializeToString,
+            meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.FromString,
             options,
             channel_credentials,
             insecure,

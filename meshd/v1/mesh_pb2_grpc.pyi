@@ -47,6 +47,10 @@ class MeshStub:
     """This peer's live load and memory."""
     FetchModel: _grpc.UnaryStreamMultiCallable[_mesh_pb2.FetchModelRequest, _mesh_pb2.FetchModelChunk]
     """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.HeartbeatRequest, _mesh_pb2.HeartbeatReply]
+    """Between peers, every second: who I am, my load and models, the peers I know."""
+    MeshStatus: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.MeshStatusRequest, _mesh_pb2.MeshStatusReply]
+    """The mesh as this peer sees it, and its recent routing decisions."""
 
 @_typing.type_check_only
 class MeshAsyncStub(MeshStub):
@@ -61,6 +65,10 @@ class MeshAsyncStub(MeshStub):
     """This peer's live load and memory."""
     FetchModel: _aio.UnaryStreamMultiCallable[_mesh_pb2.FetchModelRequest, _mesh_pb2.FetchModelChunk]  # type: ignore[assignment]
     """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_mesh_pb2.HeartbeatRequest, _mesh_pb2.HeartbeatReply]  # type: ignore[assignment]
+    """Between peers, every second: who I am, my load and models, the peers I know."""
+    MeshStatus: _aio.UnaryUnaryMultiCallable[_mesh_pb2.MeshStatusRequest, _mesh_pb2.MeshStatusReply]  # type: ignore[assignment]
+    """The mesh as this peer sees it, and its recent routing decisions."""
 
 class MeshServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -102,5 +110,21 @@ class MeshServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_mesh_pb2.FetchModelChunk], _abc.AsyncIterator[_mesh_pb2.FetchModelChunk]]:
         """Streams a model file from this peer's store: the manifest first, then the bytes from offset."""
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _mesh_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.HeartbeatReply, _abc.Awaitable[_mesh_pb2.HeartbeatReply]]:
+        """Between peers, every second: who I am, my load and models, the peers I know."""
+
+    @_abc_1.abstractmethod
+    def MeshStatus(
+        self,
+        request: _mesh_pb2.MeshStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.MeshStatusReply, _abc.Awaitable[_mesh_pb2.MeshStatusReply]]:
+        """The mesh as this peer sees it, and its recent routing decisions."""
 
 def add_MeshServicer_to_server(servicer: MeshServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

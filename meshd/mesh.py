@@ -1,0 +1,226 @@
+"""Any peer takes any request: route it to the best peer, forward it, and say who served it and why.
+
+A request that arrives with hops >= MAX_HOPS is served here or refused, so nothing loops.
+A forwarded request is retried on another peer only before its first token; after that a
+failure is reported as UNAVAILABLE with the text so far marked partial, never repeated.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import random
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from meshd import __version__
+from meshd.engine import Engine
+from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
+from meshd.peers import PeerTable
+from meshd.routing import Decision, ModelView, PeerView, choose, warm_targets
+from meshd.rpc import channels, convert
+from meshd.rpc.status import error_from_rpc
+from meshd.types import (
+    Chunk,
+    GenerateRequest,
+    MeshPeer,
+    MeshStatus,
+    ModelState,
+    PeerInfo,
+    PeerModel,
+    RoutingRecord,
+    WarmResult,
+)
+from meshd.v1 import mesh_pb2 as pb
+
+MAX_HOPS = 1  # a forwarded request is served where it lands
+RECENT_DECISIONS = 50
+RETRYABLE = (PeerUnavailable, Overloaded)
+
+
+class Mesh:
+    """Routing and forwarding for one peer."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        table: PeerTable,
+        pool: channels.ChannelPool,
+        peer_id: str,
+        mesh_id: str,
+        address: str,
+    ) -> None:
+        self.engine, self.table, self.pool = engine, table, pool
+        self.peer_id, self.mesh_id, self.address = peer_id, mesh_id, address
+        self.recent: collections.deque[RoutingRecord] = collections.deque(maxlen=RECENT_DECISIONS)
+        self.rng = random.Random()
+
+    # -- what this peer tells others -------------------------------------------------------
+
+    def local_info(self) -> PeerInfo:
+        """This peer's heartbeat: identity, models with load, free memory, known peers."""
+        loads = {load.model: load for load in self.engine.loads()}
+        models = tuple(
+            PeerModel(
+                m.name,
+                m.state,
+                loads[m.name].active,
+                loads[m.name].queued,
+                m.slots,
+                loads[m.name].service_seconds,
+                m.memory_bytes,
+            )
+            for m in self.engine.models()
+            if m.state is not ModelState.FAILED
+        )
+        free = max(self.engine.memory_budget - self.engine.memory_in_models(), 0)
+        known = tuple(e.address for e in self.table.live(time.monotonic()))
+        return PeerInfo(self.peer_id, self.mesh_id, __version__, self.address, models, free, known)
+
+    def views(self) -> list[PeerView]:
+        """This peer and every live peer, as the router sees them."""
+        now = time.monotonic()
+        local = _view(self.local_info(), local=True, rtt=0.0)
+        return [
+            local,
+            *(
+                _view(e.info, local=False, rtt=e.rtt)
+                for e in self.table.live(now)
+                if e.info is not None
+            ),
+        ]
+
+    def status(self) -> MeshStatus:
+        """Every known peer (this one first) and recent routing decisions."""
+        me = MeshPeer(self.local_info(), True, 0.0, time.time(), local=True)
+        peers = (me, *self.table.known(time.monotonic()))
+        return MeshStatus(self.peer_id, self.mesh_id, peers, tuple(self.recent))
+
+    # -- generate --------------------------------------------------------------------------
+
+    async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """Serve here or on the best peer; retry elsewhere only before the first token."""
+        await self.engine.refresh()
+        if request.hops >= MAX_HOPS:
+            async for chunk in self.engine.generate(request):
+                yield chunk
+            return
+        tried: list[str] = []
+        while True:
+            decision = self._decide(request.model, tried)
+            try:
+                async with contextlib.aclosing(self._serve(decision, request)) as chunks:
+                    first = await anext(chunks)
+                    yield _reasoned(first, decision)
+                    async for chunk in chunks:
+                        yield _reasoned(chunk, decision)
+                return
+            except RETRYABLE as error:
+                if "partial" in str(error):
+                    raise
+                tried.append(decision.peer.peer_id)
+                last_error = error
+                if len(tried) >= len(self.views()):
+                    raise type(last_error)(f"{last_error} (tried: {', '.join(tried)})") from None
+
+    def _decide(self, model: str, tried: list[str]) -> Decision:
+        views = self.views()
+        decision = choose(views, model, exclude=tried, rng=self.rng)
+        if decision is None and not tried and model in self.engine.hosts:
+            # Known here but unusable (a bad file): the engine says exactly why.
+            decision = Decision(views[0], "only this peer knows it", False)
+        if decision is None:
+            if tried:
+                raise Overloaded(f"no peer could take {model!r} (tried: {', '.join(tried)})")
+            have = sorted({name for v in views for name in v.models})
+            raise ModelNotFound(
+                f"no model named {model!r} in the mesh (it has: {', '.join(have) or 'none'})"
+            )
+        self.recent.append(
+            RoutingRecord(time.time(), model, decision.peer.peer_id, decision.reason)
+        )
+        return decision
+
+    async def _serve(
+        self, decision: Decision, request: GenerateRequest
+    ) -> AsyncGenerator[Chunk, None]:
+        if decision.peer.local:
+            async with contextlib.aclosing(self.engine.generate(request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+            return
+        forwarded = convert.request_to_pb(request)
+        forwarded.hops = request.hops + 1
+        stub = channels.aio_mesh_stub(self.pool.get(decision.peer.address))
+        call: Any = stub.Generate(forwarded)
+        tokens = 0
+        try:
+            async for message in call:
+                chunk = convert.chunk_from_pb(message)
+                tokens = chunk.tokens
+                yield chunk
+        except (grpc.RpcError, aio.AioRpcError) as exc:
+            error = error_from_rpc(exc, decision.peer.address)
+            if tokens and isinstance(error, PeerUnavailable):
+                raise PeerUnavailable(
+                    f"peer {decision.peer.peer_id} failed after {tokens} tokens; "
+                    "the text so far is partial"
+                ) from None
+            raise error from None
+        finally:
+            call.cancel()
+
+    # -- warm ------------------------------------------------------------------------------
+
+    async def warm(
+        self, model: str, lease: float, wait: bool, replicas: int, hops: int
+    ) -> WarmResult:
+        """Warm model on the best peer(s) of the mesh and hold it there for the lease."""
+        await self.engine.refresh()
+        targets = warm_targets(self.views(), model, replicas)
+        if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
+            return await self.engine.warm(model, lease, wait)
+        if not targets:
+            raise ModelNotFound(f"no model named {model!r} in the mesh")
+        results = []
+        for target in targets:
+            if target.local:
+                results.append(await self.engine.warm(model, lease, wait))
+                continue
+            request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, hops=hops + 1)
+            stub = channels.aio_mesh_stub(self.pool.get(target.address))
+            try:
+                reply = await stub.Warm(request, timeout=None if wait else 10.0)
+            except (grpc.RpcError, aio.AioRpcError) as exc:
+                raise error_from_rpc(exc, target.address) from None
+            results.append(convert.warm_from_pb(reply))
+        first = results[0]
+        served_by = first.served_by or self.peer_id
+        return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)
+
+
+def _view(info: PeerInfo, *, local: bool, rtt: float) -> PeerView:
+    models = {
+        m.name: ModelView(
+            m.state is ModelState.WARM,
+            m.active,
+            m.queued,
+            m.slots,
+            m.service_seconds,
+            m.memory_bytes,
+        )
+        for m in info.models
+    }
+    return PeerView(info.peer_id, info.address, local, rtt, info.memory_free, models)
+
+
+def _reasoned(chunk: Chunk, decision: Decision) -> Chunk:
+    """The last chunk carries why this peer was chosen."""
+    if chunk.finish_reason is None:
+        return chunk
+    return dataclasses.replace(chunk, routing_reason=decision.reason)

@@ -1,0 +1,142 @@
+"""The peer table and the heartbeat that keeps it true.
+
+Addresses come from static config, from mDNS, from other peers' heartbeats (gossip) and from
+peers that heartbeat us. Only a successful gRPC heartbeat makes a peer live; one that has not
+answered for `dead_after` seconds leaves routing, and one good heartbeat brings it back.
+mDNS TTLs play no part in liveness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from grpc import aio
+
+from meshd.rpc import channels, convert
+from meshd.types import MeshPeer, PeerInfo
+from meshd.v1 import mesh_pb2 as pb
+
+log = logging.getLogger("meshd.peers")
+RTT_SMOOTHING = 0.3  # weight of the newest sample in the RTT average
+
+
+def is_alive(last_ok: float, now: float, dead_after: float) -> bool:
+    """A peer is live while its last good heartbeat is younger than dead_after."""
+    return now - last_ok <= dead_after
+
+
+@dataclass
+class PeerEntry:
+    """What this peer knows of another one."""
+
+    address: str
+    source: str  # static, mdns, gossip or inbound
+    info: PeerInfo | None = None
+    last_ok: float = -math.inf  # monotonic time of the last good heartbeat
+    last_seen_unix: float = 0.0
+    rtt: float = 0.0
+
+
+class PeerTable:
+    """Known peers by address; ignores itself and peers of other meshes."""
+
+    def __init__(self, self_id: str, mesh_id: str, dead_after: float) -> None:
+        self.self_id, self.mesh_id, self.dead_after = self_id, mesh_id, dead_after
+        self.entries: dict[str, PeerEntry] = {}
+        self.ignored: set[str] = set()  # addresses that turned out to be us or another mesh
+
+    def add(self, address: str, source: str) -> None:
+        """Remember an address to heartbeat (idempotent)."""
+        if address and address not in self.entries and address not in self.ignored:
+            self.entries[address] = PeerEntry(address, source)
+
+    def record_ok(self, address: str, info: PeerInfo, rtt: float, now: float) -> None:
+        """A heartbeat answered: the peer is live, with this state."""
+        if info.peer_id == self.self_id or info.mesh_id != self.mesh_id:
+            self.entries.pop(address, None)
+            self.ignored.add(address)
+            if info.mesh_id != self.mesh_id:
+                log.info("ignoring %s: it belongs to mesh %r", address, info.mesh_id)
+            return
+        entry = self.entries.setdefault(address, PeerEntry(address, "inbound"))
+        for other in list(self.entries.values()):  # one entry per peer id
+            if other is not entry and other.info and other.info.peer_id == info.peer_id:
+                del self.entries[other.address]
+        entry.rtt = (
+            rtt if entry.info is None else (1 - RTT_SMOOTHING) * entry.rtt + RTT_SMOOTHING * rtt
+        )
+        entry.info, entry.last_ok, entry.last_seen_unix = info, now, time.time()
+
+    def live(self, now: float) -> list[PeerEntry]:
+        """Peers whose last heartbeat is recent enough to route to."""
+        return [
+            e
+            for e in self.entries.values()
+            if e.info is not None and is_alive(e.last_ok, now, self.dead_after)
+        ]
+
+    def known(self, now: float) -> list[MeshPeer]:
+        """Every peer that ever answered, live or not, for status."""
+        return [
+            MeshPeer(e.info, is_alive(e.last_ok, now, self.dead_after), e.rtt, e.last_seen_unix)
+            for e in self.entries.values()
+            if e.info is not None
+        ]
+
+
+class Membership:
+    """Heartbeats every known address on a fixed cadence and learns addresses from the replies."""
+
+    def __init__(
+        self,
+        table: PeerTable,
+        pool: channels.ChannelPool,
+        local_info: Callable[[], PeerInfo],
+        interval: float,
+    ) -> None:
+        self.table, self.pool, self.local_info, self.interval = table, pool, local_info, interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Begin heartbeating (idempotent)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="meshd-heartbeat")
+
+    async def close(self) -> None:
+        """Stop heartbeating (idempotent)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        next_round = time.monotonic()
+        while True:
+            addresses = list(self.table.entries)
+            if addresses:
+                request = pb.HeartbeatRequest(sender=convert.peer_info_to_pb(self.local_info()))
+                await asyncio.gather(*(self.beat(a, request) for a in addresses))
+            next_round += self.interval
+            await asyncio.sleep(max(0.0, next_round - time.monotonic()))
+
+    async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:
+        """One heartbeat; a failure just leaves the peer's last good time where it was."""
+        stub = channels.aio_mesh_stub(self.pool.get(address))
+        started = time.monotonic()
+        try:
+            reply = await stub.Heartbeat(request, timeout=self.interval * 0.8)
+        except (grpc.RpcError, aio.AioRpcError):
+            return
+        now = time.monotonic()
+        info = convert.peer_info_from_pb(reply.peer)
+        self.table.record_ok(address, info, now - started, now)
+        for learned in info.known_addresses:
+            self.table.add(learned, "gossip")

@@ -1,0 +1,106 @@
+"""Pure routing decisions over a snapshot of the peer table: which peer serves, which peers warm.
+
+Inputs are plain data, so every rule here is unit-tested without a socket:
+- among live peers with the model warm: the least expected wait, where
+  wait = (active + queued) / slots x recent service time + RTT;
+- near-equals (within NEAR_EQUAL of the best) are sampled by two random choices; the local
+  peer wins ties;
+- no warm peer: the live peer that has the file and the most free memory (it warms, then serves).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
+NEAR_EQUAL_FRACTION = 0.10
+# A peer that never served the model yet: assume this much per request.
+DEFAULT_SERVICE_S = 0.25
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model on one peer, as the router sees it."""
+
+    warm: bool
+    active: int = 0
+    queued: int = 0
+    slots: int = 1
+    service_s: float = 0.0
+    memory_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """One live peer, as the router sees it."""
+
+    peer_id: str
+    address: str
+    local: bool
+    rtt_s: float
+    free_memory: int
+    models: dict[str, ModelView] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes and why, in a few words."""
+
+    peer: PeerView
+    reason: str
+    warm: bool
+
+
+def expected_wait(peer: PeerView, model: str) -> float:
+    """Seconds a new request for model would wait on peer, network included."""
+    view = peer.models[model]
+    service = view.service_s or DEFAULT_SERVICE_S
+    return (view.active + view.queued) / max(view.slots, 1) * service + peer.rtt_s
+
+
+def choose(
+    peers: Sequence[PeerView],
+    model: str,
+    exclude: Iterable[str] = (),
+    rng: random.Random | None = None,
+) -> Decision | None:
+    """The peer to serve model, or None when no live peer has it."""
+    skip = set(exclude)
+    candidates = [p for p in peers if p.peer_id not in skip and model in p.models]
+    warm = [p for p in candidates if p.models[model].warm]
+    if warm:
+        return _least_wait(warm, model, rng or random.Random())
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda p: (p.free_memory, p.local))
+    return Decision(best, f"no peer had it warm; {_who(best)} has the most free memory", False)
+
+
+def _least_wait(warm: list[PeerView], model: str, rng: random.Random) -> Decision:
+    waits = {p.peer_id: expected_wait(p, model) for p in warm}
+    best = min(waits.values())
+    margin = max(NEAR_EQUAL_S, best * NEAR_EQUAL_FRACTION)
+    near = [p for p in warm if waits[p.peer_id] <= best + margin]
+    local = [p for p in near if p.local]
+    if local:
+        chosen = local[0]
+    elif len(near) > 1:
+        a, b = rng.sample(near, 2)
+        chosen = a if waits[a.peer_id] <= waits[b.peer_id] else b
+    else:
+        chosen = near[0]
+    wait_ms = 1000 * waits[chosen.peer_id]
+    return Decision(chosen, f"warm on {_who(chosen)}, least expected wait {wait_ms:.0f} ms", True)
+
+
+def _who(peer: PeerView) -> str:
+    return "this peer" if peer.local else peer.peer_id
+
+
+def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
+    """Peers that should hold model warm: those already warm first, then most free memory."""
+    having = [p for p in peers if model in p.models]
+    ranked = sorted(having, key=lambda p: (not p.models[model].warm, -p.free_memory, not p.local))
+    return ranked[: max(replicas, 1)]
