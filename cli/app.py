@@ -55,6 +55,10 @@ def serve(
     memory_budget: str | None = typer.Option(None, help="Bytes for models [75% of RAM]."),
     max_queue: int | None = typer.Option(None, help="Queued requests per model [default: 8]."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read weights into RAM, not mmap."),
+    peer: list[str] = typer.Option([], "--peer", help="Static peer host:port; repeat."),
+    mesh_id: str | None = typer.Option(None, help="Join only peers of this mesh [default]."),
+    advertise: str | None = typer.Option(None, help="host:port other peers use for this one."),
+    no_discovery: bool = typer.Option(False, "--no-discovery", help="No mDNS on the LAN."),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run a peer in the foreground (what launchd or systemd runs)."""
@@ -74,6 +78,10 @@ def serve(
         "memory_budget": memory_budget,
         "max_queue": max_queue,
         "use_mmap": False if no_mmap else None,
+        "peers": peer or None,
+        "mesh_id": mesh_id,
+        "advertise": advertise,
+        "discovery": False if no_discovery else None,
     }
     with errors_as_exit():
         settings = load_settings(home, flags)
@@ -101,6 +109,7 @@ app.command()(talk.generate)
 app.command()(talk.warm)
 app.command()(talk.models)
 app.command()(talk.health)
+app.command()(talk.status)
 app.command()(store.pull)
 app.command()(store.rm)
 app.command()(demo)

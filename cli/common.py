@@ -26,6 +26,7 @@ err_console = Console(stderr=True, soft_wrap=True)
 AddrOption = typer.Option(
     None,
     "--addr",
+    "--via",
     "-a",
     envvar="MESHD_ADDR",
     help="Daemon address host:port [default: the running daemon of --home, else its listen].",
@@ -102,3 +103,11 @@ def human_until(unix: float) -> str:
     if left >= 3600:
         return f"{left / 3600:.1f}h"
     return f"{int(left // 60)}m {int(left % 60):02d}s" if left >= 60 else f"{left:.0f}s"
+
+
+def human_ago(unix: float) -> str:
+    """How long ago a Unix time was: '3s ago', '2m ago', or 'never'."""
+    if unix <= 0:
+        return "never"
+    ago = max(time.time() - unix, 0)
+    return f"{ago:.0f}s ago" if ago < 120 else f"{ago / 60:.0f}m ago"

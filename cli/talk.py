@@ -22,6 +22,7 @@ from .common import (
     console,
     err_console,
     errors_as_exit,
+    human_ago,
     human_bytes,
     human_until,
     print_json,
@@ -187,3 +188,51 @@ def _verify_store(home: Path | None) -> None:
     if bad:
         raise typer.Exit(1)
     err_console.print(f"verified {len(store.models())} stored model(s)", highlight=False)
+
+
+def status(
+    addr: str | None = AddrOption,
+    home: Path | None = HomeOption,
+    json_out: bool = JsonOption,
+    decisions: int = typer.Option(5, help="How many recent routing decisions to show."),
+) -> None:
+    """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
+    with errors_as_exit(), MeshClient(resolve_address(addr, home), timeout=5.0) as mesh:
+        seen = mesh.mesh_status()
+    if json_out:
+        print_json(seen)
+        return
+    table = Table(
+        "peer",
+        "address",
+        "state",
+        "warm",
+        "load",
+        "free memory",
+        "rtt",
+        "last seen",
+        "version",
+        title=f"mesh {seen.mesh_id}",
+    )
+    for peer in seen.peers:
+        info = peer.info
+        warm_models = [m.name for m in info.models if m.state == "warm"]
+        busy = sum(m.active for m in info.models), sum(m.queued for m in info.models)
+        state = "this peer" if peer.local else ("[green]live[/]" if peer.alive else "[red]down[/]")
+        table.add_row(
+            info.peer_id,
+            info.address,
+            state,
+            ", ".join(warm_models) or "-",
+            f"{busy[0]} active, {busy[1]} queued",
+            human_bytes(info.memory_free),
+            "-" if peer.local else f"{1000 * peer.rtt:.1f} ms",
+            "now" if peer.local else human_ago(peer.last_seen),
+            info.version,
+        )
+    console.print(table)
+    for record in list(seen.recent)[-decisions:]:
+        console.print(
+            f"[dim]{human_ago(record.at)}: {record.model} → {record.peer_id}: {record.reason}[/]",
+            highlight=False,
+        )

@@ -11,14 +11,14 @@ Every call has a deadline; failures raise typed meshd.errors.MeshdError subclass
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc import aio
 from grpc_health.v1 import health_pb2
 
+from meshd.errors import MeshdError, PeerUnavailable
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
 from meshd.types import (
@@ -26,6 +26,7 @@ from meshd.types import (
     Chunk,
     FinishReason,
     GenerateRequest,
+    MeshStatus,
     ModelInfo,
     PeerStatus,
     Sampling,
@@ -87,21 +88,46 @@ def _join(chunks: Iterable[Chunk]) -> Completion:
     )
 
 
-class MeshClient:
-    """A blocking client for one meshd peer."""
+class _Addresses:
+    """The peers a client may use, the one that answered last first."""
+
+    def __init__(self, address: str | Sequence[str]) -> None:
+        self.addresses = [address] if isinstance(address, str) else list(address)
+        if not self.addresses:
+            raise ValueError("MeshClient needs at least one address")
+        self.current = 0
+
+    @property
+    def address(self) -> str:
+        """The address in use."""
+        return self.addresses[self.current]
+
+    def order(self) -> list[int]:
+        """Indexes to try: the current one, then the others in order."""
+        n = len(self.addresses)
+        return [(self.current + k) % n for k in range(n)]
+
+    def failed(self, error: MeshdError, index: int, remaining: int) -> None:
+        """Re-raise unless the peer is unreachable and another one is left to try."""
+        if not isinstance(error, PeerUnavailable) or remaining == 0:
+            raise error
+
+
+class MeshClient(_Addresses):
+    """A blocking client for a mesh: one peer's address, or several to fail over between."""
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
-        self.address = address
+        super().__init__(address)
         self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channel = channels.open_channel(address)
-        self._mesh = channels.mesh_stub(self._channel)
-        self._health = channels.health_stub(self._channel)
+        self._channels = [channels.open_channel(a) for a in self.addresses]
+        self._mesh = [channels.mesh_stub(c) for c in self._channels]
+        self._health = [channels.health_stub(c) for c in self._channels]
 
     def __enter__(self) -> MeshClient:
         return self
@@ -110,8 +136,9 @@ class MeshClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel."""
-        self._channel.close()
+        """Close the channels."""
+        for channel in self._channels:
+            channel.close()
 
     def generate(
         self,
@@ -127,17 +154,29 @@ class MeshClient:
         stop: Iterable[str] = (),
         timeout: float | None = None,
     ) -> Iterator[Chunk]:
-        """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
+        """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer.
+
+        An unreachable peer is skipped for the next address, but only before the first chunk.
+        """
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
         request = build_request(model, prompt, messages, max_tokens, sampling)
-        call: Any = self._mesh.Generate(request, timeout=timeout or self.generate_timeout)
-        try:
-            for message in call:
-                yield convert.chunk_from_pb(message)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
-        finally:
-            call.cancel()
+        order = self.order()
+        for left, index in reversed(list(enumerate(reversed(order)))):
+            call: Any = self._mesh[index].Generate(
+                request, timeout=timeout or self.generate_timeout
+            )
+            started = False
+            try:
+                for message in call:
+                    started = True
+                    yield convert.chunk_from_pb(message)
+                self.current = index
+                return
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, self.addresses[index])
+                self.failed(error, index, 0 if started else left)
+            finally:
+                call.cancel()
 
     def complete(self, model: str, prompt: str | None = None, **kwargs: Any) -> Completion:
         """The whole completion at once; takes the same arguments as generate()."""
@@ -149,51 +188,63 @@ class MeshClient:
         *,
         lease: float = DEFAULT_LEASE_S,
         wait: bool = False,
+        replicas: int = 1,
         timeout: float | None = None,
     ) -> WarmResult:
         """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait)
+        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
         limit = timeout or (self.generate_timeout if wait else self.timeout)
-        return convert.warm_from_pb(self._unary(self._mesh.Warm, request, limit))
+        return convert.warm_from_pb(self._unary(lambda i: self._mesh[i].Warm, request, limit))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""
-        reply = self._unary(self._mesh.ListModels, pb.ListModelsRequest(), timeout)
+        reply = self._unary(lambda i: self._mesh[i].ListModels, pb.ListModelsRequest(), timeout)
         return [convert.model_from_pb(m) for m in reply.models]
 
     def status(self, *, timeout: float | None = None) -> PeerStatus:
         """The peer's load and memory."""
-        reply = self._unary(self._mesh.PeerStatus, pb.PeerStatusRequest(), timeout)
+        reply = self._unary(lambda i: self._mesh[i].PeerStatus, pb.PeerStatusRequest(), timeout)
         return convert.status_from_pb(reply)
+
+    def mesh_status(self, *, timeout: float | None = None) -> MeshStatus:
+        """The mesh as the peer sees it: every peer, live or not, and recent routing."""
+        reply = self._unary(lambda i: self._mesh[i].MeshStatus, pb.MeshStatusRequest(), timeout)
+        return convert.mesh_status_from_pb(reply)
 
     def health(self, *, timeout: float | None = None) -> bool:
         """True when the peer reports SERVING."""
         request = health_pb2.HealthCheckRequest(service="")
-        reply = self._unary(self._health.Check, request, timeout)
+        reply = self._unary(lambda i: self._health[i].Check, request, timeout)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
+    def _unary(self, method: Callable[[int], Any], request: Any, timeout: float | None) -> Any:
+        order = self.order()
+        for left, index in reversed(list(enumerate(reversed(order)))):
+            try:
+                reply = method(index)(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                self.failed(error_from_rpc(exc, self.addresses[index]), index, left)
+                continue
+            self.current = index
+            return reply
+        raise AssertionError("unreachable")
 
 
-class AsyncMeshClient:
+class AsyncMeshClient(_Addresses):
     """The asyncio twin of MeshClient; create and use it inside a running loop."""
 
     def __init__(
         self,
-        address: str = DEFAULT_ADDRESS,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
-        self.address = address
+        super().__init__(address)
         self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channel: aio.Channel = channels.open_aio_channel(address)
-        self._mesh = channels.aio_mesh_stub(self._channel)
-        self._health = channels.health_stub(self._channel)
+        self._channels = [channels.open_aio_channel(a) for a in self.addresses]
+        self._mesh = [channels.aio_mesh_stub(c) for c in self._channels]
+        self._health = [channels.health_stub(c) for c in self._channels]
 
     async def __aenter__(self) -> AsyncMeshClient:
         return self
@@ -202,8 +253,9 @@ class AsyncMeshClient:
         await self.close()
 
     async def close(self) -> None:
-        """Close the channel."""
-        await self._channel.close(None)
+        """Close the channels."""
+        for channel in self._channels:
+            await channel.close(None)
 
     async def generate(
         self,
@@ -222,14 +274,23 @@ class AsyncMeshClient:
         """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
         request = build_request(model, prompt, messages, max_tokens, sampling)
-        call: Any = self._mesh.Generate(request, timeout=timeout or self.generate_timeout)
-        try:
-            async for message in call:
-                yield convert.chunk_from_pb(message)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
-        finally:
-            call.cancel()
+        order = self.order()
+        for left, index in reversed(list(enumerate(reversed(order)))):
+            call: Any = self._mesh[index].Generate(
+                request, timeout=timeout or self.generate_timeout
+            )
+            started = False
+            try:
+                async for message in call:
+                    started = True
+                    yield convert.chunk_from_pb(message)
+                self.current = index
+                return
+            except grpc.RpcError as exc:
+                error = error_from_rpc(exc, self.addresses[index])
+                self.failed(error, index, 0 if started else left)
+            finally:
+                call.cancel()
 
     async def complete(self, model: str, prompt: str | None = None, **kwargs: Any) -> Completion:
         """The whole completion at once; takes the same arguments as generate()."""
@@ -241,31 +302,52 @@ class AsyncMeshClient:
         *,
         lease: float = DEFAULT_LEASE_S,
         wait: bool = False,
+        replicas: int = 1,
         timeout: float | None = None,
     ) -> WarmResult:
         """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait)
+        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
         limit = timeout or (self.generate_timeout if wait else self.timeout)
-        return convert.warm_from_pb(await self._unary(self._mesh.Warm, request, limit))
+        reply = await self._unary(lambda i: self._mesh[i].Warm, request, limit)
+        return convert.warm_from_pb(reply)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""
-        reply = await self._unary(self._mesh.ListModels, pb.ListModelsRequest(), timeout)
+        reply = await self._unary(
+            lambda i: self._mesh[i].ListModels, pb.ListModelsRequest(), timeout
+        )
         return [convert.model_from_pb(m) for m in reply.models]
 
     async def status(self, *, timeout: float | None = None) -> PeerStatus:
         """The peer's load and memory."""
-        reply = await self._unary(self._mesh.PeerStatus, pb.PeerStatusRequest(), timeout)
+        reply = await self._unary(
+            lambda i: self._mesh[i].PeerStatus, pb.PeerStatusRequest(), timeout
+        )
         return convert.status_from_pb(reply)
+
+    async def mesh_status(self, *, timeout: float | None = None) -> MeshStatus:
+        """The mesh as the peer sees it: every peer, live or not, and recent routing."""
+        reply = await self._unary(
+            lambda i: self._mesh[i].MeshStatus, pb.MeshStatusRequest(), timeout
+        )
+        return convert.mesh_status_from_pb(reply)
 
     async def health(self, *, timeout: float | None = None) -> bool:
         """True when the peer reports SERVING."""
         request = health_pb2.HealthCheckRequest(service="")
-        reply = await self._unary(self._health.Check, request, timeout)
+        reply = await self._unary(lambda i: self._health[i].Check, request, timeout)
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
-    async def _unary(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(request, timeout=timeout or self.timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, self.address) from None
+    async def _unary(
+        self, method: Callable[[int], Any], request: Any, timeout: float | None
+    ) -> Any:
+        order = self.order()
+        for left, index in reversed(list(enumerate(reversed(order)))):
+            try:
+                reply = await method(index)(request, timeout=timeout or self.timeout)
+            except grpc.RpcError as exc:
+                self.failed(error_from_rpc(exc, self.addresses[index]), index, left)
+                continue
+            self.current = index
+            return reply
+        raise AssertionError("unreachable")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
@@ -12,6 +13,8 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# Tests never announce on the real network: mDNS only where a test builds its own namespaces.
+os.environ["MESHD_DISCOVERY"] = "false"
 
 from tinygguf import write_tiny_gguf
 
@@ -86,6 +89,7 @@ def node_settings(home: Path, models: dict[str, Path], **flags: Any) -> Settings
     """Settings for a test daemon: loopback, port 0, one thread, small context."""
     base: dict[str, Any] = {
         "listen": "127.0.0.1:0",
+        "discovery": False,
         "models": [f"{name}={path}" for name, path in models.items()],
         "context": 512,
         "threads": 1,
