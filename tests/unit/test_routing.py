@@ -1,0 +1,91 @@
+"""Routing and liveness decisions, as pure functions over plain data."""
+
+from __future__ import annotations
+
+import math
+import random
+
+from meshd.peers import PeerTable, is_alive
+from meshd.routing import ModelView, PeerView, choose, expected_wait, warm_targets
+from meshd.types import PeerInfo
+
+
+def peer(
+    pid: str, *, local: bool = False, rtt: float = 0.001, free: int = 100, **models: ModelView
+) -> PeerView:
+    return PeerView(pid, f"{pid}:1", local, rtt, free, dict(models))
+
+
+WARM = ModelView(warm=True, service_s=0.1)
+COLD = ModelView(warm=False)
+
+
+def test_expected_wait_counts_queue_per_slot_and_rtt() -> None:
+    busy = peer("p", rtt=0.01, m=ModelView(True, active=2, queued=2, slots=2, service_s=0.5))
+    assert math.isclose(expected_wait(busy, "m"), 2 * 0.5 + 0.01)
+
+
+def test_least_expected_wait_wins() -> None:
+    idle = peer("idle", m=WARM)
+    busy = peer("busy", m=ModelView(True, active=3, slots=1, service_s=0.1))
+    for seed in range(20):
+        assert choose([busy, idle], "m", rng=random.Random(seed)).peer.peer_id == "idle"
+
+
+def test_local_wins_ties() -> None:
+    for seed in range(20):
+        decision = choose(
+            [peer("far", m=WARM), peer("me", local=True, rtt=0, m=WARM)],
+            "m",
+            rng=random.Random(seed),
+        )
+        assert decision is not None and decision.peer.local
+
+
+def test_two_random_choices_spread_near_equals() -> None:
+    peers = [peer(f"p{i}", m=WARM) for i in range(4)]
+    picked = {choose(peers, "m", rng=random.Random(s)).peer.peer_id for s in range(50)}
+    assert len(picked) >= 3, "near-equal peers share the load"
+
+
+def test_warm_beats_cold_and_cold_goes_to_most_free_memory() -> None:
+    assert choose([peer("cold", m=COLD), peer("warm", m=WARM)], "m").peer.peer_id == "warm"
+    decision = choose([peer("small", free=10, m=COLD), peer("big", free=99, m=COLD)], "m")
+    assert decision.peer.peer_id == "big" and not decision.warm
+    assert "most free memory" in decision.reason
+
+
+def test_excluded_and_unknown() -> None:
+    peers = [peer("a", m=WARM), peer("b", m=WARM)]
+    assert choose(peers, "m", exclude=["a"]).peer.peer_id == "b"
+    assert choose(peers, "m", exclude=["a", "b"]) is None
+    assert choose(peers, "other") is None
+
+
+def test_warm_targets_prefer_warm_then_memory() -> None:
+    peers = [
+        peer("cold-big", free=90, m=COLD),
+        peer("warm", free=1, m=WARM),
+        peer("cold-small", free=5, m=COLD),
+        peer("none"),
+    ]
+    assert [p.peer_id for p in warm_targets(peers, "m", 2)] == ["warm", "cold-big"]
+    assert warm_targets(peers, "x", 1) == []
+
+
+def test_liveness_and_the_table() -> None:
+    assert is_alive(last_ok=10.0, now=12.0, dead_after=2.5)
+    assert not is_alive(last_ok=10.0, now=13.0, dead_after=2.5)
+    table = PeerTable("me", "mesh", dead_after=2.5)
+    table.add("a:1", "static")
+    table.add("self:1", "gossip")
+    table.add("other:1", "mdns")
+    table.record_ok("a:1", PeerInfo("pa", "mesh", "1", "a:1"), rtt=0.01, now=100.0)
+    table.record_ok("self:1", PeerInfo("me", "mesh", "1", "self:1"), rtt=0.01, now=100.0)
+    table.record_ok("other:1", PeerInfo("px", "elsewhere", "1", "other:1"), rtt=0.01, now=100.0)
+    assert [e.address for e in table.live(101.0)] == ["a:1"]
+    assert table.live(103.0) == []
+    table.add("other:1", "gossip")  # ignored addresses stay ignored
+    assert "other:1" not in table.entries
+    table.record_ok("a2:1", PeerInfo("pa", "mesh", "1", "a2:1"), rtt=0.01, now=104.0)
+    assert list(table.entries) == ["a2:1"], "one entry per peer id"
