@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
+from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
 from meshd.identity import load_or_create_peer_id
 from meshd.mesh import Mesh
@@ -19,6 +20,7 @@ from meshd.peers import Membership, PeerTable
 from meshd.rpc.channels import ChannelPool, bind, server_options
 from meshd.rpc.servicer import MeshServicer, add_to_server
 from meshd.store import ModelStore
+from meshd.types import ModelState
 
 log = logging.getLogger("meshd")
 SERVICE_NAME = "meshd.v1.Mesh"
@@ -39,6 +41,7 @@ class Node:
             self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.discovery: Discovery | None = None
         self.server: aio.Server | None = None
         self.port = 0
 
@@ -71,6 +74,8 @@ class Node:
         for peer in self.settings.peers:
             self.table.add(peer, "static")
         self.membership.start()
+        if self.settings.discovery:
+            await self._start_discovery()
         log.info("serving on %s as %s (mesh %s)", self.address, self.peer_id, self.mesh.mesh_id)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -78,11 +83,37 @@ class Node:
         server, self.server = self.server, None
         if server is not None:
             await self.health.enter_graceful_shutdown()
+            if self.discovery is not None:
+                await self.discovery.close()  # the mDNS goodbye
             await server.stop(self.settings.drain_seconds if grace is None else grace)
             remove_daemon_file(self.settings.home)
         await self.membership.close()
         await self.pool.close()
         await self.engine.close()
+
+    async def _start_discovery(self) -> None:
+        """Announce on the LAN and hand found addresses to the peer table."""
+
+        def describe() -> dict[str, str]:
+            info = self.mesh.local_info()
+            warm = [m.name for m in info.models if m.state is ModelState.WARM]
+            load = sum(m.active + m.queued for m in info.models)
+            return txt_record(self.peer_id, info.mesh_id, info.version, self.port, warm, load)
+
+        host = self.settings.listen.rpartition(":")[0].strip("[]")
+        self.discovery = Discovery(
+            self.peer_id,
+            self.settings.mesh_id,
+            host,
+            self.port,
+            describe,
+            lambda address: self.table.add(address, "mdns"),
+        )
+        try:
+            await self.discovery.start()
+        except OSError as exc:  # no multicast here: static peers still work
+            log.warning("mDNS discovery is off: %s", exc)
+            self.discovery = None
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain; a second signal exits at once."""

@@ -25,9 +25,11 @@ class DaemonProcess:
         listen: str = "127.0.0.1:0",
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
     ) -> None:
         self.home = home
         self.args = [
+            *prefix,
             sys.executable,
             "-m",
             "meshd.cli",

@@ -1,0 +1,149 @@
+"""mDNS on the LAN: announce this peer, find the others. The only module that imports zeroconf.
+
+Service `_meshd._tcp.local.` with TXT: peer id, mesh id, version, port, warm models and coarse
+load. Discovery only hands addresses to the peer table; a peer becomes live (and routable)
+only after it answers a gRPC heartbeat, and services of another mesh are never handed over.
+On close the service is unregistered, which sends the mDNS goodbye.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import psutil
+from zeroconf import IPVersion, ServiceStateChange, Zeroconf
+from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
+
+log = logging.getLogger("meshd.discovery")
+SERVICE_TYPE = "_meshd._tcp.local."
+TXT_VALUE_MAX = 200  # one TXT string holds 255 bytes, key included
+UPDATE_INTERVAL_S = 5.0
+
+
+def announce_addresses(listen_host: str) -> list[str]:
+    """The IPv4 addresses to announce: the bound one, or every non-loopback one for 0.0.0.0."""
+    if listen_host not in ("0.0.0.0", "", "[::]", "::"):
+        return [socket.gethostbyname(listen_host)]
+    found = []
+    for addrs in psutil.net_if_addrs().values():
+        for addr in addrs:
+            if addr.family == socket.AF_INET and not ipaddress.ip_address(addr.address).is_loopback:
+                found.append(addr.address)
+    return found
+
+
+def txt_record(
+    peer_id: str, mesh_id: str, version: str, port: int, warm: list[str], load: int
+) -> dict[str, str]:
+    """The TXT properties; the warm list is cut to fit one TXT string."""
+    warm_text = ",".join(warm)
+    if len(warm_text) > TXT_VALUE_MAX:
+        warm_text = warm_text[:TXT_VALUE_MAX].rsplit(",", 1)[0]
+    return {
+        "peer": peer_id,
+        "mesh": mesh_id,
+        "ver": version,
+        "port": str(port),
+        "warm": warm_text,
+        "load": str(load),
+    }
+
+
+class Discovery:
+    """Announces this peer and reports peers of the same mesh as they appear."""
+
+    def __init__(
+        self,
+        peer_id: str,
+        mesh_id: str,
+        listen_host: str,
+        port: int,
+        describe: Callable[[], dict[str, str]],
+        found: Callable[[str], None],
+    ) -> None:
+        self.peer_id, self.mesh_id = peer_id, mesh_id
+        self.addresses = announce_addresses(listen_host)
+        self.port, self.describe, self.found = port, describe, found
+        self.zeroconf: AsyncZeroconf | None = None
+        self.browser: AsyncServiceBrowser | None = None
+        self.info: AsyncServiceInfo | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Register the service and start browsing (idempotent)."""
+        if self.zeroconf is not None or not self.addresses:
+            return
+        self.zeroconf = AsyncZeroconf(interfaces=self.addresses)
+        self.info = self._service_info()
+        await self.zeroconf.async_register_service(self.info, allow_name_change=True)
+        self.browser = AsyncServiceBrowser(
+            self.zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
+        )
+        self._spawn(self._refresh_forever())
+        log.info("announcing %s on %s", SERVICE_TYPE, ", ".join(self.addresses))
+
+    async def close(self) -> None:
+        """Say goodbye on the network and stop (idempotent)."""
+        zeroconf, self.zeroconf = self.zeroconf, None
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if zeroconf is None:
+            return
+        if self.browser is not None:
+            await self.browser.async_cancel()
+        with contextlib.suppress(Exception):  # the goodbye is best effort on a dying network
+            await zeroconf.async_unregister_all_services()
+        await zeroconf.async_close()
+
+    def _service_info(self) -> AsyncServiceInfo:
+        return AsyncServiceInfo(
+            SERVICE_TYPE,
+            f"{self.peer_id}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(a) for a in self.addresses],
+            port=self.port,
+            properties=self.describe(),
+            server=f"{self.peer_id}.local.",
+        )
+
+    async def _refresh_forever(self) -> None:
+        """Re-announce when the warm models or load change."""
+        while True:
+            await asyncio.sleep(UPDATE_INTERVAL_S)
+            if self.zeroconf is None or self.info is None:
+                return
+            current = self.describe()
+            if current != {
+                k.decode(): (v or b"").decode() for k, v in self.info.properties.items()
+            }:
+                self.info = self._service_info()
+                await self.zeroconf.async_update_service(self.info)
+
+    def _on_change(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
+            self._spawn(self._resolve(service_type, name))
+
+    async def _resolve(self, service_type: str, name: str) -> None:
+        if self.zeroconf is None:
+            return
+        info = AsyncServiceInfo(service_type, name)
+        if not await info.async_request(self.zeroconf.zeroconf, 3000):
+            return
+        props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
+        if props.get("mesh") != self.mesh_id or props.get("peer") == self.peer_id:
+            return
+        for address in info.parsed_addresses(IPVersion.V4Only):  # IPv6: static peers
+            self.found(f"{address}:{info.port}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
