@@ -81,7 +81,9 @@ class Discovery:
             return
         self.zeroconf = AsyncZeroconf(interfaces=self.addresses)
         self.info = self._service_info()
-        await self.zeroconf.async_register_service(self.info, allow_name_change=True)
+        # The instance name is the peer id, unique by construction: probing the LAN for a
+        # name conflict (about a second) would only delay the first announcement.
+        await self.zeroconf.async_register_service(self.info, cooperating_responders=True)
         self.browser = AsyncServiceBrowser(
             self.zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
         )

@@ -51,11 +51,14 @@ class PeerTable:
         self.self_id, self.mesh_id, self.dead_after = self_id, mesh_id, dead_after
         self.entries: dict[str, PeerEntry] = {}
         self.ignored: set[str] = set()  # addresses that turned out to be us or another mesh
+        self.on_new: Callable[[str], None] | None = None  # told of each new address
 
     def add(self, address: str, source: str) -> None:
         """Remember an address to heartbeat (idempotent)."""
         if address and address not in self.entries and address not in self.ignored:
             self.entries[address] = PeerEntry(address, source)
+            if self.on_new is not None:
+                self.on_new(address)
 
     def record_ok(self, address: str, info: PeerInfo, rtt: float, now: float) -> None:
         """A heartbeat answered: the peer is live, with this state."""
@@ -103,15 +106,27 @@ class Membership:
     ) -> None:
         self.table, self.pool, self.local_info, self.interval = table, pool, local_info, interval
         self._task: asyncio.Task[None] | None = None
+        self._first_beats: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
-        """Begin heartbeating (idempotent)."""
+        """Begin heartbeating (idempotent); a newly found address is heartbeaten at once."""
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="meshd-heartbeat")
+            self.table.on_new = self._beat_now
+
+    def _beat_now(self, address: str) -> None:
+        request = pb.HeartbeatRequest(sender=convert.peer_info_to_pb(self.local_info()))
+        task = asyncio.get_running_loop().create_task(self.beat(address, request))
+        self._first_beats.add(task)
+        task.add_done_callback(self._first_beats.discard)
 
     async def close(self) -> None:
         """Stop heartbeating (idempotent)."""
         task, self._task = self._task, None
+        self.table.on_new = None
+        for first in list(self._first_beats):
+            first.cancel()
+        await asyncio.gather(*self._first_beats, return_exceptions=True)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

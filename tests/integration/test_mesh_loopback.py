@@ -114,6 +114,16 @@ def test_the_client_fails_over_to_the_next_address(start_node: Callable) -> None
 SERVE = ["--context", "4096", "--threads", "1"]
 
 
+def _warm_on(address: str) -> int:
+    """How many peers (this one included) have a model warm, as the peer at address sees it."""
+    with MeshClient(address) as mesh:
+        return sum(
+            any(m.state is ModelState.WARM for m in p.info.models)
+            for p in mesh.mesh_status().peers
+            if p.alive
+        )
+
+
 def _busy(address: str, model: str, tokens: int) -> threading.Thread:
     """Keep the peer's only slot busy for a while."""
 
@@ -136,10 +146,10 @@ def test_kill_9_before_the_first_token_is_served_elsewhere(
         extra_args=[*SERVE, "--peer", a.address, "--no-discovery"],
     ).start()
     try:
-        with MeshClient(b.address) as on_b:
-            on_b.warm("tiny", wait=True)
         eventually(lambda: len(live_peers(a.address)) == 1)
-        a.call(a.engine.warm("tiny", 0.0, True))  # warm on both: an idle a wins ties
+        with MeshClient(a.address) as mesh:
+            mesh.warm("tiny", wait=True, replicas=2)  # warm on both: an idle a wins ties
+        eventually(lambda: _warm_on(a.address) == 2)
         busy = _busy(a.address, "tiny", 3000)  # then a's slot is taken: b looks better
         eventually(lambda: a.engine.hosts["tiny"].active == 1)
         b.signal(signal.SIGKILL)
