@@ -65,7 +65,7 @@ class Discovery:
         listen_host: str,
         port: int,
         describe: Callable[[], dict[str, str]],
-        found: Callable[[str], None],
+        found: Callable[[str, str], None],
     ) -> None:
         self.peer_id, self.mesh_id = peer_id, mesh_id
         self.addresses = announce_addresses(listen_host)
@@ -130,6 +130,7 @@ class Discovery:
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
     ) -> None:
+        log.debug("mDNS %s %s", state_change.name, name)
         if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
             self._spawn(self._resolve(service_type, name))
 
@@ -142,8 +143,9 @@ class Discovery:
         props = {k.decode(): (v or b"").decode() for k, v in info.properties.items()}
         if props.get("mesh") != self.mesh_id or props.get("peer") == self.peer_id:
             return
+        log.debug("mDNS resolved %s: %s", name, props)
         for address in info.parsed_addresses(IPVersion.V4Only):  # IPv6: static peers
-            self.found(f"{address}:{info.port}")
+            self.found(f"{address}:{info.port}", props.get("peer", ""))
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -69,13 +69,13 @@ class Node:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
-        write_daemon_file(self.settings.home, self.address, self.peer_id)
         self.mesh.address = self.settings.advertise or self.address
         for peer in self.settings.peers:
             self.table.add(peer, "static")
         self.membership.start()
         if self.settings.discovery:
             await self._start_discovery()
+        write_daemon_file(self.settings.home, self.address, self.peer_id)  # last: fully up
         log.info("serving on %s as %s (mesh %s)", self.address, self.peer_id, self.mesh.mesh_id)
 
     async def stop(self, grace: float | None = None) -> None:
@@ -107,7 +107,7 @@ class Node:
             host,
             self.port,
             describe,
-            lambda address: self.table.add(address, "mdns"),
+            lambda address, peer_id: self.table.add(address, "mdns", peer_id),
         )
         try:
             await self.discovery.start()

@@ -53,12 +53,18 @@ class PeerTable:
         self.ignored: set[str] = set()  # addresses that turned out to be us or another mesh
         self.on_new: Callable[[str], None] | None = None  # told of each new address
 
-    def add(self, address: str, source: str) -> None:
-        """Remember an address to heartbeat (idempotent)."""
-        if address and address not in self.entries and address not in self.ignored:
+    def add(self, address: str, source: str, peer_id: str = "") -> None:
+        """Remember an address to heartbeat; a new one, or one that now announces another
+        peer id (a restarted daemon), is heartbeaten at once."""
+        if not address or address in self.ignored:
+            return
+        entry = self.entries.get(address)
+        if entry is None:
             self.entries[address] = PeerEntry(address, source)
-            if self.on_new is not None:
-                self.on_new(address)
+        elif not (peer_id and entry.info and entry.info.peer_id != peer_id):
+            return
+        if self.on_new is not None:
+            self.on_new(address)
 
     def record_ok(self, address: str, info: PeerInfo, rtt: float, now: float) -> None:
         """A heartbeat answered: the peer is live, with this state."""

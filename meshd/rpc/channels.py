@@ -17,6 +17,10 @@ _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
+    # A restarted peer is back within a heartbeat, not after gRPC's default 1 s+ backoff.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 300),
 ]
 # Requests and tokens: no bandwidth probing. Its PING frames wake both ends mid-generation,
 # and on a small machine that time is taken from llama.cpp's threads.
