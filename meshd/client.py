@@ -19,6 +19,7 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from meshd.errors import MeshdError, PeerUnavailable
+from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
 from meshd.types import (
@@ -153,6 +154,7 @@ class MeshClient(_Addresses):
         seed: int | None = None,
         stop: Iterable[str] = (),
         timeout: float | None = None,
+        local_only: bool = False,
     ) -> Iterator[Chunk]:
         """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer.
 
@@ -160,6 +162,8 @@ class MeshClient(_Addresses):
         """
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
         request = build_request(model, prompt, messages, max_tokens, sampling)
+        if local_only:  # served by the peer asked, never routed elsewhere
+            request.hops = MAX_HOPS
         order = self.order()
         for left, index in reversed(list(enumerate(reversed(order)))):
             call: Any = self._mesh[index].Generate(
@@ -270,10 +274,13 @@ class AsyncMeshClient(_Addresses):
         seed: int | None = None,
         stop: Iterable[str] = (),
         timeout: float | None = None,
+        local_only: bool = False,
     ) -> AsyncIterator[Chunk]:
         """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
         request = build_request(model, prompt, messages, max_tokens, sampling)
+        if local_only:  # served by the peer asked, never routed elsewhere
+            request.hops = MAX_HOPS
         order = self.order()
         for left, index in reversed(list(enumerate(reversed(order)))):
             call: Any = self._mesh[index].Generate(

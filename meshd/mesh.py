@@ -22,7 +22,7 @@ from meshd import __version__
 from meshd.engine import Engine
 from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
 from meshd.peers import PeerTable
-from meshd.routing import Decision, ModelView, PeerView, choose, warm_targets
+from meshd.routing import MAX_HOPS, Decision, ModelView, PeerView, choose, warm_targets
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
 from meshd.types import (
@@ -38,7 +38,6 @@ from meshd.types import (
 )
 from meshd.v1 import mesh_pb2 as pb
 
-MAX_HOPS = 1  # a forwarded request is served where it lands
 RECENT_DECISIONS = 50
 RETRYABLE = (PeerUnavailable, Overloaded)
 
@@ -58,6 +57,10 @@ class Mesh:
         self.engine, self.table, self.pool = engine, table, pool
         self.peer_id, self.mesh_id, self.address = peer_id, mesh_id, address
         self.recent: collections.deque[RoutingRecord] = collections.deque(maxlen=RECENT_DECISIONS)
+        # Requests this peer has forwarded and not yet seen finish, by peer id and model.
+        self.outstanding: collections.defaultdict[str, collections.Counter[str]] = (
+            collections.defaultdict(collections.Counter)
+        )
         self.rng = random.Random()
 
     # -- what this peer tells others -------------------------------------------------------
@@ -85,11 +88,11 @@ class Mesh:
     def views(self) -> list[PeerView]:
         """This peer and every live peer, as the router sees them."""
         now = time.monotonic()
-        local = _view(self.local_info(), local=True, rtt=0.0)
+        local = _view(self.local_info(), local=True, rtt=0.0, sent={})
         return [
             local,
             *(
-                _view(e.info, local=False, rtt=e.rtt)
+                _view(e.info, local=False, rtt=e.rtt, sent=self.outstanding[e.info.peer_id])
                 for e in self.table.live(now)
                 if e.info is not None
             ),
@@ -159,6 +162,8 @@ class Mesh:
         stub = channels.aio_mesh_stub(self.pool.get(decision.peer.address))
         call: Any = stub.Generate(forwarded)
         tokens = 0
+        sent = self.outstanding[decision.peer.peer_id]
+        sent[request.model] += 1
         try:
             async for message in call:
                 chunk = convert.chunk_from_pb(message)
@@ -173,6 +178,7 @@ class Mesh:
                 ) from None
             raise error from None
         finally:
+            sent[request.model] -= 1
             call.cancel()
 
     # -- warm ------------------------------------------------------------------------------
@@ -204,11 +210,13 @@ class Mesh:
         return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)
 
 
-def _view(info: PeerInfo, *, local: bool, rtt: float) -> PeerView:
+def _view(info: PeerInfo, *, local: bool, rtt: float, sent: dict[str, int]) -> PeerView:
+    """The router's view of a peer: its last heartbeat, corrected by what this peer has sent
+    it since (a heartbeat is up to a second old; the requests forwarded meanwhile are not)."""
     models = {
         m.name: ModelView(
             m.state is ModelState.WARM,
-            m.active,
+            max(m.active, sent.get(m.name, 0) - m.queued),
             m.queued,
             m.slots,
             m.service_seconds,

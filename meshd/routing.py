@@ -14,6 +14,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
 NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
 NEAR_EQUAL_FRACTION = 0.10
 # A peer that never served the model yet: assume this much per request.

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from waiting import eventually
 
 from meshd.client import MeshClient
 from meshd.errors import DeadlineExceeded, Overloaded
@@ -14,16 +15,6 @@ from meshd.types import FinishReason
 
 LONG = 3000  # tokens: long enough that a request is still running while the test acts
 PROMPT = "Once upon a time"
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Seconds until predicate() held; fails the test after timeout."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.005)
-    return time.monotonic() - started
 
 
 def _load(mesh: MeshClient) -> tuple[int, int]:
@@ -63,7 +54,7 @@ def test_requests_beyond_slots_queue_then_are_refused_at_once(start_node: Callab
         running = Background(node.address)
         assert running.first_chunk.wait(30)
         queued = Background(node.address)
-        _wait_for(lambda: _load(mesh) == (1, 1))
+        eventually(lambda: _load(mesh) == (1, 1))
         started = time.monotonic()
         with pytest.raises(Overloaded, match="busy"):
             list(mesh.generate("tiny", PROMPT, max_tokens=4))
@@ -77,7 +68,7 @@ def test_two_slots_run_two_requests_at_once(start_node: Callable) -> None:
     node = start_node(slots=2, max_queue=0, context=4096)
     with MeshClient(node.address) as mesh:
         first, second = Background(node.address), Background(node.address)
-        _wait_for(lambda: _load(mesh) == (2, 0))
+        eventually(lambda: _load(mesh) == (2, 0))
         with pytest.raises(Overloaded):
             mesh.complete("tiny", PROMPT, max_tokens=4)
     assert first.join().tokens == second.join().tokens == LONG  # type: ignore[union-attr]
@@ -93,7 +84,7 @@ def test_leaving_the_stream_cancels_generation_and_frees_the_slot(start_node: Ca
         stream = mesh.generate("tiny", PROMPT, max_tokens=LONG, temperature=0)
         next(stream)
         stream.close()  # the app stops reading: the call is cancelled
-        freed_after = _wait_for(lambda: _load(mesh) == (0, 0))
+        freed_after = eventually(lambda: _load(mesh) == (0, 0))
         assert freed_after < full_run / 4, (freed_after, full_run)
         assert mesh.complete("tiny", PROMPT, max_tokens=4).tokens == 4
     (service,) = list(node.engine.hosts["tiny"].service_times)[-2:-1]
@@ -106,5 +97,5 @@ def test_deadline_stops_generation_and_frees_the_slot(start_node: Callable) -> N
         mesh.warm("tiny", wait=True)
         with pytest.raises(DeadlineExceeded):
             list(mesh.generate("tiny", PROMPT, max_tokens=LONG, timeout=0.3))
-        _wait_for(lambda: _load(mesh) == (0, 0), timeout=2.0)
+        eventually(lambda: _load(mesh) == (0, 0), timeout=2.0)
         assert mesh.complete("tiny", PROMPT, max_tokens=4).tokens == 4

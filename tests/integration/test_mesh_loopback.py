@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from meshd import errors
 from meshd.client import MeshClient
@@ -16,16 +17,6 @@ from meshd.process import DaemonProcess
 from meshd.types import Chunk, ModelState
 
 FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
-
-
-def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> float:
-    """Seconds until predicate() held."""
-    started = time.monotonic()
-    while not predicate():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-    return time.monotonic() - started
 
 
 def live_peers(address: str) -> set[str]:
@@ -114,6 +105,12 @@ def test_the_client_fails_over_to_the_next_address(start_node: Callable) -> None
 SERVE = ["--context", "4096", "--threads", "1"]
 
 
+def _process_peer(tmp_path: Path, model: Path, peer: str) -> DaemonProcess:
+    """A `meshd serve` process with the tiny model and a static link to peer."""
+    args = [*SERVE, "--peer", peer, "--no-discovery"]
+    return DaemonProcess(tmp_path / "b", [f"tiny={model}"], extra_args=args).start()
+
+
 def _warm_on(address: str) -> int:
     """How many peers (this one included) have a model warm, as the peer at address sees it."""
     with MeshClient(address) as mesh:
@@ -140,11 +137,7 @@ def test_kill_9_before_the_first_token_is_served_elsewhere(
     start_node: Callable, tiny_model: Path, tmp_path: Path
 ) -> None:
     a = start_node(models={"tiny": tiny_model}, slots=1, context=4096)
-    b = DaemonProcess(
-        tmp_path / "b",
-        [f"tiny={tiny_model}"],
-        extra_args=[*SERVE, "--peer", a.address, "--no-discovery"],
-    ).start()
+    b = _process_peer(tmp_path, tiny_model, a.address)
     try:
         eventually(lambda: len(live_peers(a.address)) == 1)
         with MeshClient(a.address) as mesh:
@@ -170,11 +163,7 @@ def test_kill_9_mid_stream_is_a_clear_partial_error(
     start_node: Callable, tiny_model: Path, tmp_path: Path
 ) -> None:
     a = start_node(models={})
-    b = DaemonProcess(
-        tmp_path / "b",
-        [f"tiny={tiny_model}"],
-        extra_args=[*SERVE, "--peer", a.address, "--no-discovery"],
-    ).start()
+    b = _process_peer(tmp_path, tiny_model, a.address)
     received: list[Chunk] = []
     try:
         eventually(lambda: len(live_peers(a.address)) == 1)
@@ -197,11 +186,7 @@ def test_a_paused_peer_leaves_routing_and_comes_back(
     start_node: Callable, tiny_model: Path, tmp_path: Path
 ) -> None:
     a = start_node(models={})
-    b = DaemonProcess(
-        tmp_path / "b",
-        [f"tiny={tiny_model}"],
-        extra_args=[*SERVE, "--peer", a.address, "--no-discovery"],
-    ).start()
+    b = _process_peer(tmp_path, tiny_model, a.address)
     try:
         eventually(lambda: len(live_peers(a.address)) == 1)
         b.signal(signal.SIGSTOP)
@@ -232,3 +217,17 @@ def test_all_peers_busy_is_resource_exhausted_naming_them(
     assert a.node.peer_id in str(caught.value) and b.node.peer_id in str(caught.value)
     for thread in busy:
         thread.join(60)
+
+
+def test_warm_on_app_open_then_generate_hits_a_warm_peer(
+    start_node: Callable, tiny_model: Path
+) -> None:
+    front = start_node(models={}, **FAST)
+    back = start_node(models={"m": tiny_model}, peers=[front.address], **FAST)
+    eventually(lambda: live_peers(front.address) == {back.node.peer_id})
+    with MeshClient(front.address) as app:
+        app.warm("m")  # the page opens
+        time.sleep(1.0)  # the person reads
+        answer = list(app.generate("m", "Hello", max_tokens=4))
+    assert answer[-1].served_by == back.node.peer_id
+    assert answer[-1].routing_reason.startswith("warm on"), answer[-1].routing_reason

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from waiting import eventually
 
 from meshd.client import MeshClient
 from meshd.errors import InsufficientMemory
@@ -17,14 +18,6 @@ def _states(mesh: MeshClient) -> dict[str, ModelState]:
     return {m.name: m.state for m in mesh.models()}
 
 
-def _eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(0.02)
-
-
 def test_models_start_cold_and_warm_returns_before_the_load(start_node: Callable) -> None:
     node = start_node()
     with MeshClient(node.address) as mesh:
@@ -32,7 +25,7 @@ def test_models_start_cold_and_warm_returns_before_the_load(start_node: Callable
         result = mesh.warm("tiny", lease=60)
         assert result.state in (ModelState.LOADING, ModelState.WARM)
         assert result.warm_until >= time.time() + 59
-        _eventually(lambda: _states(mesh)["tiny"] is ModelState.WARM)
+        eventually(lambda: _states(mesh)["tiny"] is ModelState.WARM)
         waited = mesh.warm("tiny", wait=True)
         assert waited.state is ModelState.WARM and waited.ready_in == 0
 
@@ -42,7 +35,7 @@ def test_idle_model_is_unloaded_after_keep_alive(start_node: Callable) -> None:
     with MeshClient(node.address) as mesh:
         assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2
         assert _states(mesh)["tiny"] is ModelState.WARM
-        _eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
+        eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
         assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2, "reloads on demand"
 
 
@@ -52,7 +45,7 @@ def test_lease_outlives_keep_alive_then_lapses(start_node: Callable) -> None:
         mesh.warm("tiny", lease=2.0, wait=True)
         time.sleep(1.0)
         assert _states(mesh)["tiny"] is ModelState.WARM, "the lease holds it past keep-alive"
-        _eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
+        eventually(lambda: _states(mesh)["tiny"] is ModelState.COLD, timeout=5)
 
 
 def test_pinned_model_warms_at_start_and_never_expires(start_node: Callable, tiny_model) -> None:
@@ -60,9 +53,9 @@ def test_pinned_model_warms_at_start_and_never_expires(start_node: Callable, tin
         models={"pinned": tiny_model, "loose": tiny_model}, pins=["pinned"], keep_alive="0.2s"
     )
     with MeshClient(node.address) as mesh:
-        _eventually(lambda: _states(mesh)["pinned"] is ModelState.WARM)
+        eventually(lambda: _states(mesh)["pinned"] is ModelState.WARM)
         mesh.warm("loose", lease=0, wait=True)
-        _eventually(lambda: _states(mesh)["loose"] is ModelState.COLD, timeout=5)
+        eventually(lambda: _states(mesh)["loose"] is ModelState.COLD, timeout=5)
         assert _states(mesh)["pinned"] is ModelState.WARM
         assert [m.pinned for m in mesh.models()] == [True, False]
 
