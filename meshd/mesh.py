@@ -114,32 +114,32 @@ class Mesh:
                 yield chunk
             return
         tried: list[str] = []
+        failure: Exception | None = None
         while True:
-            decision = self._decide(request.model, tried)
+            decision = self._decide(request.model, tried, failure)
+            started = False
             try:
                 async with contextlib.aclosing(self._serve(decision, request)) as chunks:
-                    first = await anext(chunks)
-                    yield _reasoned(first, decision)
                     async for chunk in chunks:
+                        started = True
                         yield _reasoned(chunk, decision)
                 return
             except RETRYABLE as error:
-                if "partial" in str(error):
+                if started:  # text already went out: never start it again elsewhere
                     raise
                 tried.append(decision.peer.peer_id)
-                last_error = error
-                if len(tried) >= len(self.views()):
-                    raise type(last_error)(f"{last_error} (tried: {', '.join(tried)})") from None
+                failure = error
 
-    def _decide(self, model: str, tried: list[str]) -> Decision:
+    def _decide(self, model: str, tried: list[str], failure: Exception | None) -> Decision:
         views = self.views()
         decision = choose(views, model, exclude=tried, rng=self.rng)
         if decision is None and not tried and model in self.engine.hosts:
             # Known here but unusable (a bad file): the engine says exactly why.
             decision = Decision(views[0], "only this peer knows it", False)
         if decision is None:
-            if tried:
-                raise Overloaded(f"no peer could take {model!r} (tried: {', '.join(tried)})")
+            if failure is not None:
+                kind = type(failure) if isinstance(failure, RETRYABLE) else Overloaded
+                raise kind(f"{failure} (tried: {', '.join(tried)})")
             have = sorted({name for v in views for name in v.models})
             raise ModelNotFound(
                 f"no model named {model!r} in the mesh (it has: {', '.join(have) or 'none'})"
