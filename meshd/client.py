@@ -103,10 +103,10 @@ class _Addresses:
         """The address in use."""
         return self.addresses[self.current]
 
-    def order(self) -> list[int]:
-        """Indexes to try: the current one, then the others in order."""
+    def attempts(self) -> list[tuple[int, int]]:
+        """(index, how many remain after it) per address to try: the current one first."""
         n = len(self.addresses)
-        return [(self.current + k) % n for k in range(n)]
+        return [((self.current + k) % n, n - 1 - k) for k in range(n)]
 
     def failed(self, error: MeshdError, index: int, remaining: int) -> None:
         """Re-raise unless the peer is unreachable and another one is left to try."""
@@ -164,8 +164,7 @@ class MeshClient(_Addresses):
         request = build_request(model, prompt, messages, max_tokens, sampling)
         if local_only:  # served by the peer asked, never routed elsewhere
             request.hops = MAX_HOPS
-        order = self.order()
-        for left, index in reversed(list(enumerate(reversed(order)))):
+        for index, left in self.attempts():
             call: Any = self._mesh[index].Generate(
                 request, timeout=timeout or self.generate_timeout
             )
@@ -222,8 +221,7 @@ class MeshClient(_Addresses):
         return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     def _unary(self, method: Callable[[int], Any], request: Any, timeout: float | None) -> Any:
-        order = self.order()
-        for left, index in reversed(list(enumerate(reversed(order)))):
+        for index, left in self.attempts():
             try:
                 reply = method(index)(request, timeout=timeout or self.timeout)
             except grpc.RpcError as exc:
@@ -281,8 +279,7 @@ class AsyncMeshClient(_Addresses):
         request = build_request(model, prompt, messages, max_tokens, sampling)
         if local_only:  # served by the peer asked, never routed elsewhere
             request.hops = MAX_HOPS
-        order = self.order()
-        for left, index in reversed(list(enumerate(reversed(order)))):
+        for index, left in self.attempts():
             call: Any = self._mesh[index].Generate(
                 request, timeout=timeout or self.generate_timeout
             )
@@ -348,8 +345,7 @@ class AsyncMeshClient(_Addresses):
     async def _unary(
         self, method: Callable[[int], Any], request: Any, timeout: float | None
     ) -> Any:
-        order = self.order()
-        for left, index in reversed(list(enumerate(reversed(order)))):
+        for index, left in self.attempts():
             try:
                 reply = await method(index)(request, timeout=timeout or self.timeout)
             except grpc.RpcError as exc:
