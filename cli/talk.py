@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import typer
+from rich import box
 from rich.table import Table
 
 from meshd.client import MeshClient
@@ -202,34 +203,29 @@ def status(
     if json_out:
         print_json(seen)
         return
-    table = Table(
-        "peer",
-        "address",
-        "state",
-        "warm",
-        "load",
-        "free memory",
-        "rtt",
-        "last seen",
-        "version",
-        title=f"mesh {seen.mesh_id}",
-    )
+    versions = sorted({p.info.version for p in seen.peers})
+    skew = len(versions) > 1  # a version column only when the peers differ
+    columns = ["peer", "address", "state", "warm", "act/queue", "free mem", "rtt", "seen"]
+    title = f"mesh {seen.mesh_id} · meshd {', '.join(versions)}"
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for name in [*columns, *(["version"] if skew else [])]:
+        table.add_column(name, no_wrap=name in ("peer", "address"))
     for peer in seen.peers:
         info = peer.info
         warm_models = [m.name for m in info.models if m.state == "warm"]
-        busy = sum(m.active for m in info.models), sum(m.queued for m in info.models)
+        active, queued = sum(m.active for m in info.models), sum(m.queued for m in info.models)
         state = "this peer" if peer.local else ("[green]live[/]" if peer.alive else "[red]down[/]")
-        table.add_row(
+        row = [
             info.peer_id,
             info.address,
             state,
             ", ".join(warm_models) or "-",
-            f"{busy[0]} active, {busy[1]} queued",
+            f"{active}/{queued}",
             human_bytes(info.memory_free),
             "-" if peer.local else f"{1000 * peer.rtt:.1f} ms",
             "now" if peer.local else human_ago(peer.last_seen),
-            info.version,
-        )
+        ]
+        table.add_row(*row, *([info.version] if skew else []))
     console.print(table)
     for record in list(seen.recent)[-decisions:]:
         console.print(
