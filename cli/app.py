@@ -13,7 +13,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import ConfigError, PeerUnavailable
 
-from . import store, talk
+from . import service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
 
 app = typer.Typer(
@@ -113,6 +113,7 @@ app.command()(talk.status)
 app.command()(store.pull)
 app.command()(store.rm)
 app.command()(demo)
+app.add_typer(service.app, name="service")
 
 
 def main() -> None:

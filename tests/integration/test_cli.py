@@ -16,6 +16,7 @@ from meshd.process import DaemonProcess
 
 def meshd(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
+    env["COLUMNS"] = "200"  # one line per message, whatever the terminal
     if home is not None:
         env["MESHD_HOME"] = str(home)
     return subprocess.run(
@@ -116,3 +117,14 @@ def test_help_and_version() -> None:
     for command in ("serve", "generate", "warm", "models", "health", "demo"):
         assert command in out.stdout
     assert meshd("--version").stdout.startswith("meshd ")
+
+
+def test_service_status_says_what_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    out = meshd("service", "status", "--json", home=tmp_path)
+    assert out.returncode == 1
+    record = json.loads(out.stdout)
+    assert record["installed"] is False and record["path"].startswith(str(tmp_path / "cfg"))
+    assert "meshd service install" in meshd("service", "status", home=tmp_path).stdout

@@ -1,0 +1,1 @@
+"""Service templates (a macOS LaunchAgent and a systemd user unit), installed as meshd.launchd."""
