@@ -101,6 +101,9 @@ class Node:
             return txt_record(self.peer_id, info.mesh_id, info.version, self.port, warm, load)
 
         host = self.settings.listen.rpartition(":")[0].strip("[]")
+        if host in ("localhost", "::1") or host.startswith("127."):
+            log.info("listening on loopback only: not announcing on the network")
+            return
         self.discovery = Discovery(
             self.peer_id,
             self.settings.mesh_id,
