@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -14,7 +15,7 @@ from meshd.client import MeshClient
 from meshd.config import load_settings, parse_duration
 from meshd.errors import InvalidModelFile
 from meshd.store import ModelStore
-from meshd.types import Chunk
+from meshd.types import Chunk, MeshStatus
 
 from .common import (
     AddrOption,
@@ -134,11 +135,21 @@ def models(
         _verify_store(home)
     with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
         listed = mesh.models()
+        elsewhere = _elsewhere(mesh.mesh_status())
     if json_out:
-        print_json(listed)
+        print_json([{**asdict(m), "elsewhere": elsewhere.get(m.name, [])} for m in listed])
         return
     table = Table(
-        "model", "state", "digest", "size", "memory", "slots", "quant", "warm for", "note"
+        "model",
+        "state",
+        "digest",
+        "size",
+        "memory",
+        "slots",
+        "quant",
+        "warm for",
+        "elsewhere",
+        "note",
     )
     for m in listed:
         table.add_row(
@@ -150,9 +161,22 @@ def models(
             str(m.slots),
             m.quantization or "-",
             "pinned" if m.pinned else human_until(m.warm_until),
+            ", ".join(elsewhere.get(m.name, [])) or "-",
             m.error,
         )
     console.print(table)
+
+
+def _elsewhere(seen: MeshStatus) -> dict[str, list[str]]:
+    """Model name -> the other live peers that have it, warm ones marked."""
+    found: dict[str, list[str]] = {}
+    for peer in seen.peers:
+        if peer.local or not peer.alive:
+            continue
+        for model in peer.info.models:
+            mark = " (warm)" if model.state == "warm" else ""
+            found.setdefault(model.name, []).append(peer.info.peer_id + mark)
+    return found
 
 
 def health(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -231,3 +234,20 @@ def test_warm_on_app_open_then_generate_hits_a_warm_peer(
         answer = list(app.generate("m", "Hello", max_tokens=4))
     assert answer[-1].served_by == back.node.peer_id
     assert answer[-1].routing_reason.startswith("warm on"), answer[-1].routing_reason
+
+
+def test_models_says_where_else_in_the_mesh(start_node: Callable, tiny_model: Path) -> None:
+    a = start_node(models={"shared": tiny_model}, **FAST)
+    b = start_node(models={"shared": tiny_model}, peers=[a.address], **FAST)
+    eventually(lambda: live_peers(a.address) == {b.node.peer_id})
+    with MeshClient(b.address) as on_b:
+        on_b.complete("shared", "Hi", max_tokens=2, local_only=True)  # warm on b
+    eventually(lambda: _warm_on(a.address) == 1)
+    out = subprocess.run(
+        [sys.executable, "-m", "meshd.cli", "models", "--json", "--addr", a.address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    (shared,) = json.loads(out.stdout)
+    assert shared["elsewhere"] == [f"{b.node.peer_id} (warm)"]
