@@ -126,8 +126,7 @@ class HttpSource:
         response, start, total = self._open(offset)
         if response is None:
             return
-        if start != offset:
-            raise _Restart()
+        skip = offset - start  # a server that ignores Range resends what we already have
         received = start
         try:
             while True:
@@ -144,7 +143,11 @@ class HttpSource:
                 if not block:
                     break
                 received += len(block)
-                yield block
+                if skip >= len(block):
+                    skip -= len(block)
+                    continue
+                yield block[skip:]
+                skip = 0
         finally:
             response.close()  # type: ignore[attr-defined]
         if total is not None and received < total:
@@ -154,10 +157,6 @@ class HttpSource:
 
     def default_name(self) -> str:
         return _name_from_file(self.url.split("?")[0].rsplit("/", 1)[-1])
-
-
-class _Restart(Exception):
-    """The server ignored Range: the download starts again from byte 0."""
 
 
 class PeerSource:
@@ -310,10 +309,6 @@ def _download(
                 fetched += len(block)
                 if progress:
                     progress(offset + fetched, size)
-        except _Restart:
-            out.truncate(0)
-            out.close()
-            return _download(store, source, part, size, progress)
         except OSError as exc:
             if exc.errno == 28:  # ENOSPC
                 raise errors.InsufficientSpace(
