@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from waiting import eventually
+from helpers import eventually
 
 from meshd.client import MeshClient
 from meshd.errors import DeadlineExceeded, Overloaded

@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import meshd
 
 from meshd.process import DaemonProcess
-
-
-def meshd(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
-    env["COLUMNS"] = "200"  # one line per message, whatever the terminal
-    if home is not None:
-        env["MESHD_HOME"] = str(home)
-    return subprocess.run(
-        [sys.executable, "-m", "meshd.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from waiting import eventually
+from helpers import eventually, meshd
 
 from meshd import errors
 from meshd.client import MeshClient
@@ -243,11 +241,6 @@ def test_models_says_where_else_in_the_mesh(start_node: Callable, tiny_model: Pa
     with MeshClient(b.address) as on_b:
         on_b.complete("shared", "Hi", max_tokens=2, local_only=True)  # warm on b
     eventually(lambda: _warm_on(a.address) == 1)
-    out = subprocess.run(
-        [sys.executable, "-m", "meshd.cli", "models", "--json", "--addr", a.address],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = meshd("models", "--json", "--addr", a.address)
     (shared,) = json.loads(out.stdout)
     assert shared["elsewhere"] == [f"{b.node.peer_id} (warm)"]

@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import assert_store_consistent, digest_of, meshd
 from httpserver import FileServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_cli import meshd
-from test_store import assert_store_consistent, digest_of
 
 from meshd.store import ModelStore
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from waiting import eventually
+from helpers import eventually
 
 from meshd.client import MeshClient
 from meshd.errors import InsufficientMemory

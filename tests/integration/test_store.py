@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import assert_store_consistent, digest_of
 from httpserver import FileServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -18,18 +18,6 @@ from meshd.pull import HttpSource, LocalSource, PullResult, hf_url, pull
 from meshd.store import ModelStore, parse_digest
 
 FIXTURES_OK = [HealthCheck.function_scoped_fixture]
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def assert_store_consistent(store: ModelStore) -> None:
-    """Every file under a final name is whole and matches its digest; manifest points at them."""
-    for blob in store.blobs.glob("*") if store.blobs.exists() else []:
-        assert digest_of(blob.read_bytes()) == blob.name.replace("-", ":"), blob
-    for model in store.models():
-        assert store.blob_path(model.digest).stat().st_size == model.size
 
 
 @pytest.fixture

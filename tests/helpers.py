@@ -1,0 +1,53 @@
+"""What many tests share: waiting with a deadline, running the CLI, checking the store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from meshd.store import ModelStore
+
+
+def eventually(predicate: Callable[[], bool], timeout: float = 10.0, poll: float = 0.01) -> float:
+    """Seconds until predicate() held; fails the test after timeout."""
+    started = time.monotonic()
+    while not predicate():
+        if time.monotonic() - started > timeout:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(poll)
+    return time.monotonic() - started
+
+
+def meshd(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the meshd command as a person would, with a clean MESHD_* environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
+    env["COLUMNS"] = "200"  # one line per message, whatever the terminal
+    if home is not None:
+        env["MESHD_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "meshd.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def digest_of(data: bytes) -> str:
+    """A digest in the store's format."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def assert_store_consistent(store: ModelStore) -> None:
+    """Every file under a final name is whole and matches its digest; manifest points at them."""
+    for blob in store.blobs.glob("*") if store.blobs.exists() else []:
+        assert digest_of(blob.read_bytes()) == blob.name.replace("-", ":"), blob
+    for model in store.models():
+        assert store.blob_path(model.digest).stat().st_size == model.size
