@@ -178,7 +178,8 @@ class PeerSource:
             yield from channels.mesh_stub(channel).FetchModel(request)
         except grpc.RpcError as exc:
             error = error_from_rpc(exc, self.address)
-            raise type(error)(f"{self.label}: {error}") from None
+            named = str(error) if self.address in str(error) else f"{self.label}: {error}"
+            raise type(error)(named) from None
         finally:
             channel.close()
 
