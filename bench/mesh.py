@@ -31,6 +31,7 @@ from common import bench_model, console, percentile, print_table, verdict, write
 
 from meshd.client import MeshClient
 from meshd.process import DaemonProcess
+from meshd.security.keyring import Keyring
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "mesh"))
 from netns import Hosts, unavailable_reason
@@ -42,6 +43,7 @@ PORT = 7070
 POLLER = """
 import sys, time
 from meshd.client import MeshClient
+from meshd.security.keyring import Keyring
 address, wanted = sys.argv[1], sys.argv[2]
 with MeshClient(address, timeout=2) as mesh:
     while True:
@@ -71,8 +73,7 @@ def discovery(trials: int, model: Path, root: Path) -> dict[str, Any]:
         for trial in range(trials):
             home = root / f"h1-{trial}"
             home.mkdir(parents=True)
-            peer_id = f"peer-bench{trial:07d}"
-            (home / "peer_id").write_text(peer_id + "\n")
+            peer_id = Keyring(home).peer_id()  # made now, so the poller knows what to wait for
             poller = subprocess.Popen(
                 [*rig.prefix(0), sys.executable, "-c", POLLER, f"{rig.ips[0]}:{PORT}", peer_id],
                 stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ from typing import Any
 from meshd.errors import ConfigError
 
 CONFIG_FILE = "meshd.toml"
-DEFAULT_LISTEN = "127.0.0.1:7070"
+DEFAULT_LISTEN = "0.0.0.0:7070"  # every interface, but only ever with mutual TLS
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib|t|tb|tib)?\s*$", re.I)
@@ -57,6 +57,8 @@ class Settings:
     discovery: bool = True  # mDNS on the local network
     heartbeat_interval: float = 1.0
     dead_after: float = 2.5  # no good heartbeat for this long: out of routing
+    # Plaintext TCP for a peer outside any mesh: local experiments, tests, benchmarks only.
+    insecure_dev: bool = False
 
     def model_paths(self) -> dict[str, Path]:
         """Models by name."""
@@ -190,6 +192,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "discovery": _boolean,
     "heartbeat_interval": parse_duration,
     "dead_after": parse_duration,
+    "insecure_dev": _boolean,
 }
 
 

@@ -11,9 +11,10 @@ from meshd.fsutil import atomic_write_bytes
 DAEMON_FILE = "daemon.json"
 
 
-def write_daemon_file(home: Path, address: str, peer_id: str) -> None:
-    """Record this process as the daemon of home."""
-    record = {"pid": os.getpid(), "address": address, "peer_id": peer_id}
+def write_daemon_file(home: Path, address: str, peer_id: str, socket: str) -> None:
+    """Record this process as the daemon of home: its TCP address ("" when it has none) and
+    its Unix socket address."""
+    record = {"pid": os.getpid(), "address": address, "peer_id": peer_id, "socket": socket}
     atomic_write_bytes(home / DAEMON_FILE, json.dumps(record).encode())
 
 
@@ -22,11 +23,23 @@ def remove_daemon_file(home: Path) -> None:
     (home / DAEMON_FILE).unlink(missing_ok=True)
 
 
-def running_daemon_address(home: Path) -> str | None:
-    """The address a daemon using this home wrote when it started, if it is still running."""
+def running_daemon(home: Path) -> dict[str, str] | None:
+    """What the daemon using this home wrote when it started, if it is still running."""
     try:
         record = json.loads((home / DAEMON_FILE).read_text())
         os.kill(int(record["pid"]), 0)
-        return str(record["address"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return {key: str(value) for key, value in record.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def running_daemon_address(home: Path) -> str | None:
+    """The TCP address of the daemon of home, if it runs and listens on TCP."""
+    record = running_daemon(home)
+    return (record.get("address") or None) if record else None
+
+
+def running_daemon_socket(home: Path) -> str | None:
+    """The Unix socket address ("unix:...") of the daemon of home, if it runs."""
+    record = running_daemon(home)
+    return (record.get("socket") or None) if record else None

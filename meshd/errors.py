@@ -63,6 +63,10 @@ class IntegrityError(MeshdError):
     """Received bytes do not match the expected digest or size."""
 
 
+class AccessDenied(MeshdError):
+    """The caller's certificate or invite is missing, wrong, revoked, or does not allow this."""
+
+
 class ConfigError(MeshdError):
     """The configuration (file, environment or flags) is invalid."""
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,13 +15,25 @@ from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
-from meshd.identity import load_or_create_peer_id
 from meshd.mesh import Mesh
 from meshd.peers import Membership, PeerTable
-from meshd.rpc.channels import ChannelPool, bind, server_options
+from meshd.rpc.access import AdminServicer, JoinDesk, lan_hosts
+from meshd.rpc.channels import (
+    ChannelPool,
+    bind,
+    bind_socket,
+    restrict_socket,
+    server_options,
+    socket_path,
+)
+from meshd.rpc.guard import Guard
 from meshd.rpc.servicer import MeshServicer, add_to_server
+from meshd.security import pki
+from meshd.security.keyring import Keyring
+from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.types import ModelState
+from meshd.v1 import access_pb2_grpc
 
 log = logging.getLogger("meshd")
 SERVICE_NAME = "meshd.v1.Mesh"
@@ -31,38 +44,73 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.peer_id = load_or_create_peer_id(settings.home)
+        self.keyring = Keyring(settings.home)
+        self.peer_id = self.keyring.peer_id()
+        self.trust = Trust(self.keyring)
+        self.credentials = self.keyring.credentials()
+        mesh_id = pki.mesh_id_of(self.trust.ca) if self.trust.ca else settings.mesh_id
         self.store = ModelStore(settings.home)
         self.engine = Engine(settings, self.store)
-        self.pool = ChannelPool()
-        self.table = PeerTable(self.peer_id, settings.mesh_id, settings.dead_after)
-        self.mesh = Mesh(self.engine, self.table, self.pool, self.peer_id, settings.mesh_id, "")
+        self.pool = ChannelPool(self.credentials)
+        self.table = PeerTable(self.peer_id, mesh_id, settings.dead_after)
+        self.table.refused = self.trust.refuses_peer
+        self.trust.on_revoked = lambda _: self.table.forget_refused()
+        self.mesh = Mesh(self.engine, self.table, self.pool, self.peer_id, mesh_id, "")
         self.membership = Membership(
-            self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval
+            self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval, self.trust
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.desk = JoinDesk(self.trust, self.host, self.reachable_at)
         self.discovery: Discovery | None = None
         self.server: aio.Server | None = None
+        self.socket = socket_path(settings.home)
         self.port = 0
+
+    @property
+    def host(self) -> str:
+        """The host part of the listen setting."""
+        return self.settings.listen.rpartition(":")[0]
+
+    @property
+    def serves_tcp(self) -> bool:
+        """TCP is served with a mesh certificate (mutual TLS), or plaintext with --insecure-dev."""
+        return self.credentials is not None or self.settings.insecure_dev
+
+    def reachable_at(self) -> list[str]:
+        """Addresses a joining peer should heartbeat first: this peer and the live ones it knows."""
+        mine = (
+            [self.settings.advertise]
+            if self.settings.advertise
+            else [f"{host}:{self.port}" for host in lan_hosts(self.host)]
+        )
+        return mine + [entry.address for entry in self.table.live(time.monotonic())]
 
     @property
     def address(self) -> str:
         """host:port as bound (the real port when the setting was :0)."""
-        host = self.settings.listen.rpartition(":")[0]
-        return f"{host}:{self.port}"
+        return f"{self.host}:{self.port}" if self.port else ""
 
     async def start(self) -> None:
         """Validate models, open the port, report SERVING, and write the daemon file."""
         if self.server is not None:
             return
+        self._prepare_home()
         await self.engine.start()
-        server = aio.server(options=server_options(self.settings.max_message_bytes))
-        add_to_server(MeshServicer(self.mesh, self.store), server)
+        guard = Guard(lambda: self.trust.revocations, allow_plaintext=self.settings.insecure_dev)
+        server = aio.server(
+            options=server_options(self.settings.max_message_bytes), interceptors=[guard]
+        )
+        add_to_server(MeshServicer(self.mesh, self.store, self.trust), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        access_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.trust, self.desk), server)
         try:
-            self.port = bind(server, self.settings.listen)
+            socket = bind_socket(server, self.socket)
+            if self.serves_tcp:
+                self.port = bind(server, self.settings.listen, self.credentials)
             await server.start()
+            restrict_socket(self.socket)
         except BaseException:
+            await server.stop(0)
             await self.engine.close()
             raise
         self.server = server
@@ -70,13 +118,37 @@ class Node:
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
         self.mesh.address = self.settings.advertise or self.address
-        for peer in self.settings.peers:
+        for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer, "static")
         self.membership.start()
-        if self.settings.discovery:
+        if self.settings.discovery and self.port:
             await self._start_discovery()
-        write_daemon_file(self.settings.home, self.address, self.peer_id)  # last: fully up
-        log.info("serving on %s as %s (mesh %s)", self.address, self.peer_id, self.mesh.mesh_id)
+        write_daemon_file(self.settings.home, self.address, self.peer_id, socket)  # last: up
+        self._say_how_reachable()
+
+    def _prepare_home(self) -> None:
+        """The home holds keys and the CLI socket: only this user may enter it."""
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.settings.home, 0o700)
+
+    def _say_how_reachable(self) -> None:
+        mesh = self.mesh.mesh_id
+        if self.credentials is not None:
+            log.info(
+                "serving on %s (mutual TLS) as %s in mesh %s", self.address, self.peer_id, mesh
+            )
+        elif self.settings.insecure_dev:
+            log.warning(
+                "INSECURE: serving plaintext on %s with no authentication (--insecure-dev); "
+                "anyone who can reach this address can use this peer",
+                self.address,
+            )
+        else:
+            log.warning(
+                "this peer belongs to no mesh, so it serves only its local socket %s; "
+                "run `meshd init --name NAME` (first peer) or `meshd join CODE`",
+                self.socket,
+            )
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight streams finish within grace, then free the models."""
@@ -87,6 +159,8 @@ class Node:
                 await self.discovery.close()  # the mDNS goodbye
             await server.stop(self.settings.drain_seconds if grace is None else grace)
             remove_daemon_file(self.settings.home)
+            self.socket.unlink(missing_ok=True)
+        await self.desk.close()
         await self.membership.close()
         await self.pool.close()
         await self.engine.close()

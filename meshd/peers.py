@@ -20,6 +20,7 @@ import grpc
 from grpc import aio
 
 from meshd.rpc import channels, convert
+from meshd.security.trust import Trust
 from meshd.types import MeshPeer, PeerInfo
 from meshd.v1 import mesh_pb2 as pb
 
@@ -52,6 +53,7 @@ class PeerTable:
         self.entries: dict[str, PeerEntry] = {}
         self.ignored: set[str] = set()  # addresses that turned out to be us or another mesh
         self.on_new: Callable[[str], None] | None = None  # told of each new address
+        self.refused: Callable[[str], bool] = lambda peer_id: False  # revoked peer ids
 
     def add(self, address: str, source: str, peer_id: str = "") -> None:
         """Remember an address to heartbeat; a new one, or one that now announces another
@@ -68,6 +70,9 @@ class PeerTable:
 
     def record_ok(self, address: str, info: PeerInfo, rtt: float, now: float) -> None:
         """A heartbeat answered: the peer is live, with this state."""
+        if self.refused(info.peer_id):
+            self.entries.pop(address, None)
+            return
         if info.peer_id == self.self_id or info.mesh_id != self.mesh_id:
             self.entries.pop(address, None)
             self.ignored.add(address)
@@ -82,6 +87,17 @@ class PeerTable:
             rtt if entry.info is None else (1 - RTT_SMOOTHING) * entry.rtt + RTT_SMOOTHING * rtt
         )
         entry.info, entry.last_ok, entry.last_seen_unix = info, now, time.time()
+
+    def forget_refused(self) -> None:
+        """Drop every peer whose certificate is now revoked."""
+        for entry in list(self.entries.values()):
+            if entry.info is not None and self.refused(entry.info.peer_id):
+                log.info(
+                    "dropping %s (%s): its certificate is revoked",
+                    entry.address,
+                    entry.info.peer_id,
+                )
+                del self.entries[entry.address]
 
     def live(self, now: float) -> list[PeerEntry]:
         """Peers whose last heartbeat is recent enough to route to."""
@@ -109,8 +125,10 @@ class Membership:
         pool: channels.ChannelPool,
         local_info: Callable[[], PeerInfo],
         interval: float,
+        trust: Trust,
     ) -> None:
         self.table, self.pool, self.local_info, self.interval = table, pool, local_info, interval
+        self.trust = trust
         self._task: asyncio.Task[None] | None = None
         self._first_beats: set[asyncio.Task[None]] = set()
 
@@ -121,8 +139,7 @@ class Membership:
             self.table.on_new = self._beat_now
 
     def _beat_now(self, address: str) -> None:
-        request = pb.HeartbeatRequest(sender=convert.peer_info_to_pb(self.local_info()))
-        task = asyncio.get_running_loop().create_task(self.beat(address, request))
+        task = asyncio.get_running_loop().create_task(self.beat(address, self._request()))
         self._first_beats.add(task)
         task.add_done_callback(self._first_beats.discard)
 
@@ -143,10 +160,16 @@ class Membership:
         while True:
             addresses = list(self.table.entries)
             if addresses:
-                request = pb.HeartbeatRequest(sender=convert.peer_info_to_pb(self.local_info()))
+                request = self._request()
                 await asyncio.gather(*(self.beat(a, request) for a in addresses))
             next_round += self.interval
             await asyncio.sleep(max(0.0, next_round - time.monotonic()))
+
+    def _request(self) -> pb.HeartbeatRequest:
+        return pb.HeartbeatRequest(
+            sender=convert.peer_info_to_pb(self.local_info()),
+            revocations=self.trust.revocations.to_bytes(),
+        )
 
     async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:
         """One heartbeat; a failure just leaves the peer's last good time where it was."""
@@ -157,6 +180,7 @@ class Membership:
         except (grpc.RpcError, aio.AioRpcError):
             return
         now = time.monotonic()
+        self.trust.adopt(reply.revocations)
         info = convert.peer_info_from_pb(reply.peer)
         self.table.record_ok(address, info, now - started, now)
         for learned in info.known_addresses:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from meshd.daemonfile import DAEMON_FILE, running_daemon_address
+from meshd.daemonfile import DAEMON_FILE, running_daemon
 from meshd.errors import PeerUnavailable
 
 
@@ -44,6 +44,7 @@ class DaemonProcess:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
+        self.socket = ""
         self.log_path = home / "daemon.log"
 
     def start(self, timeout: float = 60.0) -> DaemonProcess:
@@ -58,7 +59,7 @@ class DaemonProcess:
         return self
 
     def wait_ready(self, timeout: float) -> str:
-        """The daemon's address, once its daemon file appears; raises if it dies first."""
+        """The daemon's TCP address (else its socket), once it is up; raises if it dies first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc is not None
@@ -66,9 +67,10 @@ class DaemonProcess:
                 raise PeerUnavailable(
                     f"meshd serve exited with {self.proc.returncode}: {self.log_tail()}"
                 )
-            address = running_daemon_address(self.home)
-            if address:
-                return address
+            record = running_daemon(self.home)
+            if record:
+                self.socket = record["socket"]
+                return record["address"] or record["socket"]
             time.sleep(0.01)
         raise PeerUnavailable(f"meshd serve did not start within {timeout:.0f}s")
 

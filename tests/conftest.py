@@ -15,6 +15,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 # Tests never announce on the real network: mDNS only where a test builds its own namespaces.
 os.environ["MESHD_DISCOVERY"] = "false"
+# Daemons outside any mesh serve plaintext loopback TCP; tests/integration/test_security.py
+# turns this off and runs real meshes with mutual TLS.
+os.environ["MESHD_INSECURE_DEV"] = "true"
 
 from tinygguf import write_tiny_gguf
 
@@ -93,6 +96,7 @@ def node_settings(home: Path, models: dict[str, Path], **flags: Any) -> Settings
         "models": [f"{name}={path}" for name, path in models.items()],
         "context": 512,
         "threads": 1,
+        "insecure_dev": True,
     }
     return load_settings(home, {**base, **flags}, environ={})
 

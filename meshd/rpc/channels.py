@@ -1,16 +1,28 @@
 """Every gRPC channel and server port is made here, so transport security is decided in one place.
 
-Today the transport is plaintext on the address given (loopback by default); mutual TLS against
-the mesh CA is switched on here and nowhere else.
+Three transports:
+- mutual TLS against the mesh CA, for every TCP connection of a peer in a mesh (peers and apps);
+- the daemon's Unix socket ("unix:/path", mode 0600) for the CLI on the same machine;
+- plaintext TCP, only with --insecure-dev (local experiments, tests and benchmarks).
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 
-from meshd.v1 import mesh_pb2_grpc
+from meshd.security.keyring import TlsCredentials
+from meshd.security.pki import PEER_SERVER_NAME
+from meshd.v1 import access_pb2_grpc, mesh_pb2_grpc
+
+SOCKET_FILE = "meshd.sock"
+_MAX_SOCKET_PATH = 100  # sun_path is 104 bytes on macOS, 108 on Linux
 
 # Keep idle peer links alive through NATs and notice dead peers without a request.
 _KEEPALIVE = [
@@ -48,10 +60,13 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def bind(server: aio.Server, address: str) -> int:
-    """Open the server's listening port; returns the port actually bound (for :0)."""
+def bind(server: aio.Server, address: str, credentials: TlsCredentials | None) -> int:
+    """Open a TCP port: mutual TLS with credentials, else plaintext. Returns the bound port."""
     try:
-        port: int = server.add_insecure_port(address)
+        if credentials is None:
+            port: int = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, server_credentials(credentials))
     except RuntimeError:  # gRPC's word for "address in use" or "no such address"
         port = 0
     if port == 0:
@@ -59,14 +74,73 @@ def bind(server: aio.Server, address: str) -> int:
     return port
 
 
-def open_channel(address: str, *, bulk: bool = False) -> grpc.Channel:
+def server_credentials(credentials: TlsCredentials) -> grpc.ServerCredentials:
+    """TLS that demands a client certificate signed by the mesh CA (BoringSSL checks the chain
+    and the dates during the handshake; revocation and roles are checked per call)."""
+    return grpc.ssl_server_credentials(
+        [(credentials.key_pem, credentials.cert_pem)],
+        root_certificates=credentials.ca_pem,
+        require_client_auth=True,
+    )
+
+
+def socket_path(home: Path) -> Path:
+    """Where the daemon of home listens for its CLI: in home, or (if that path is too long for
+    a Unix socket) in a private folder under the temporary directory."""
+    path = home / SOCKET_FILE
+    if len(str(path)) <= _MAX_SOCKET_PATH:
+        return path
+    private = Path(tempfile.gettempdir()) / f"meshd-{os.getuid()}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(private, 0o700)
+    return private / (hashlib.sha256(str(home).encode()).hexdigest()[:16] + ".sock")
+
+
+def bind_socket(server: aio.Server, path: Path) -> str:
+    """Open the daemon's Unix socket, mode 0600; returns its "unix:" address."""
+    path.unlink(missing_ok=True)  # left by a daemon that was killed
+    address = f"unix:{path}"
+    local = grpc.local_server_credentials(grpc.LocalConnectionType.UDS)
+    if server.add_secure_port(address, local) == 0:
+        raise OSError(f"cannot listen on {path}")
+    return address
+
+
+def restrict_socket(path: Path) -> None:
+    """Only this user may connect (gRPC creates the socket when the server starts)."""
+    os.chmod(path, 0o600)
+
+
+def _channel_args(
+    address: str, credentials: TlsCredentials | None, options: list[tuple[str, int]]
+) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, int | str]]]:
+    if address.startswith("unix:"):
+        return grpc.local_channel_credentials(grpc.LocalConnectionType.UDS), [*options]
+    if credentials is None:
+        return None, [*options]
+    tls = grpc.ssl_channel_credentials(
+        credentials.ca_pem, credentials.key_pem, credentials.cert_pem
+    )
+    # Any certificate the mesh CA issued to a peer, whatever the address it is reached at.
+    return tls, [*options, ("grpc.ssl_target_name_override", PEER_SERVER_NAME)]
+
+
+def open_channel(
+    address: str, credentials: TlsCredentials | None = None, *, bulk: bool = False
+) -> grpc.Channel:
     """A blocking channel to a daemon; bulk=True for model file transfers."""
-    return grpc.insecure_channel(address, options=_BULK if bulk else _INTERACTIVE)
+    tls, options = _channel_args(address, credentials, _BULK if bulk else _INTERACTIVE)
+    if tls is None:
+        return grpc.insecure_channel(address, options=options)
+    return grpc.secure_channel(address, tls, options=options)
 
 
-def open_aio_channel(address: str) -> aio.Channel:
+def open_aio_channel(address: str, credentials: TlsCredentials | None = None) -> aio.Channel:
     """An asyncio channel to a daemon; create it inside the running loop."""
-    return aio.insecure_channel(address, options=_INTERACTIVE)
+    tls, options = _channel_args(address, credentials, _INTERACTIVE)
+    if tls is None:
+        return aio.insecure_channel(address, options=options)
+    return aio.secure_channel(address, tls, options=options)
 
 
 def mesh_stub(channel: grpc.Channel) -> mesh_pb2_grpc.MeshStub:
@@ -79,6 +153,11 @@ def aio_mesh_stub(channel: aio.Channel) -> mesh_pb2_grpc.MeshAsyncStub:
     return mesh_pb2_grpc.MeshStub(channel)
 
 
+def admin_stub(channel: grpc.Channel) -> access_pb2_grpc.AdminStub:
+    """The meshd.v1.Admin stub (Unix socket only)."""
+    return access_pb2_grpc.AdminStub(channel)
+
+
 def health_stub(channel: grpc.Channel | aio.Channel) -> health_pb2_grpc.HealthStub:
     """The grpc.health.v1 stub on a channel."""
     return health_pb2_grpc.HealthStub(channel)
@@ -87,14 +166,15 @@ def health_stub(channel: grpc.Channel | aio.Channel) -> health_pb2_grpc.HealthSt
 class ChannelPool:
     """One asyncio channel per peer address, reused by heartbeats and forwarded requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: TlsCredentials | None = None) -> None:
+        self.credentials = credentials
         self._channels: dict[str, aio.Channel] = {}
 
     def get(self, address: str) -> aio.Channel:
         """The channel to address, opened on first use (inside the running loop)."""
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = open_aio_channel(address)
+            channel = self._channels[address] = open_aio_channel(address, self.credentials)
         return channel
 
     async def close(self) -> None:

@@ -18,6 +18,7 @@ from meshd.errors import MeshdError
 from meshd.mesh import Mesh
 from meshd.rpc import convert
 from meshd.rpc.status import status_of, trailers_of
+from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.types import PeerStatus as PeerStatusInfo
 from meshd.v1 import mesh_pb2 as pb
@@ -27,7 +28,8 @@ Reply = TypeVar("Reply")
 TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message
 
 
-async def _abort(context: aio.ServicerContext[Any, Any], error: MeshdError) -> None:
+async def abort_with(context: aio.ServicerContext[Any, Any], error: MeshdError) -> None:
+    """End the call with the error's status and its type in the trailers (always raises)."""
     context.set_trailing_metadata(trailers_of(error))
     await context.abort(status_of(error), str(error))
 
@@ -38,15 +40,16 @@ async def _unary(
     try:
         return await call()
     except MeshdError as error:
-        await _abort(context, error)
+        await abort_with(context, error)
         raise AssertionError("abort returned") from error  # abort always raises
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """Serves one peer over gRPC: its Engine and store, and the mesh it routes into."""
 
-    def __init__(self, mesh: Mesh, store: ModelStore) -> None:
+    def __init__(self, mesh: Mesh, store: ModelStore, trust: Trust) -> None:
         self.mesh = mesh
+        self.trust = trust
         self.engine = mesh.engine
         self.store = store
         self.peer_id = mesh.peer_id
@@ -66,7 +69,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                         message.routing_reason = "local"
                     yield message
         except MeshdError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     async def Warm(
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]
@@ -84,8 +87,12 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
+        self.trust.adopt(request.revocations)
         self.mesh.table.add(request.sender.address, "inbound")  # heartbeat it back
-        return pb.HeartbeatReply(peer=convert.peer_info_to_pb(self.mesh.local_info()))
+        return pb.HeartbeatReply(
+            peer=convert.peer_info_to_pb(self.mesh.local_info()),
+            revocations=self.trust.revocations.to_bytes(),
+        )
 
     async def MeshStatus(
         self, request: pb.MeshStatusRequest, context: aio.ServicerContext[Any, Any]
@@ -116,7 +123,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             async for block in read_blocks(path, request.offset):
                 yield pb.FetchModelChunk(data=block)
         except MeshdError as error:
-            await _abort(context, error)
+            await abort_with(context, error)
 
     def status(self) -> PeerStatusInfo:
         """This peer's identity, load and memory, now."""

@@ -23,6 +23,7 @@ STATUS_OF: dict[type[errors.MeshdError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.AccessDenied: grpc.StatusCode.PERMISSION_DENIED,
     errors.DownloadFailed: grpc.StatusCode.UNAVAILABLE,
     errors.InsufficientSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
@@ -36,6 +37,8 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.MeshdError]] = {
     grpc.StatusCode.UNAVAILABLE: errors.PeerUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.DeadlineExceeded,
     grpc.StatusCode.CANCELLED: errors.Cancelled,
+    grpc.StatusCode.UNAUTHENTICATED: errors.AccessDenied,
+    grpc.StatusCode.PERMISSION_DENIED: errors.AccessDenied,
 }
 
 
@@ -67,6 +70,11 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> errors.MeshdError:
         return kind(details)
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
         return errors.RequestTooLarge(f"request refused as too large: {details}")
+    if code is grpc.StatusCode.UNAVAILABLE and "handshake" in details.lower():
+        return errors.AccessDenied(
+            f"meshd at {address or 'the peer'} refused the TLS handshake: "
+            "not a peer of this mesh, or this certificate is not one it accepts"
+        )
     if code is grpc.StatusCode.UNAVAILABLE and address:
         reason = "connection refused" if "Connection refused" in details else details
         return errors.PeerUnavailable(f"cannot reach meshd at {address} ({reason})")

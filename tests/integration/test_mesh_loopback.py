@@ -15,6 +15,7 @@ from helpers import eventually, meshd
 from meshd import errors
 from meshd.client import MeshClient
 from meshd.process import DaemonProcess
+from meshd.security.keyring import Keyring
 from meshd.types import Chunk, ModelState
 
 FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
@@ -151,7 +152,7 @@ def test_kill_9_before_the_first_token_is_served_elsewhere(
         with MeshClient(a.address) as mesh:
             chunks = list(mesh.generate("tiny", "Hello", max_tokens=8, temperature=0))
             tried = [r.peer_id for r in mesh.mesh_status().recent][-2:]
-        b_id = (tmp_path / "b" / "peer_id").read_text().strip()
+        b_id = Keyring(tmp_path / "b").peer_id()
         assert tried == [b_id, a.node.peer_id], "first routed to the dead peer, then retried"
         assert {c.served_by for c in chunks} == {a.node.peer_id}
         assert chunks[-1].tokens == 8 and len("".join(c.text for c in chunks)) > 0

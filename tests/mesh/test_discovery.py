@@ -13,6 +13,7 @@ import pytest
 from netns import Hosts, unavailable_reason
 
 from meshd.process import DaemonProcess
+from meshd.security.keyring import Keyring
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -66,7 +67,7 @@ def test_peers_find_each_other_over_mdns_and_ignore_another_mesh(
     daemons = [start(hosts, i, tmp_path / f"h{i}", f"m{i}={tiny_model}") for i in range(3)]
     stranger = start(hosts, 3, tmp_path / "h3", f"secret={tiny_model}", mesh_id="other")
     try:
-        ids = [(tmp_path / f"h{i}" / "peer_id").read_text().strip() for i in range(4)]
+        ids = [Keyring(tmp_path / f"h{i}").peer_id() for i in range(4)]
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             views = [seen_by(hosts, i) for i in range(3)]

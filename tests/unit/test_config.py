@@ -13,7 +13,7 @@ from meshd.errors import ConfigError
 def test_defaults_without_any_source(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, environ={})
     assert settings.home == tmp_path.resolve()
-    assert settings.listen == "127.0.0.1:7070"
+    assert settings.listen == "0.0.0.0:7070"  # every interface, served only with mutual TLS
     assert settings.slots == 1 and settings.keep_alive == 1800 and settings.models == ()
 
 

@@ -1,0 +1,150 @@
+"""Getting in and running the mesh: the founder's join listener, and the local Admin service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import psutil
+from grpc import aio
+
+from meshd.errors import AccessDenied, ConfigError, InvalidRequest, MeshdError, Overloaded
+from meshd.rpc.servicer import abort_with
+from meshd.security import pki
+from meshd.security.invite import DEFAULT_TTL_S, InviteCode
+from meshd.security.trust import Trust
+from meshd.v1 import access_pb2 as apb
+from meshd.v1 import access_pb2_grpc
+
+log = logging.getLogger("meshd.access")
+
+
+class JoinServicer(access_pb2_grpc.JoinServicer):
+    """Trades a one-time secret and a CSR for a peer certificate; logs every refusal."""
+
+    def __init__(self, trust: Trust, addresses: Callable[[], list[str]]) -> None:
+        self.trust, self.addresses = trust, addresses
+
+    async def Join(
+        self, request: apb.JoinRequest, context: aio.ServicerContext[Any, Any]
+    ) -> apb.JoinReply:
+        try:
+            cert = self.trust.sign_joiner(request.secret, request.csr)
+        except (InvalidRequest, Overloaded) as error:
+            log.warning("refused a join from %s: %s", context.peer(), error)
+            refusal = error if isinstance(error, Overloaded) else AccessDenied(str(error))
+            await abort_with(context, refusal)
+            raise
+        assert self.trust.ca is not None
+        return apb.JoinReply(
+            certificate=cert,
+            ca_certificate=pki.cert_pem(self.trust.ca),
+            addresses=self.addresses(),
+            revocations=self.trust.revocations.to_bytes(),
+        )
+
+
+class JoinDesk:
+    """The founder's join listener: open while an invite is, closed when none is left."""
+
+    def __init__(self, trust: Trust, host: str, addresses: Callable[[], list[str]]) -> None:
+        self.trust, self.host = trust, host
+        self.servicer = JoinServicer(trust, addresses)
+        self.server: aio.Server | None = None
+        self.port = 0
+        self._watch: asyncio.Task[None] | None = None
+
+    async def open(self) -> int:
+        """Start listening (idempotent); returns the port."""
+        if self.server is None:
+            ca_key, ca = self.trust.keyring.ca_key(), self.trust.ca
+            assert ca is not None
+            # The CA certificate is the server certificate here: a joining peer fetches it
+            # unverified, checks its fingerprint against the code, then trusts it for this call.
+            tls = grpc.ssl_server_credentials([(pki.key_pem(ca_key), pki.cert_pem(ca))])
+            server = aio.server()
+            access_pb2_grpc.add_JoinServicer_to_server(self.servicer, server)
+            self.port = server.add_secure_port(f"{self.host}:0", tls)
+            await server.start()
+            self.server = server
+            self._watch = asyncio.create_task(self._close_when_unused(), name="meshd-join-desk")
+            log.info("join listener open on port %d while an invite is", self.port)
+        return self.port
+
+    async def _close_when_unused(self) -> None:
+        while True:
+            self.trust.invites.expire()
+            expiry = self.trust.invites.next_expiry()
+            if expiry is None:
+                break
+            await asyncio.sleep(min(max(expiry - time.monotonic(), 0.05), 1.0))
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop(1.0)
+            log.info("join listener closed: no invite is open")
+
+    async def close(self) -> None:
+        """Stop listening (idempotent)."""
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+        server, self.server = self.server, None
+        if server is not None:
+            await server.stop(0)
+
+
+class AdminServicer(access_pb2_grpc.AdminServicer):
+    """Invites and revocations; the Guard serves this to the Unix socket only."""
+
+    def __init__(self, trust: Trust, desk: JoinDesk) -> None:
+        self.trust, self.desk = trust, desk
+
+    async def CreateInvite(
+        self, request: apb.CreateInviteRequest, context: aio.ServicerContext[Any, Any]
+    ) -> apb.CreateInviteReply:
+        try:
+            if not self.trust.keyring.is_founder() or self.trust.ca is None:
+                raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
+            ttl = request.ttl_seconds or DEFAULT_TTL_S
+            secret = self.trust.invites.create(ttl)
+            port = await self.desk.open()
+        except MeshdError as error:
+            await abort_with(context, error)
+            raise
+        hosts = list(request.addresses) or lan_hosts(self.desk.host)
+        code = InviteCode(
+            tuple(f"{h}:{port}" for h in hosts), pki.fingerprint(self.trust.ca), secret
+        )
+        return apb.CreateInviteReply(code=code.encode(), expires_unix=time.time() + ttl)
+
+    async def Revoke(
+        self, request: apb.RevokeRequest, context: aio.ServicerContext[Any, Any]
+    ) -> apb.RevokeReply:
+        try:
+            revoked = self.trust.revoke(request.name)
+        except MeshdError as error:
+            await abort_with(context, error)
+            raise
+        number = self.trust.revocations.number
+        return apb.RevokeReply(serials=[str(r.serial) for r in revoked], list_number=number)
+
+
+def lan_hosts(host: str, limit: int = 3) -> list[str]:
+    """The addresses friends can reach this peer at: host itself, or for a wildcard listener
+    this machine's non-loopback IPv4 addresses."""
+    if host not in ("0.0.0.0", "", "::", "[::]"):
+        return [host]
+    found = [
+        address.address
+        for addresses in psutil.net_if_addrs().values()
+        for address in addresses
+        if address.family.name == "AF_INET" and not address.address.startswith("127.")
+    ]
+    return found[:limit] or ["127.0.0.1"]

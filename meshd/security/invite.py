@@ -1,0 +1,129 @@
+"""Invite codes, kubeadm-style: where the inviter is, what its CA looks like, and a one-time secret.
+
+A code is base32 so it survives chats and phone keyboards: version, the CA certificate's sha256
+fingerprint, a 128-bit secret, and the inviter's addresses. The inviter keeps only a hash of
+each secret, with its expiry; a secret works once. Wrong secrets are limited per minute, so
+guessing is pointless even before the secret's 128 bits are.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import hmac
+import ipaddress
+import secrets
+import struct
+import time
+from dataclasses import dataclass, field
+
+from meshd.errors import InvalidRequest, Overloaded
+
+VERSION = 1
+SECRET_BYTES = 16
+FINGERPRINT_BYTES = 32
+DEFAULT_TTL_S = 3600.0
+WRONG_SECRETS_PER_MINUTE = 5
+_PREFIX = "MESHD-"
+
+
+@dataclass(frozen=True)
+class InviteCode:
+    """What a code carries."""
+
+    addresses: tuple[str, ...]  # host:port of the inviter's join listener
+    fingerprint: bytes  # sha256 of the mesh CA certificate
+    secret: bytes
+
+    def encode(self) -> str:
+        """The code as printed: MESHD- and base32, no padding."""
+        body = bytes([VERSION]) + self.fingerprint + self.secret
+        for address in self.addresses:
+            body += _pack_address(address)
+        return _PREFIX + base64.b32encode(body).decode().rstrip("=")
+
+
+def decode_invite(code: str) -> InviteCode:
+    """Parse a code; a clear error for anything that is not one."""
+    text = "".join(code.split()).upper().removeprefix(_PREFIX)
+    try:
+        body = base64.b32decode(text + "=" * (-len(text) % 8))
+    except ValueError:
+        raise InvalidRequest("not an invite code (it should start with MESHD-)") from None
+    head = 1 + FINGERPRINT_BYTES + SECRET_BYTES
+    if len(body) <= head or body[0] != VERSION:
+        raise InvalidRequest("not an invite code, or one from another meshd version")
+    fingerprint, secret = body[1 : 1 + FINGERPRINT_BYTES], body[1 + FINGERPRINT_BYTES : head]
+    addresses, rest = [], body[head:]
+    while rest:
+        address, rest = _unpack_address(rest)
+        addresses.append(address)
+    return InviteCode(tuple(addresses), fingerprint, secret)
+
+
+def _pack_address(address: str) -> bytes:
+    host, _, port = address.rpartition(":")
+    ip = ipaddress.ip_address(host.strip("[]"))
+    return bytes([ip.version]) + ip.packed + struct.pack(">H", int(port))
+
+
+def _unpack_address(data: bytes) -> tuple[str, bytes]:
+    size = {4: 4, 6: 16}.get(data[0])
+    if size is None or len(data) < 1 + size + 2:
+        raise InvalidRequest("the invite code is damaged (an address does not parse)")
+    ip = ipaddress.ip_address(data[1 : 1 + size])
+    (port,) = struct.unpack(">H", data[1 + size : 3 + size])
+    host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{host}:{port}", data[3 + size :]
+
+
+@dataclass
+class _Pending:
+    expires: float  # monotonic
+    role: str
+
+
+@dataclass
+class InviteBook:
+    """The inviter's open invites (secret hashes only) and its wrong-secret limiter."""
+
+    pending: dict[bytes, _Pending] = field(default_factory=dict)
+    wrong: collections.deque[float] = field(default_factory=collections.deque)
+
+    def create(self, ttl: float = DEFAULT_TTL_S, role: str = "peer") -> bytes:
+        """A new one-time secret, valid for ttl seconds."""
+        if ttl <= 0:
+            raise InvalidRequest("an invite must be valid for some time", field="ttl")
+        secret = secrets.token_bytes(SECRET_BYTES)
+        self.pending[_digest(secret)] = _Pending(time.monotonic() + ttl, role)
+        return secret
+
+    def redeem(self, secret: bytes) -> str:
+        """Use up a secret and return the role it grants, or refuse (rate-limited)."""
+        now = time.monotonic()
+        while self.wrong and now - self.wrong[0] > 60:
+            self.wrong.popleft()
+        if len(self.wrong) >= WRONG_SECRETS_PER_MINUTE:
+            raise Overloaded("too many wrong invite secrets in the last minute: try again later")
+        self.expire(now)
+        key = _digest(secret)
+        match = next((k for k in self.pending if hmac.compare_digest(k, key)), None)
+        if match is None:
+            self.wrong.append(now)
+            raise InvalidRequest("this invite code is wrong, used or expired: ask for a new one")
+        return self.pending.pop(match).role
+
+    def expire(self, now: float | None = None) -> None:
+        """Forget expired invites."""
+        now = time.monotonic() if now is None else now
+        for key in [k for k, p in self.pending.items() if p.expires <= now]:
+            del self.pending[key]
+
+    def next_expiry(self) -> float | None:
+        """Monotonic time the next invite expires, or None when none is open."""
+        return min((p.expires for p in self.pending.values()), default=None)
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()

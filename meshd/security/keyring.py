@@ -1,0 +1,220 @@
+"""This peer's identity files in <home>/tls (a 0700 folder), and app credential bundles.
+
+peer.key         this peer's private key (0600); its hash is the peer id
+peer.crt         this peer's certificate, signed by the mesh CA (after init or join)
+ca.crt           the mesh CA certificate
+ca.key           the mesh CA key (0600), on the founder only
+issued.json      founder only: every certificate the CA signed, to revoke by name
+revocations.json the newest CA-signed revocation list this peer has seen
+mesh.json        how to reach the mesh: addresses learned when joining
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshd.errors import ConfigError
+from meshd.fsutil import atomic_write_bytes
+from meshd.security import pki
+from meshd.security.revocation import RevocationList, Revoked, parse_revocations
+
+TLS_DIR = "tls"
+BUNDLE_KIND = "meshd-client-bundle"
+
+
+@dataclass(frozen=True)
+class TlsCredentials:
+    """What a TLS channel or server needs: the mesh CA, a certificate and its key (all PEM)."""
+
+    ca_pem: bytes
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class Keyring:
+    """The identity files of one meshd home."""
+
+    def __init__(self, home: Path) -> None:
+        self.dir = home / TLS_DIR
+
+    def _path(self, name: str) -> Path:
+        return self.dir / name
+
+    def _write(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.dir, 0o700)
+        atomic_write_bytes(self._path(name), data, mode)
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    # -- this peer -------------------------------------------------------------------------
+
+    def peer_key(self) -> ec.EllipticCurvePrivateKey:
+        """This peer's key, made on first use."""
+        stored = self._read("peer.key")
+        if stored is not None:
+            return pki.load_key(stored)
+        key = pki.new_key()
+        self._write("peer.key", pki.key_pem(key), 0o600)
+        return key
+
+    def peer_id(self) -> str:
+        """This peer's id: the hash of its public key."""
+        return pki.peer_id_of(self.peer_key().public_key())
+
+    def ca(self) -> x509.Certificate | None:
+        """The mesh CA certificate, once this peer belongs to a mesh."""
+        stored = self._read("ca.crt")
+        return None if stored is None else pki.load_cert(stored)
+
+    def certificate(self) -> x509.Certificate | None:
+        """This peer's certificate, once this peer belongs to a mesh."""
+        stored = self._read("peer.crt")
+        return None if stored is None else pki.load_cert(stored)
+
+    def credentials(self) -> TlsCredentials | None:
+        """TLS credentials for serving and calling peers, or None outside a mesh."""
+        ca, cert = self._read("ca.crt"), self._read("peer.crt")
+        if ca is None or cert is None:
+            return None
+        return TlsCredentials(ca, cert, pki.key_pem(self.peer_key()))
+
+    def is_founder(self) -> bool:
+        """True on the peer that holds the CA key."""
+        return self._path("ca.key").exists()
+
+    def ca_key(self) -> ec.EllipticCurvePrivateKey:
+        """The CA key; only the founder has it."""
+        stored = self._read("ca.key")
+        if stored is None:
+            raise ConfigError("only the peer that ran `meshd init` can do this (it holds the CA)")
+        return pki.load_key(stored)
+
+    # -- joining and leaving ---------------------------------------------------------------
+
+    def init_mesh(self, name: str) -> x509.Certificate:
+        """Create a mesh: its CA, and this peer's certificate signed by it."""
+        if self._path("ca.crt").exists():
+            raise ConfigError(f"{self.dir} already belongs to a mesh (`meshd leave` first)")
+        ca_key, ca = pki.create_ca(name)
+        self._write("ca.key", pki.key_pem(ca_key), 0o600)
+        key = self.peer_key()
+        cert = pki.issue(ca_key, ca, key.public_key(), "peer", self.peer_id())
+        self.record_issued(cert)
+        self._write("peer.crt", pki.cert_pem(cert))
+        self._write("ca.crt", pki.cert_pem(ca))  # last: the mesh exists once this is here
+        return ca
+
+    def save_membership(self, ca_pem: bytes, cert_pem: bytes, addresses: list[str]) -> None:
+        """Keep what a join returned: the CA, this peer's certificate, the mesh's addresses."""
+        self._write("mesh.json", json.dumps({"addresses": addresses}).encode())
+        self._write("peer.crt", cert_pem)
+        self._write("ca.crt", ca_pem)
+
+    def mesh_addresses(self) -> list[str]:
+        """Addresses of peers learned when joining: where to start heartbeating."""
+        stored = self._read("mesh.json")
+        return [] if stored is None else [str(a) for a in json.loads(stored)["addresses"]]
+
+    def forget(self) -> None:
+        """Leave the mesh: remove every identity file (a new peer id next time)."""
+        if self.dir.exists():
+            for path in self.dir.iterdir():
+                path.unlink()
+            self.dir.rmdir()
+
+    # -- the founder's records -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.dir / ".lock").open("w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def issued(self) -> list[dict[str, Any]]:
+        """Every certificate the CA signed: serial, role, name, expiry."""
+        stored = self._read("issued.json")
+        return [] if stored is None else list(json.loads(stored))
+
+    def record_issued(self, cert: x509.Certificate) -> None:
+        """Remember a certificate the CA signed, so it can be revoked by name."""
+        holder = pki.holder_of(cert)
+        with self._locked():
+            records = [*self.issued(), {**vars(holder), "serial": str(holder.serial)}]
+            self._write("issued.json", json.dumps(records, indent=1).encode(), 0o600)
+
+    def revocations(self) -> RevocationList:
+        """The newest revocation list this peer has seen."""
+        ca, stored = self.ca(), self._read("revocations.json")
+        if ca is None or stored is None:
+            return RevocationList()
+        return parse_revocations(stored, ca)
+
+    def save_revocations(self, revocations: RevocationList) -> None:
+        """Keep a (verified) revocation list."""
+        self._write("revocations.json", revocations.to_bytes())
+
+    def revoke(self, name: str) -> tuple[RevocationList, list[Revoked]]:
+        """Founder: revoke every certificate issued to name (a peer id or an app name)."""
+        ca_key = self.ca_key()
+        with self._locked():
+            matches = [
+                Revoked(int(r["serial"]), r["name"]) for r in self.issued() if r["name"] == name
+            ]
+            if not matches:
+                known = sorted({r["name"] for r in self.issued()})
+                raise ConfigError(f"no certificate was issued to {name!r} (known: {known})")
+            if name == self.peer_id():
+                raise ConfigError("the founder cannot revoke itself; use `meshd leave`")
+            revocations = self.revocations().with_revoked(ca_key, matches)
+            self.save_revocations(revocations)
+        return revocations, matches
+
+    def client_bundle(self, name: str, addresses: list[str]) -> bytes:
+        """Founder: a credential bundle for an app (JSON, holds a private key: keep it 0600)."""
+        ca, ca_key = self.ca(), self.ca_key()
+        assert ca is not None
+        if any(r["name"] == name for r in self.issued()):
+            raise ConfigError(f"a certificate was already issued to {name!r}; pick another name")
+        key = pki.new_key()
+        cert = pki.issue(ca_key, ca, key.public_key(), "client", name)
+        self.record_issued(cert)
+        bundle = {
+            "kind": BUNDLE_KIND,
+            "name": name,
+            "mesh": pki.mesh_name_of(ca),
+            "addresses": addresses,
+            "ca": pki.cert_pem(ca).decode(),
+            "certificate": pki.cert_pem(cert).decode(),
+            "key": pki.key_pem(key).decode(),
+        }
+        return json.dumps(bundle, indent=1).encode()
+
+
+def load_bundle(path: Path) -> tuple[TlsCredentials, list[str]]:
+    """Credentials and addresses from an app bundle made by `meshd invite --client`."""
+    try:
+        bundle = json.loads(path.read_bytes())
+        if bundle.get("kind") != BUNDLE_KIND:
+            raise ValueError("not a meshd client bundle")
+        credentials = TlsCredentials(
+            bundle["ca"].encode(), bundle["certificate"].encode(), bundle["key"].encode()
+        )
+        return credentials, [str(a) for a in bundle["addresses"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"cannot read the bundle {path}: {exc}") from None
