@@ -13,7 +13,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import ConfigError, PeerUnavailable
 
-from . import service, store, talk
+from . import mesh, service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
 
 app = typer.Typer(
@@ -44,7 +44,7 @@ def _root(
 def serve(
     model: list[str] = typer.Option([], "--model", "-m", help="NAME=PATH of a GGUF; repeat."),
     listen: str | None = typer.Option(
-        None, help="host:port to serve on [default: 127.0.0.1:7070]."
+        None, help="host:port to serve on, mutual TLS only [default: 0.0.0.0:7070]."
     ),
     home: Path | None = HomeOption,
     slots: int | None = typer.Option(None, help="Concurrent requests per model [default: 1]."),
@@ -59,6 +59,11 @@ def serve(
     mesh_id: str | None = typer.Option(None, help="Join only peers of this mesh [default]."),
     advertise: str | None = typer.Option(None, help="host:port other peers use for this one."),
     no_discovery: bool = typer.Option(False, "--no-discovery", help="No mDNS on the LAN."),
+    insecure_dev: bool = typer.Option(
+        False,
+        "--insecure-dev",
+        help="Outside a mesh, serve plaintext TCP with no authentication (local experiments).",
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
 ) -> None:
     """Run a peer in the foreground (what launchd or systemd runs)."""
@@ -82,9 +87,15 @@ def serve(
         "mesh_id": mesh_id,
         "advertise": advertise,
         "discovery": False if no_discovery else None,
+        "insecure_dev": True if insecure_dev else None,
     }
     with errors_as_exit():
         settings = load_settings(home, flags)
+        if settings.insecure_dev:
+            err_console.print(
+                "[bold red]INSECURE (--insecure-dev):[/] plaintext TCP without authentication;"
+                " for local experiments only, never on a network you share."
+            )
         from meshd.node import Node
 
         try:
@@ -113,6 +124,11 @@ app.command()(talk.status)
 app.command()(store.pull)
 app.command()(store.rm)
 app.command()(demo)
+app.command()(mesh.init)
+app.command()(mesh.invite)
+app.command()(mesh.join)
+app.command()(mesh.revoke)
+app.command()(mesh.leave)
 app.add_typer(service.app, name="service")
 
 

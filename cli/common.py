@@ -16,9 +16,11 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from meshd.client import MeshClient
 from meshd.config import DEFAULT_LISTEN, load_settings
-from meshd.daemonfile import running_daemon_address
-from meshd.errors import ConfigError, MeshdError
+from meshd.daemonfile import running_daemon_address, running_daemon_socket
+from meshd.errors import ConfigError, MeshdError, PeerUnavailable
+from meshd.security.keyring import Keyring
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -42,18 +44,42 @@ JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table."
 
 
 def resolve_address(addr: str | None, home: Path | None) -> str:
-    """--addr if given, else the daemon running from home, else the configured listen address."""
+    """--addr if given, else the Unix socket of the daemon running from home, else the
+    configured listen address."""
     if addr:
         return addr
     try:
         settings = load_settings(home)
     except ConfigError:
         return DEFAULT_LISTEN
-    running = running_daemon_address(settings.home)
+    running = running_daemon_socket(settings.home) or running_daemon_address(settings.home)
     if running:
         return running
     host, _, port = settings.listen.rpartition(":")
     return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
+
+
+def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClient:
+    """A client for the command's daemon: its Unix socket, or TCP with this peer's mesh
+    certificate when it has one (plaintext otherwise: a daemon run with --insecure-dev)."""
+    address = resolve_address(addr, home)
+    credentials = None
+    if not address.startswith("unix:"):
+        with contextlib.suppress(ConfigError):
+            credentials = Keyring(load_settings(home).home).credentials()
+    return MeshClient(address, credentials=credentials, **options)
+
+
+def local_socket(home: Path | None) -> str:
+    """The Unix socket of the daemon of home; a clear error when it is not running."""
+    settings = load_settings(home)
+    socket = running_daemon_socket(settings.home)
+    if socket is None:
+        raise PeerUnavailable(
+            f"no meshd daemon is running from {settings.home}: "
+            "start it with `meshd service install` or `meshd serve`"
+        )
+    return socket
 
 
 @contextlib.contextmanager

@@ -11,7 +11,6 @@ import typer
 from rich import box
 from rich.table import Table
 
-from meshd.client import MeshClient
 from meshd.config import load_settings, parse_duration
 from meshd.errors import InvalidModelFile
 from meshd.store import ModelStore
@@ -27,8 +26,8 @@ from .common import (
     human_ago,
     human_bytes,
     human_until,
+    open_client,
     print_json,
-    resolve_address,
 )
 
 
@@ -62,7 +61,7 @@ def generate(
     json_out: bool = JsonOption,
 ) -> None:
     """Stream a completion as it is generated."""
-    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
+    with errors_as_exit(), open_client(addr, home) as mesh:
         options = dict(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -112,7 +111,7 @@ def warm(
     """Warm a model ahead of use (returns at once unless --wait)."""
     with errors_as_exit():
         lease_s = parse_duration(lease)
-        with MeshClient(resolve_address(addr, home)) as mesh:
+        with open_client(addr, home) as mesh:
             result = mesh.warm(model, lease=lease_s, wait=wait)
     if json_out:
         print_json(result)
@@ -133,7 +132,7 @@ def models(
     """List this peer's models, warm or cold, and their memory."""
     if verify:
         _verify_store(home)
-    with errors_as_exit(), MeshClient(resolve_address(addr, home)) as mesh:
+    with errors_as_exit(), open_client(addr, home) as mesh:
         listed = mesh.models()
         elsewhere = _elsewhere(mesh.mesh_status())
     if json_out:
@@ -185,8 +184,8 @@ def health(
     json_out: bool = JsonOption,
 ) -> None:
     """Is the daemon serving, and what is warm? Exit 0 when serving, 1 otherwise."""
-    address = resolve_address(addr, home)
-    with errors_as_exit(), MeshClient(address, timeout=5.0) as mesh:
+    with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
+        address = mesh.address
         serving = mesh.health()
         listed = mesh.models() if serving else []
     warm_models = [m.name for m in listed if m.state == "warm"]
@@ -222,7 +221,7 @@ def status(
     decisions: int = typer.Option(5, help="How many recent routing decisions to show."),
 ) -> None:
     """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
-    with errors_as_exit(), MeshClient(resolve_address(addr, home), timeout=5.0) as mesh:
+    with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
         seen = mesh.mesh_status()
     if json_out:
         print_json(seen)

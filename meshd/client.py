@@ -6,6 +6,10 @@
         for chunk in mesh.generate("tiny", "Once upon a time", max_tokens=64):
             print(chunk.text, end="")
 
+An app outside the machine uses the credential bundle of `meshd invite --client --name APP`:
+
+    with MeshClient.from_bundle("myapp.meshd.json") as mesh: ...
+
 Every call has a deadline; failures raise typed meshd.errors.MeshdError subclasses.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +27,7 @@ from meshd.errors import MeshdError, PeerUnavailable
 from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
+from meshd.security.keyring import TlsCredentials, load_bundle
 from meshd.types import (
     ChatMessage,
     Chunk,
@@ -121,14 +127,24 @@ class MeshClient(_Addresses):
         self,
         address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
+        credentials: TlsCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
         super().__init__(address)
         self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channels = [channels.open_channel(a) for a in self.addresses]
+        self._channels = [channels.open_channel(a, credentials) for a in self.addresses]
         self._mesh = [channels.mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, address: str | Sequence[str] | None = None, **options: Any
+    ) -> MeshClient:
+        """A client with the app credentials of `meshd invite --client` (mutual TLS), for the
+        bundle's addresses unless others are given."""
+        credentials, addresses = load_bundle(Path(path))
+        return cls(address or addresses, credentials=credentials, **options)
 
     def __enter__(self) -> MeshClient:
         return self
@@ -239,14 +255,23 @@ class AsyncMeshClient(_Addresses):
         self,
         address: str | Sequence[str] = DEFAULT_ADDRESS,
         *,
+        credentials: TlsCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
         super().__init__(address)
         self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channels = [channels.open_aio_channel(a) for a in self.addresses]
+        self._channels = [channels.open_aio_channel(a, credentials) for a in self.addresses]
         self._mesh = [channels.aio_mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, address: str | Sequence[str] | None = None, **options: Any
+    ) -> AsyncMeshClient:
+        """A client with the app credentials of `meshd invite --client` (mutual TLS)."""
+        credentials, addresses = load_bundle(Path(path))
+        return cls(address or addresses, credentials=credentials, **options)
 
     async def __aenter__(self) -> AsyncMeshClient:
         return self

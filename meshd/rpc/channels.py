@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import ssl
 import tempfile
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 
 from meshd.security.keyring import TlsCredentials
-from meshd.security.pki import PEER_SERVER_NAME
+from meshd.security.pki import CA_SERVER_NAME, PEER_SERVER_NAME
 from meshd.v1 import access_pb2_grpc, mesh_pb2_grpc
 
 SOCKET_FILE = "meshd.sock"
@@ -141,6 +142,25 @@ def open_aio_channel(address: str, credentials: TlsCredentials | None = None) ->
     if tls is None:
         return aio.insecure_channel(address, options=options)
     return aio.secure_channel(address, tls, options=options)
+
+
+def fetch_unverified_certificate(address: str, timeout: float = 5.0) -> bytes:
+    """The certificate a TLS server presents, unchecked: only for joining, where the caller
+    compares it with the fingerprint in the invite code before trusting it."""
+    host, _, port = address.rpartition(":")
+    return ssl.get_server_certificate((host.strip("[]"), int(port)), timeout=timeout).encode()
+
+
+def open_join_channel(address: str, ca_pem: bytes) -> grpc.Channel:
+    """A channel to the founder's join listener, which presents the mesh CA certificate."""
+    tls = grpc.ssl_channel_credentials(ca_pem)
+    options = [*_INTERACTIVE, ("grpc.ssl_target_name_override", CA_SERVER_NAME)]
+    return grpc.secure_channel(address, tls, options=options)
+
+
+def join_stub(channel: grpc.Channel) -> access_pb2_grpc.JoinStub:
+    """The meshd.v1.Join stub."""
+    return access_pb2_grpc.JoinStub(channel)
 
 
 def mesh_stub(channel: grpc.Channel) -> mesh_pb2_grpc.MeshStub:

@@ -1,0 +1,160 @@
+"""`meshd init|invite|join|revoke|leave`: make a mesh, let friends in, and show people out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import typer
+
+from meshd import service as service_files
+from meshd.config import MODEL_NAME, load_settings, parse_duration
+from meshd.daemonfile import running_daemon, running_daemon_address
+from meshd.errors import ConfigError
+from meshd.fsutil import atomic_write_bytes
+from meshd.rpc import channels
+from meshd.rpc.access import lan_hosts
+from meshd.rpc.status import error_from_rpc
+from meshd.security import pki
+from meshd.security.join import join_mesh
+from meshd.security.keyring import Keyring
+from meshd.v1 import access_pb2 as apb
+from meshd.v1.access_pb2_grpc import AdminStub
+
+from .common import HomeOption, console, err_console, errors_as_exit, local_socket
+
+Reply = TypeVar("Reply")
+
+
+def init(
+    name: str = typer.Option(..., "--name", help="A name for the mesh, e.g. friends."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Create a mesh (its CA) with this machine as the founding peer."""
+    with errors_as_exit():
+        settings = load_settings(home)
+        keyring = Keyring(settings.home)
+        ca = keyring.init_mesh(name)
+    console.print(f"created mesh [bold]{name}[/] ({pki.mesh_id_of(ca)})")
+    console.print(f"this peer: {keyring.peer_id()}", highlight=False)
+    console.print(f"CA fingerprint: sha256:{pki.fingerprint(ca).hex()}", highlight=False)
+    console.print("next: `meshd service install` (or `meshd serve`), then `meshd invite`")
+
+
+def invite(
+    ttl: str = typer.Option("1h", "--ttl", help="How long the code works (it works once)."),
+    address: list[str] = typer.Option(
+        [], "--address", help="Host friends reach this peer at; repeat [default: LAN addresses]."
+    ),
+    client: bool = typer.Option(False, "--client", help="An app credential bundle instead."),
+    name: str | None = typer.Option(None, "--name", help="The app's name (with --client)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Bundle file [NAME.meshd.json]."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Print a one-time code for a friend's `meshd join`, or (--client) write an app bundle."""
+    with errors_as_exit():
+        if client:
+            _client_bundle(name, out, address, home)
+            return
+        request = apb.CreateInviteRequest(ttl_seconds=parse_duration(ttl), addresses=address)
+        reply = _admin(home, lambda stub: stub.CreateInvite(request, timeout=10))
+    expires = dt.datetime.fromtimestamp(reply.expires_unix).strftime("%H:%M")
+    console.print(f"on your friend's machine, before {expires} (works once):\n")
+    console.print(f"    meshd join {reply.code}\n", highlight=False, soft_wrap=True)
+
+
+def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: Path | None) -> None:
+    if not name or not pki_name_ok(name):
+        raise ConfigError("--client needs --name: letters, digits, '.', '_' or '-'")
+    settings = load_settings(home)
+    keyring = Keyring(settings.home)
+    running = running_daemon_address(settings.home)
+    host, _, port = (running or settings.listen).rpartition(":")
+    addresses = [f"{h}:{port}" for h in (hosts or lan_hosts(host))]
+    bundle = keyring.client_bundle(name, addresses)
+    path = out or Path(f"{name}.meshd.json")
+    if path.exists():
+        raise ConfigError(f"{path} exists; pick another --out")
+    atomic_write_bytes(path, bundle, 0o600)
+    console.print(f"wrote {path} (0600: it holds the app's private key)", highlight=False)
+    console.print(f'in the app: MeshClient.from_bundle("{path.name}")', highlight=False)
+
+
+def pki_name_ok(name: str) -> bool:
+    """An app name: like a model name."""
+    return bool(MODEL_NAME.match(name))
+
+
+def join(
+    code: str = typer.Argument(..., help="The code `meshd invite` printed."),
+    no_service: bool = typer.Option(
+        False, "--no-service", help="Do not install and start the service."
+    ),
+    home: Path | None = HomeOption,
+) -> None:
+    """Join a friend's mesh: identity, signed certificate, config, and the service started."""
+    with errors_as_exit():
+        settings = load_settings(home)
+        joined = join_mesh(settings.home, code)
+        console.print(
+            f"joined mesh [bold]{joined.mesh_name}[/] ({joined.mesh_id}) as {joined.peer_id}"
+        )
+        if no_service:
+            console.print("start serving with `meshd service install` or `meshd serve`")
+            return
+        installed = service_files.install(settings.home)
+    console.print(f"installed and started the {installed.kind} service: {installed.path}")
+
+
+def revoke(
+    name: str = typer.Argument(..., help="A peer id or an app name."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Founder: refuse a peer or app from now on, on every peer within seconds."""
+    with errors_as_exit():
+        settings = load_settings(home)
+        if running_daemon(settings.home) is None:  # offline: the daemon spreads it at start
+            _, revoked = Keyring(settings.home).revoke(name)
+            serials = [str(r.serial) for r in revoked]
+        else:
+            request = apb.RevokeRequest(name=name)
+            serials = list(_admin(home, lambda stub: stub.Revoke(request, timeout=10)).serials)
+    console.print(f"revoked {name} ({len(serials)} certificate(s)); peers refuse it within seconds")
+
+
+def leave(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
+    home: Path | None = HomeOption,
+) -> None:
+    """Stop serving, remove the service, and forget the mesh (its keys and certificates)."""
+    with errors_as_exit():
+        settings = load_settings(home)
+        keyring = Keyring(settings.home)
+        if keyring.ca() is None:
+            raise ConfigError(f"{settings.home} belongs to no mesh")
+        founder = " This peer holds the mesh CA: nobody can be invited after this." * (
+            keyring.is_founder()
+        )
+        if not yes and not typer.confirm(f"Leave the mesh and forget its keys?{founder}"):
+            raise typer.Exit(1)
+        if service_files.installed(settings.home):
+            service_files.uninstall(settings.home)
+        if running_daemon(settings.home) is not None:
+            err_console.print("a daemon still runs from this home: stop it, it has no mesh now")
+        keyring.forget()
+    console.print("left the mesh; models and settings are kept")
+
+
+def _admin(home: Path | None, call: Callable[[AdminStub], Reply]) -> Reply:
+    """Call the local daemon's Admin service over its Unix socket."""
+    socket = local_socket(home)
+    channel = channels.open_channel(socket)
+    try:
+        return call(channels.admin_stub(channel))
+    except grpc.RpcError as exc:
+        raise error_from_rpc(exc, socket) from None
+    finally:
+        channel.close()

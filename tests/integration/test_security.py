@@ -1,0 +1,254 @@
+"""A real mesh with mutual TLS: joining by invite, and bad actors getting nothing while the
+daemons keep serving. Every daemon here runs without --insecure-dev."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import NodeThread, node_settings
+from grpc_health.v1 import health_pb2
+from helpers import eventually
+
+from meshd.client import MeshClient
+from meshd.errors import AccessDenied, Overloaded
+from meshd.rpc import channels
+from meshd.security import pki
+from meshd.security.invite import InviteCode, decode_invite
+from meshd.security.join import join_mesh
+from meshd.security.keyring import Keyring, TlsCredentials, load_bundle
+from meshd.types import ModelState
+from meshd.v1 import access_pb2 as apb
+from meshd.v1 import mesh_pb2 as pb
+
+Start = Callable[..., NodeThread]
+
+
+@pytest.fixture
+def start_peer(tmp_path: Path, tiny_model: Path) -> Iterator[Start]:
+    """start_peer(name, models) -> a NodeThread serving mutual TLS from tmp_path/name."""
+    started: list[NodeThread] = []
+
+    def start(name: str, models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
+        models = {"tiny": tiny_model} if models is None else models
+        settings = node_settings(tmp_path / name, models, insecure_dev=False, **flags)
+        node = NodeThread(settings).start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+def admin(node: NodeThread) -> Any:
+    """The Admin stub over the node's Unix socket."""
+    assert node.node is not None
+    return channels.admin_stub(channels.open_channel(f"unix:{node.node.socket}"))
+
+
+def invite_code(node: NodeThread, ttl: float = 60.0) -> str:
+    return str(admin(node).CreateInvite(apb.CreateInviteRequest(ttl_seconds=ttl)).code)
+
+
+def founder(tmp_path: Path, start: Start, name: str = "a", **kw: Any) -> NodeThread:
+    Keyring(tmp_path / name).init_mesh("friends")
+    return start(name, **kw)
+
+
+def joined(tmp_path: Path, start: Start, inviter: NodeThread, name: str, **kw: Any) -> NodeThread:
+    join_mesh(tmp_path / name, invite_code(inviter))
+    return start(name, **kw)
+
+
+def credentials_of(home: Path) -> TlsCredentials:
+    found = Keyring(home).credentials()
+    assert found is not None
+    return found
+
+
+def test_a_joined_peer_serves_the_mesh_over_mutual_tls(tmp_path: Path, start_peer: Start) -> None:
+    a = founder(tmp_path, start_peer)
+    b = joined(tmp_path, start_peer, a, "b", models={})
+    assert a.node is not None and b.node is not None
+    assert b.node.mesh.mesh_id == a.node.mesh.mesh_id != "default"
+    eventually(
+        lambda: (
+            [e.info.peer_id for e in b.node.table.live(time.monotonic()) if e.info]
+            == [a.node.peer_id]
+        )
+    )
+    # The CLI's way in (the Unix socket), routed to the founder over mutual TLS.
+    with MeshClient(f"unix:{b.node.socket}") as mesh:
+        answer = mesh.complete("tiny", "Hello", max_tokens=4, temperature=0)
+    assert answer.served_by == a.node.peer_id and answer.tokens == 4
+    # A peer certificate also works straight over TCP.
+    with MeshClient(a.address, credentials=credentials_of(tmp_path / "b")) as mesh:
+        assert mesh.health()
+    # The peer id is the hash of the key the certificate was issued for.
+    cert = Keyring(tmp_path / "b").certificate()
+    assert cert is not None and pki.holder_of(cert).name == b.node.peer_id
+
+
+def _bad_credentials(tmp_path: Path, kind: str) -> grpc.ChannelCredentials:
+    """Client credentials of each kind a stranger might try."""
+    ca_pem = (tmp_path / "a" / "tls" / "ca.crt").read_bytes()
+    ring = Keyring(tmp_path / "a")
+    key = pki.new_key()
+    if kind == "none":
+        return grpc.ssl_channel_credentials(ca_pem)
+    if kind == "self-signed":
+        signer, issuer = key, pki.create_ca("self")[1]
+        cert = pki.issue(signer, issuer, key.public_key(), "peer", "stranger")
+    elif kind == "other-mesh":
+        other_key, other_ca = pki.create_ca("elsewhere")
+        cert = pki.issue(other_key, other_ca, key.public_key(), "peer", "stranger")
+    elif kind == "expired":
+        ca = ring.ca()
+        assert ca is not None
+        past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+        cert = pki.issue(
+            ring.ca_key(), ca, key.public_key(), "peer", "old", days=1, not_before=past
+        )
+    else:
+        raise AssertionError(kind)
+    return grpc.ssl_channel_credentials(ca_pem, pki.key_pem(key), pki.cert_pem(cert))
+
+
+def _every_method(channel: grpc.Channel) -> dict[str, Callable[[], Any]]:
+    mesh = channels.mesh_stub(channel)
+    generate = pb.GenerateRequest(model="tiny", prompt="secret prompt", max_tokens=2)
+    return {
+        "Generate": lambda: list(mesh.Generate(generate, timeout=5)),
+        "Warm": lambda: mesh.Warm(pb.WarmRequest(model="tiny"), timeout=5),
+        "ListModels": lambda: mesh.ListModels(pb.ListModelsRequest(), timeout=5),
+        "PeerStatus": lambda: mesh.PeerStatus(pb.PeerStatusRequest(), timeout=5),
+        "MeshStatus": lambda: mesh.MeshStatus(pb.MeshStatusRequest(), timeout=5),
+        "FetchModel": lambda: list(mesh.FetchModel(pb.FetchModelRequest(name="x"), timeout=5)),
+        "Heartbeat": lambda: mesh.Heartbeat(pb.HeartbeatRequest(), timeout=5),
+        "Health": lambda: channels.health_stub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        ),
+        "Revoke": lambda: channels.admin_stub(channel).Revoke(apb.RevokeRequest(name="x")),
+    }
+
+
+def _refused(call: Callable[[], Any]) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as caught:
+        call()
+    return caught.value.code()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["none", "self-signed", "other-mesh", "expired", "plaintext"])
+def test_strangers_are_refused_on_every_method(
+    tmp_path: Path, start_peer: Start, kind: str
+) -> None:
+    a = founder(tmp_path, start_peer)
+    if kind == "plaintext":
+        channel = grpc.insecure_channel(a.address)
+    else:
+        options = [("grpc.ssl_target_name_override", pki.PEER_SERVER_NAME)]
+        channel = grpc.secure_channel(a.address, _bad_credentials(tmp_path, kind), options)
+    with channel:
+        codes = {name: _refused(call) for name, call in _every_method(channel).items()}
+    assert set(codes.values()) == {grpc.StatusCode.UNAVAILABLE}, codes  # the handshake fails
+    tiny = a.engine.hosts["tiny"]
+    assert tiny.state is ModelState.COLD and tiny.last_used == 0  # not a token of work done
+    with MeshClient(f"unix:{a.node.socket}") as mesh:  # type: ignore[union-attr]
+        assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2  # still serving
+
+
+def test_an_app_credential_cannot_call_peer_only_methods(tmp_path: Path, start_peer: Start) -> None:
+    a = founder(tmp_path, start_peer)
+    bundle = tmp_path / "app.json"
+    bundle.write_bytes(Keyring(tmp_path / "a").client_bundle("myapp", [a.address]))
+    with MeshClient.from_bundle(bundle) as mesh:
+        mesh.warm("tiny", wait=True)
+        assert mesh.complete("tiny", "Hi", max_tokens=3).tokens == 3
+        assert [m.name for m in mesh.models()] == ["tiny"]
+        assert mesh.health()
+    credentials, _ = load_bundle(bundle)
+    with channels.open_channel(a.address, credentials) as channel:
+        methods = _every_method(channel)
+        for name in ("FetchModel", "Heartbeat", "Revoke"):
+            assert _refused(methods[name]) == grpc.StatusCode.PERMISSION_DENIED, name
+
+
+def test_invites_work_once_expire_and_limit_wrong_secrets(
+    tmp_path: Path, start_peer: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="meshd.access")
+    a = founder(tmp_path, start_peer)
+    code = invite_code(a)
+    join_mesh(tmp_path / "b", code)
+    with pytest.raises(AccessDenied, match="wrong, used or expired"):
+        join_mesh(tmp_path / "c", code)  # used
+    short = invite_code(a, ttl=0.3)
+    time.sleep(0.5)
+    with pytest.raises(AccessDenied, match="wrong, used or expired"):
+        join_mesh(tmp_path / "d", short)  # expired
+    good = decode_invite(invite_code(a))
+    wrong = InviteCode(good.addresses, good.fingerprint, bytes(16)).encode()
+    outcomes = []
+    for attempt in range(6):
+        with pytest.raises((AccessDenied, Overloaded)) as caught:
+            join_mesh(tmp_path / f"e{attempt}", wrong)
+        outcomes.append(type(caught.value))
+    # Two refusals above count too: the limit (5 a minute) is met before the sixth wrong secret.
+    assert outcomes.count(Overloaded) >= 1 and outcomes[-1] is Overloaded
+    with pytest.raises(Overloaded):
+        join_mesh(tmp_path / "f", good.encode())  # even the right secret waits out the minute
+    assert sum("refused a join" in r.message for r in caplog.records) >= 7
+    for home in ("c", "d", "e0", "f"):  # nothing half-written by a refused join
+        assert Keyring(tmp_path / home).ca() is None
+
+
+def test_a_code_whose_fingerprint_does_not_match_is_refused_before_the_secret_is_sent(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    a = founder(tmp_path, start_peer)
+    good = decode_invite(invite_code(a))
+    forged = InviteCode(good.addresses, bytes(32), good.secret).encode()
+    with pytest.raises(AccessDenied, match="does not match the invite code"):
+        join_mesh(tmp_path / "b", forged)
+    join_mesh(tmp_path / "c", good.encode())  # the secret was never spent
+
+
+def test_a_revoked_peer_is_refused_by_every_peer_within_seconds(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    a = founder(tmp_path, start_peer)
+    b = joined(tmp_path, start_peer, a, "b")
+    c = joined(tmp_path, start_peer, a, "c", models={})
+    assert a.node is not None and b.node is not None and c.node is not None
+    eventually(lambda: len(b.node.table.live(time.monotonic())) == 2, timeout=15)
+    reply = admin(a).Revoke(apb.RevokeRequest(name=c.node.peer_id))
+    revoked_at = time.monotonic()
+    assert reply.list_number == 1 and len(reply.serials) == 1
+    eventually(lambda: b.node.trust.revocations.number == 1, timeout=10)
+    spread = time.monotonic() - revoked_at
+    assert spread < 5.0
+    peers_of_b = {e.info.peer_id for e in b.node.table.entries.values() if e.info}
+    assert c.node.peer_id not in peers_of_b
+    revoked = credentials_of(tmp_path / "c")
+    for target in (a, b):
+        with channels.open_channel(target.address, revoked) as channel:
+            methods = _every_method(channel)
+            for name in ("Generate", "ListModels", "Health", "Heartbeat"):
+                assert _refused(methods[name]) == grpc.StatusCode.UNAUTHENTICATED, name
+    # Revocation survives a restart: it is on disk, CA-signed.
+    assert Keyring(tmp_path / "b").revocations().refuses(0, c.node.peer_id)
+
+
+def test_a_peer_outside_any_mesh_serves_only_its_socket(tmp_path: Path, start_peer: Start) -> None:
+    lone = start_peer("lone")
+    assert lone.node is not None and lone.node.port == 0 and lone.node.address == ""
+    assert oct(lone.node.socket.stat().st_mode & 0o777) == "0o600"
+    with MeshClient(f"unix:{lone.node.socket}") as mesh:
+        assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2
