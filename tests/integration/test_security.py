@@ -3,21 +3,27 @@ daemons keep serving. Every daemon here runs without --insecure-dev."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 from conftest import NodeThread, node_settings
 from grpc_health.v1 import health_pb2
 from helpers import eventually
 
 from meshd.client import MeshClient
-from meshd.errors import AccessDenied, Overloaded
+from meshd.errors import AccessDenied, ModelNotFound, Overloaded
+from meshd.process import DaemonProcess
 from meshd.rpc import channels
 from meshd.security import pki
 from meshd.security.invite import InviteCode, decode_invite
@@ -252,3 +258,86 @@ def test_a_peer_outside_any_mesh_serves_only_its_socket(tmp_path: Path, start_pe
     assert oct(lone.node.socket.stat().st_mode & 0o777) == "0o600"
     with MeshClient(f"unix:{lone.node.socket}") as mesh:
         assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2
+
+
+class RawListener:
+    """A TCP listener that records every byte it receives and answers nothing: a forged peer."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received = bytearray()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                while block := conn.recv(65536):
+                    self.received += block
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_forged_peer_with_the_right_mesh_id_is_never_routed_to(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    a = founder(tmp_path, start_peer, models={})
+    assert a.node is not None
+    rogue = RawListener()
+    try:
+        # What discovery does with an announcement carrying this mesh's id.
+        a.call(_add_peer(a, rogue.address, "peer-rogue"))
+        eventually(lambda: rogue.connections >= 1)
+        time.sleep(3 * a.settings.heartbeat_interval)
+        assert a.node.table.live(time.monotonic()) == []
+        with MeshClient(f"unix:{a.node.socket}") as mesh, pytest.raises(ModelNotFound):
+            mesh.complete("tiny", "secret prompt", max_tokens=2)
+        assert b"secret prompt" not in rogue.received
+        assert rogue.received[:1] in (b"", b"\x16")  # nothing but TLS handshake records
+    finally:
+        rogue.close()
+
+
+async def _add_peer(node: NodeThread, address: str, peer_id: str) -> None:
+    assert node.node is not None
+    node.node.table.add(address, "mdns", peer_id)
+
+
+def test_socket_audit_only_the_unix_socket_and_the_tls_port(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    home = tmp_path / "audit"
+    Keyring(home).init_mesh("friends")
+    env = {"MESHD_INSECURE_DEV": "false", "MESHD_DISCOVERY": "false"}
+    with DaemonProcess(home, [f"tiny={tiny_model}"], env=env) as daemon:
+        assert daemon.proc is not None
+        process = psutil.Process(daemon.proc.pid)
+        port = int(daemon.address.rpartition(":")[2])
+        listening = [
+            c.laddr for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN
+        ]
+        # gRPC binds a dual-stack socket: 127.0.0.1 shows as its IPv4-mapped form.
+        assert [(a.ip.removeprefix("::ffff:"), a.port) for a in listening] == [("127.0.0.1", port)]
+        udp = [c for c in process.net_connections("udp")]
+        assert udp == []
+        unix = {c.laddr for c in process.net_connections("unix") if c.laddr}
+        socket_path = daemon.socket.removeprefix("unix:")
+        assert unix == {socket_path}
+        assert oct(os.stat(socket_path).st_mode & 0o777) == "0o600"
+        assert oct(home.stat().st_mode & 0o777) == "0o700"
+        assert oct((home / "tls" / "ca.key").stat().st_mode & 0o777) == "0o600"
+        assert oct((home / "tls" / "peer.key").stat().st_mode & 0o777) == "0o600"
+        with grpc.insecure_channel(daemon.address) as plaintext:  # the TCP port is TLS only
+            assert _refused(_every_method(plaintext)["Health"]) == grpc.StatusCode.UNAVAILABLE
