@@ -13,7 +13,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import ConfigError, PeerUnavailable
 
-from . import mesh, service, store, talk
+from . import doctor, mesh, service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
 
 app = typer.Typer(
@@ -129,6 +129,7 @@ app.command()(mesh.invite)
 app.command()(mesh.join)
 app.command()(mesh.revoke)
 app.command()(mesh.leave)
+app.command()(doctor.doctor)
 app.add_typer(service.app, name="service")
 
 

@@ -126,6 +126,8 @@ def human_until(unix: float) -> str:
     if unix <= 0:
         return "-"
     left = max(unix - time.time(), 0)
+    if left >= 2 * 86400:
+        return f"{left / 86400:.0f}d"
     if left >= 3600:
         return f"{left / 3600:.1f}h"
     return f"{int(left // 60)}m {int(left % 60):02d}s" if left >= 60 else f"{left:.0f}s"

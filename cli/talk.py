@@ -228,7 +228,7 @@ def status(
         return
     versions = sorted({p.info.version for p in seen.peers})
     skew = len(versions) > 1  # a version column only when the peers differ
-    columns = ["peer", "address", "state", "warm", "act/queue", "free mem", "rtt", "seen"]
+    columns = ["peer", "address", "state", "warm", "act/queue", "free mem", "rtt", "seen", "cert"]
     title = f"mesh {seen.mesh_id} · meshd {', '.join(versions)}"
     table = Table(title=title, box=box.SIMPLE_HEAD)
     for name in [*columns, *(["version"] if skew else [])]:
@@ -247,6 +247,7 @@ def status(
             human_bytes(info.memory_free),
             "-" if peer.local else f"{1000 * peer.rtt:.1f} ms",
             "now" if peer.local else human_ago(peer.last_seen),
+            human_until(info.certificate_expires) if info.certificate_expires else "none",
         ]
         table.add_row(*row, *([info.version] if skew else []))
     console.print(table)

@@ -62,6 +62,7 @@ class Mesh:
             collections.defaultdict(collections.Counter)
         )
         self.rng = random.Random()
+        self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -83,7 +84,16 @@ class Mesh:
         )
         free = max(self.engine.memory_budget - self.engine.memory_in_models(), 0)
         known = tuple(e.address for e in self.table.live(time.monotonic()))
-        return PeerInfo(self.peer_id, self.mesh_id, __version__, self.address, models, free, known)
+        return PeerInfo(
+            self.peer_id,
+            self.mesh_id,
+            __version__,
+            self.address,
+            models,
+            free,
+            known,
+            self.certificate_expires,
+        )
 
     def views(self) -> list[PeerView]:
         """This peer and every live peer, as the router sees them."""

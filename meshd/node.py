@@ -56,6 +56,9 @@ class Node:
         self.table.refused = self.trust.refuses_peer
         self.trust.on_revoked = lambda _: self.table.forget_refused()
         self.mesh = Mesh(self.engine, self.table, self.pool, self.peer_id, mesh_id, "")
+        certificate = self.keyring.certificate()
+        if certificate is not None:
+            self.mesh.certificate_expires = certificate.not_valid_after_utc.timestamp()
         self.membership = Membership(
             self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval, self.trust
         )

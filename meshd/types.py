@@ -120,6 +120,7 @@ class PeerStatus:
     memory_available: int
     memory_budget: int
     memory_models: int
+    clock: float = 0.0  # the peer's Unix time when it answered
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class PeerInfo:
     models: tuple[PeerModel, ...] = ()
     memory_free: int = 0
     known_addresses: tuple[str, ...] = ()
+    certificate_expires: float = 0.0  # Unix time; 0 outside a mesh
 
 
 @dataclass(frozen=True)

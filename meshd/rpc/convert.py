@@ -186,6 +186,7 @@ def status_to_pb(status: PeerStatus) -> pb.PeerStatusReply:
         memory_available_bytes=status.memory_available,
         memory_budget_bytes=status.memory_budget,
         memory_models_bytes=status.memory_models,
+        clock_unix=status.clock,
     )
 
 
@@ -202,6 +203,7 @@ def status_from_pb(m: pb.PeerStatusReply) -> PeerStatus:
         memory_available=m.memory_available_bytes,
         memory_budget=m.memory_budget_bytes,
         memory_models=m.memory_models_bytes,
+        clock=m.clock_unix,
     )
 
 
@@ -226,6 +228,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
         ],
         memory_free_bytes=info.memory_free,
         known_addresses=list(info.known_addresses),
+        certificate_expires_unix=info.certificate_expires,
     )
 
 
@@ -250,6 +253,7 @@ def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
         ),
         memory_free=m.memory_free_bytes,
         known_addresses=tuple(m.known_addresses),
+        certificate_expires=m.certificate_expires_unix,
     )
 
 

@@ -137,6 +137,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             memory_available=memory.available,
             memory_budget=self.engine.memory_budget,
             memory_models=self.engine.memory_in_models(),
+            clock=time.time(),
         )
 
 

@@ -37,7 +37,10 @@ def verified_ca(address: str, fingerprint: bytes) -> bytes:
     try:
         pem = channels.fetch_unverified_certificate(address)
     except (OSError, ValueError) as exc:
-        raise PeerUnavailable(f"cannot reach the inviter at {address} ({exc})") from None
+        raise PeerUnavailable(
+            f"cannot reach the inviter at {address} ({exc}); the inviter listens only while "
+            "a code is open: ask for a new code if this one was used or has expired"
+        ) from None
     if not hmac.compare_digest(pki.fingerprint(pki.load_cert(pem)), fingerprint):
         raise AccessDenied(
             f"{address} presented a certificate that does not match the invite code: "

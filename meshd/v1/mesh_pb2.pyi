@@ -488,6 +488,7 @@ class PeerStatusReply(_message.Message):
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _builtins.int
     MEMORY_BUDGET_BYTES_FIELD_NUMBER: _builtins.int
     MEMORY_MODELS_BYTES_FIELD_NUMBER: _builtins.int
+    CLOCK_UNIX_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     version: _builtins.str
     uptime_seconds: _builtins.float
@@ -495,6 +496,8 @@ class PeerStatusReply(_message.Message):
     memory_available_bytes: _builtins.int
     memory_budget_bytes: _builtins.int
     memory_models_bytes: _builtins.int
+    clock_unix: _builtins.float
+    """the peer's clock when it answered (for skew checks)"""
     @_builtins.property
     def load(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelLoad]: ...
     def __init__(
@@ -508,10 +511,11 @@ class PeerStatusReply(_message.Message):
         memory_available_bytes: _builtins.int = ...,
         memory_budget_bytes: _builtins.int = ...,
         memory_models_bytes: _builtins.int = ...,
+        clock_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["load", b"load", "memory_available_bytes", b"memory_available_bytes", "memory_budget_bytes", b"memory_budget_bytes", "memory_models_bytes", b"memory_models_bytes", "memory_total_bytes", b"memory_total_bytes", "peer_id", b"peer_id", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clock_unix", b"clock_unix", "load", b"load", "memory_available_bytes", b"memory_available_bytes", "memory_budget_bytes", b"memory_budget_bytes", "memory_models_bytes", b"memory_models_bytes", "memory_total_bytes", b"memory_total_bytes", "peer_id", b"peer_id", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -647,6 +651,7 @@ class PeerInfo(_message.Message):
     MODELS_FIELD_NUMBER: _builtins.int
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
     KNOWN_ADDRESSES_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_EXPIRES_UNIX_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
     version: _builtins.str
@@ -654,6 +659,8 @@ class PeerInfo(_message.Message):
     """where other peers reach it"""
     memory_free_bytes: _builtins.int
     """budget left for models"""
+    certificate_expires_unix: _builtins.float
+    """its mesh certificate's end; 0 outside a mesh"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerModel]: ...
     @_builtins.property
@@ -670,10 +677,11 @@ class PeerInfo(_message.Message):
         models: _abc.Iterable[Global___PeerModel] | None = ...,
         memory_free_bytes: _builtins.int = ...,
         known_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        certificate_expires_unix: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,195 @@
+"""`meshd doctor`: each check says what it saw and, when it fails, the one thing to do.
+
+Checks read local state and talk only to this peer's daemon and to the peers it already
+knows; nothing is sent to any other address.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import psutil
+
+from meshd import service
+from meshd.client import MeshClient
+from meshd.config import Settings
+from meshd.daemonfile import running_daemon
+from meshd.errors import InvalidModelFile, MeshdError
+from meshd.security.keyring import Keyring, TlsCredentials
+from meshd.store import ModelStore
+from meshd.types import MeshStatus
+
+Outcome = Literal["ok", "warn", "fail", "skip"]
+CERT_WARN_DAYS = 30
+MAX_SKEW_S = 60.0  # certificates allow 5 minutes; complain well before that
+MIN_FREE_BYTES = 1 << 30
+PEER_TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report."""
+
+    name: str
+    outcome: Outcome
+    detail: str
+    fix: str = ""
+
+
+def run_checks(settings: Settings) -> list[Check]:
+    """Every check, in the order a person would fix them."""
+    keyring = Keyring(settings.home)
+    record = running_daemon(settings.home)
+    checks = [_identity(keyring), _certificate(keyring), _service(settings)]
+    daemon_check, mesh = _daemon(record)
+    checks += [daemon_check, _listening(settings, keyring, record), _multicast(settings)]
+    checks += _peers(keyring, mesh)
+    checks += [_store(settings), _memory(), _local_network_permission()]
+    return checks
+
+
+def _identity(keyring: Keyring) -> Check:
+    ca = keyring.ca()
+    if ca is None:
+        fix = "run `meshd init --name NAME` on the first peer, `meshd join CODE` on the others"
+        return Check("mesh identity", "fail", "this peer belongs to no mesh", fix)
+    role = "founder (holds the mesh CA)" if keyring.is_founder() else "member"
+    return Check("mesh identity", "ok", f"{keyring.peer_id()}, {role}")
+
+
+def _certificate(keyring: Keyring) -> Check:
+    cert = keyring.certificate()
+    if cert is None:
+        return Check("certificate", "skip", "no certificate yet")
+    days = (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
+    fix = "ask the founder for a new invite, then `meshd leave` and `meshd join CODE`"
+    if days <= 0:
+        return Check("certificate", "fail", "expired: peers refuse this peer", fix)
+    if days < CERT_WARN_DAYS:
+        return Check("certificate", "warn", f"expires in {days:.0f} days", fix)
+    return Check("certificate", "ok", f"valid for {days:.0f} more days")
+
+
+def _service(settings: Settings) -> Check:
+    definition = service.service_file(settings.home)
+    if definition.path.exists():
+        return Check("service", "ok", f"{definition.kind}: {definition.path}")
+    fix = "run `meshd service install` so meshd starts at login"
+    return Check("service", "warn", f"no {definition.kind} service installed", fix)
+
+
+def _daemon(record: dict[str, str] | None) -> tuple[Check, MeshStatus | None]:
+    fix = "run `meshd service install` (or `meshd serve` in a terminal)"
+    if record is None:
+        return Check("daemon", "fail", "not running", fix), None
+    try:
+        with MeshClient(record["socket"], timeout=PEER_TIMEOUT_S) as local:
+            serving = local.health()
+            mesh = local.mesh_status()
+    except MeshdError as error:
+        return Check("daemon", "fail", f"pid {record['pid']} does not answer: {error}", fix), None
+    if not serving:
+        return Check("daemon", "fail", "running but not serving (starting or draining)", fix), mesh
+    return Check("daemon", "ok", f"pid {record['pid']}, serving on {record['socket']}"), mesh
+
+
+def _listening(settings: Settings, keyring: Keyring, record: dict[str, str] | None) -> Check:
+    address = (record or {}).get("address", "")
+    host = settings.listen.rpartition(":")[0]
+    if keyring.ca() is None:
+        if settings.insecure_dev and address:
+            fix = "join a mesh; --insecure-dev is for local experiments"
+            return Check("listening", "warn", f"{address} in plaintext (--insecure-dev)", fix)
+        return Check("listening", "ok", "only the local socket (no mesh yet)")
+    if record is not None and not address:
+        return Check("listening", "fail", "no TCP port", "restart the daemon")
+    if host.startswith("127.") or host in ("localhost", "::1", "[::1]"):
+        fix = 'set listen = "0.0.0.0:7070" in meshd.toml so friends can reach this peer'
+        return Check("listening", "warn", f"{settings.listen} is this machine only", fix)
+    return Check("listening", "ok", f"{address or settings.listen}, mutual TLS only")
+
+
+def _multicast(settings: Settings) -> Check:
+    if not settings.discovery:
+        return Check("mDNS", "skip", "discovery is off; static peers only")
+    up = [
+        name
+        for name, stats in psutil.net_if_stats().items()
+        if stats.isup and not name.startswith("lo") and _can_multicast(stats)
+    ]
+    if not up:
+        fix = "connect to the LAN (Wi-Fi or Ethernet), or list friends with peers = [...]"
+        return Check("mDNS", "fail", "no network interface that can multicast is up", fix)
+    return Check("mDNS", "ok", f"multicast on {', '.join(sorted(up)[:3])}")
+
+
+def _can_multicast(stats: object) -> bool:
+    flags = getattr(stats, "flags", None)  # psutil ≥ 5.9.3; older: assume it can
+    return flags is None or "multicast" in str(flags).split(",")
+
+
+def _peers(keyring: Keyring, mesh: MeshStatus | None) -> list[Check]:
+    if mesh is None:
+        return [Check("peers", "skip", "the daemon does not answer")]
+    others = [p for p in mesh.peers if not p.local]
+    if not others:
+        fix = "invite a friend (`meshd invite`), or check mDNS and the Local Network hint"
+        return [Check("peers", "warn", "no other peer known", fix)]
+    credentials = keyring.credentials()
+    return [_peer(p.info.peer_id, p.info.address, p.alive, credentials) for p in others]
+
+
+def _peer(peer_id: str, address: str, alive: bool, credentials: TlsCredentials | None) -> Check:
+    name = f"peer {peer_id}"
+    try:
+        asked = time.time()
+        with MeshClient(address, credentials=credentials, timeout=PEER_TIMEOUT_S) as peer:
+            clock = peer.status().clock
+        answered = time.time()
+    except MeshdError as error:
+        fix = "is it on and awake? same network? (`meshd doctor` on that machine)"
+        return Check(name, "fail", f"{address}: {error}", fix)
+    skew = clock - (asked + answered) / 2
+    if abs(skew) > MAX_SKEW_S:
+        fix = "turn on automatic date and time on both machines"
+        return Check(name, "fail", f"{address}: clocks differ by {skew:+.0f} s", fix)
+    state = "live" if alive else "answers TLS but misses heartbeats"
+    return Check(name, "ok" if alive else "warn", f"{address}: {state}, clock {skew:+.1f} s")
+
+
+def _store(settings: Settings) -> Check:
+    store = ModelStore(settings.home)
+    try:
+        models = store.models()
+        for model in models:
+            store.checked_path(model.name)  # present, right size; `models --verify` hashes
+    except InvalidModelFile as error:
+        return Check("store", "fail", str(error), "run `meshd pull` for that model again")
+    return Check("store", "ok", f"{len(models)} model(s), files present")
+
+
+def _memory() -> Check:
+    memory = psutil.virtual_memory()
+    detail = f"{memory.available / 2**30:.1f} GiB of {memory.total / 2**30:.1f} GiB available"
+    if memory.available < MIN_FREE_BYTES:
+        fix = "close other apps, or lower memory_budget in meshd.toml"
+        return Check("memory", "warn", detail, fix)
+    return Check("memory", "ok", detail)
+
+
+def _local_network_permission(platform: str = sys.platform) -> Check:
+    if platform != "darwin":
+        return Check("Local Network (macOS)", "skip", "not macOS")
+    fix = (
+        "if peers never appear: System Settings → Privacy & Security → Local Network, "
+        "allow the app running meshd (Terminal or python)"
+    )
+    return Check("Local Network (macOS)", "warn", "macOS asks once; a denial hides the LAN", fix)
+
+
+def failed(checks: list[Check]) -> bool:
+    """True when any check failed."""
+    return any(c.outcome == "fail" for c in checks)
