@@ -183,7 +183,7 @@ class Node:
             return
         self.discovery = Discovery(
             self.peer_id,
-            self.settings.mesh_id,
+            self.mesh.mesh_id,
             host,
             self.port,
             describe,
