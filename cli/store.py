@@ -18,6 +18,7 @@ from meshd.config import load_settings
 from meshd.engine.engine import default_memory_budget
 from meshd.pull import PullResult, open_source
 from meshd.pull import pull as pull_model
+from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
 
 from .common import HomeOption, JsonOption, console, err_console, errors_as_exit, print_json
@@ -52,7 +53,7 @@ def pull(
     with errors_as_exit():
         settings = load_settings(home)
         store = ModelStore(settings.home)
-        origin = open_source(source, from_peer)
+        origin = open_source(source, from_peer, Keyring(settings.home).credentials())
         budget = settings.memory_budget or default_memory_budget()
         bar = _progress_bar()
         task = bar.add_task(f"pull {name or origin.default_name()}", total=None)

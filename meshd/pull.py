@@ -23,6 +23,7 @@ from meshd import errors
 from meshd.fsutil import fsync_file
 from meshd.rpc import channels
 from meshd.rpc.status import error_from_rpc
+from meshd.security.keyring import TlsCredentials
 from meshd.store import ModelStore, StoredModel, parse_digest, parse_name, sha256_file
 from meshd.v1 import mesh_pb2 as pb
 
@@ -162,8 +163,15 @@ class HttpSource:
 class PeerSource:
     """A model in a friend's peer store, fetched over gRPC (FetchModel)."""
 
-    def __init__(self, address: str, wanted: str, timeout: float = STALL_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        address: str,
+        wanted: str,
+        timeout: float = STALL_TIMEOUT_S,
+        credentials: TlsCredentials | None = None,
+    ) -> None:
         self.address, self.wanted, self.timeout = address, wanted, timeout
+        self.credentials = credentials  # this peer's mesh certificate: FetchModel is peer-only
         self.label = f"peer {address}"
         self._probe: Probe | None = None
 
@@ -173,7 +181,7 @@ class PeerSource:
             request.digest = parse_digest(self.wanted)
         else:
             request.name = parse_name(self.wanted)
-        channel = channels.open_channel(self.address, bulk=True)
+        channel = channels.open_channel(self.address, self.credentials, bulk=True)
         try:
             yield from channels.mesh_stub(channel).FetchModel(request)
         except grpc.RpcError as exc:
@@ -201,10 +209,12 @@ class PeerSource:
         return self.wanted if not self.wanted.startswith("sha256:") else "model"
 
 
-def open_source(source: str, from_peer: str | None = None) -> Source:
-    """The Source a `meshd pull` argument names."""
+def open_source(
+    source: str, from_peer: str | None = None, credentials: TlsCredentials | None = None
+) -> Source:
+    """The Source a `meshd pull` argument names; credentials are for pulling from a peer."""
     if from_peer:
-        return PeerSource(from_peer, source)
+        return PeerSource(from_peer, source, credentials=credentials)
     if source.startswith("hf://"):
         return HttpSource(hf_url(source))
     if source.startswith(("http://", "https://")):

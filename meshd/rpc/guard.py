@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import math
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ log = logging.getLogger("meshd.guard")
 PEER_ONLY = frozenset({"/meshd.v1.Mesh/FetchModel", "/meshd.v1.Mesh/Heartbeat"})
 LOCAL_ONLY_SERVICE = "/meshd.v1.Admin/"
 _CACHE_SIZE = 256
+_WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, revocations: Callable[[], RevocationList], allow_plaintext: bool) -> None:
         self.revocations, self.allow_plaintext = revocations, allow_plaintext
+        self._warned: dict[tuple[str, ...], float] = {}
 
     async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -84,6 +88,14 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return unary
 
+    def _warn(self, message: str, *args: object) -> None:
+        """Log a refusal once a minute per message and caller: a revoked peer retries forever."""
+        key = (message, *map(str, args[1:]))
+        now = time.monotonic()
+        if now - self._warned.get(key, -math.inf) >= _WARN_EVERY_S:
+            self._warned[key] = now
+            log.warning(message, *args)
+
     async def check(self, context: aio.ServicerContext[Any, Any], method: str) -> None:
         """Abort the call unless the caller may make it."""
         caller = self.identify(context.auth_context())
@@ -91,12 +103,12 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a mesh certificate is required")
             return
         if caller.serial and self.revocations().refuses(caller.serial, caller.name):
-            log.warning("refused %s from %s: its certificate is revoked", method, caller.name)
+            self._warn("refused %s from %s: its certificate is revoked", method, caller.name)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"the certificate of {caller.name} is revoked"
             )
         if not allowed(caller, method):
-            log.warning("refused %s from %s %s: not allowed", method, caller.kind, caller.name)
+            self._warn("refused %s from %s %s: not allowed", method, caller.kind, caller.name)
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{method} is not open to {caller.kind} {caller.name}".rstrip(),
@@ -111,6 +123,12 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
         if pem:
             return _caller_of(pem)
         return Caller("dev") if self.allow_plaintext and kind in (b"", b"insecure") else None
+
+
+def certified_caller(context: aio.ServicerContext[Any, Any]) -> Caller | None:
+    """The caller's mesh certificate as a Caller, or None (Unix socket, plaintext)."""
+    pem = b"".join(context.auth_context().get("x509_pem_cert", []))
+    return _caller_of(pem) if pem else None
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

@@ -14,9 +14,10 @@ import psutil
 from grpc import aio
 
 from meshd import __version__
-from meshd.errors import MeshdError
+from meshd.errors import AccessDenied, MeshdError
 from meshd.mesh import Mesh
 from meshd.rpc import convert
+from meshd.rpc.guard import certified_caller
 from meshd.rpc.status import status_of, trailers_of
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
@@ -87,6 +88,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.HeartbeatReply:
+        caller = certified_caller(context)
+        if caller is not None and caller.name != request.sender.peer_id:
+            await abort_with(context, AccessDenied(f"{caller.name} may only speak for itself"))
         self.trust.adopt(request.revocations)
         self.mesh.table.add(request.sender.address, "inbound")  # heartbeat it back
         return pb.HeartbeatReply(

@@ -51,7 +51,7 @@ def test_warm_models_and_health(daemon: DaemonProcess) -> None:
     health = meshd("health", "--json", home=daemon.home)
     assert health.returncode == 0
     assert json.loads(health.stdout) == {
-        "address": daemon.address,
+        "address": daemon.socket,  # the CLI reaches its own daemon over the Unix socket
         "serving": True,
         "warm": ["tiny"],
     }

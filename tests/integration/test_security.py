@@ -22,13 +22,15 @@ from grpc_health.v1 import health_pb2
 from helpers import eventually
 
 from meshd.client import MeshClient
-from meshd.errors import AccessDenied, ModelNotFound, Overloaded
+from meshd.errors import AccessDenied, ModelNotFound, Overloaded, PeerUnavailable
 from meshd.process import DaemonProcess
+from meshd.pull import LocalSource, PeerSource, pull
 from meshd.rpc import channels
 from meshd.security import pki
 from meshd.security.invite import InviteCode, decode_invite
 from meshd.security.join import join_mesh
 from meshd.security.keyring import Keyring, TlsCredentials, load_bundle
+from meshd.store import ModelStore
 from meshd.types import ModelState
 from meshd.v1 import access_pb2 as apb
 from meshd.v1 import mesh_pb2 as pb
@@ -341,3 +343,38 @@ def test_socket_audit_only_the_unix_socket_and_the_tls_port(
         assert oct((home / "tls" / "peer.key").stat().st_mode & 0o777) == "0o600"
         with grpc.insecure_channel(daemon.address) as plaintext:  # the TCP port is TLS only
             assert _refused(_every_method(plaintext)["Health"]) == grpc.StatusCode.UNAVAILABLE
+
+
+def test_model_files_go_only_to_peers_of_the_mesh(
+    tmp_path: Path, start_peer: Start, tiny_model: Path
+) -> None:
+    Keyring(tmp_path / "a").init_mesh("friends")
+    pull(ModelStore(tmp_path / "a"), LocalSource(tiny_model), name="tiny")
+    a = start_peer("a", models={})
+    join_mesh(tmp_path / "b", invite_code(a))
+    peer = credentials_of(tmp_path / "b")
+    got = pull(ModelStore(tmp_path / "b"), PeerSource(a.address, "tiny", credentials=peer))
+    assert got.model.size == ModelStore(tmp_path / "a").get("tiny").size
+    bundle = tmp_path / "app.json"
+    bundle.write_bytes(Keyring(tmp_path / "a").client_bundle("myapp", [a.address]))
+    app, _ = load_bundle(bundle)
+    with pytest.raises(AccessDenied, match="not open to client myapp"):
+        pull(ModelStore(tmp_path / "c"), PeerSource(a.address, "tiny", credentials=app))
+    with pytest.raises(PeerUnavailable):  # no certificate at all: the handshake fails
+        pull(ModelStore(tmp_path / "d"), PeerSource(a.address, "tiny"))
+    assert not any((tmp_path / "c" / "store" / "blobs").glob("*"))
+
+
+def test_a_peer_cannot_heartbeat_in_another_peers_name(tmp_path: Path, start_peer: Start) -> None:
+    a = founder(tmp_path, start_peer)
+    join_mesh(tmp_path / "b", invite_code(a))
+    sender = pb.PeerInfo(
+        peer_id=Keyring(tmp_path / "a").peer_id(), mesh_id="x", address="1.2.3.4:1"
+    )
+    with channels.open_channel(a.address, credentials_of(tmp_path / "b")) as channel:
+        stub = channels.mesh_stub(channel)
+        impersonation = pb.HeartbeatRequest(sender=sender)
+        assert _refused(lambda: stub.Heartbeat(impersonation)) == grpc.StatusCode.PERMISSION_DENIED
+        sender.peer_id = Keyring(tmp_path / "b").peer_id()
+        sender.address = ""  # its own name is fine
+        assert stub.Heartbeat(pb.HeartbeatRequest(sender=sender)).peer.peer_id
