@@ -12,7 +12,7 @@ import typer
 
 from meshd import service as service_files
 from meshd.config import MODEL_NAME, load_settings, parse_duration
-from meshd.daemonfile import running_daemon, running_daemon_address
+from meshd.daemonfile import running_daemon, running_daemon_address, stop_daemon
 from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
 from meshd.rpc import channels
@@ -24,7 +24,7 @@ from meshd.security.keyring import Keyring
 from meshd.v1 import access_pb2 as apb
 from meshd.v1.access_pb2_grpc import AdminStub
 
-from .common import HomeOption, console, err_console, errors_as_exit, local_socket
+from .common import HomeOption, console, errors_as_exit, local_socket
 
 Reply = TypeVar("Reply")
 
@@ -142,8 +142,7 @@ def leave(
             raise typer.Exit(1)
         if service_files.installed(settings.home):
             service_files.uninstall(settings.home)
-        if running_daemon(settings.home) is not None:
-            err_console.print("a daemon still runs from this home: stop it, it has no mesh now")
+        stop_daemon(settings.home, settings.drain_seconds + 5)
         keyring.forget()
     console.print("left the mesh; models and settings are kept")
 

@@ -46,6 +46,11 @@ DEFAULT_TIMEOUT_S = 30.0  # unary calls
 GENERATE_TIMEOUT_S = 600.0  # a whole streamed completion, cold load included
 DEFAULT_LEASE_S = 300.0
 
+PLAINTEXT_HINT = (
+    "a peer in a mesh accepts TCP only with mutual TLS: use MeshClient.from_bundle(...) or "
+    "the daemon's unix: socket"
+)
+
 Messages = Iterable[ChatMessage | Mapping[str, str]]
 
 
@@ -98,7 +103,8 @@ def _join(chunks: Iterable[Chunk]) -> Completion:
 class _Addresses:
     """The peers a client may use, the one that answered last first."""
 
-    def __init__(self, address: str | Sequence[str]) -> None:
+    def __init__(self, address: str | Sequence[str], tls: bool) -> None:
+        self.tls = tls
         self.addresses = [address] if isinstance(address, str) else list(address)
         if not self.addresses:
             raise ValueError("MeshClient needs at least one address")
@@ -117,6 +123,9 @@ class _Addresses:
     def failed(self, error: MeshdError, index: int, remaining: int) -> None:
         """Re-raise unless the peer is unreachable and another one is left to try."""
         if not isinstance(error, PeerUnavailable) or remaining == 0:
+            tcp = not self.addresses[index].startswith("unix:")
+            if isinstance(error, PeerUnavailable) and tcp and not self.tls:
+                raise PeerUnavailable(f"{error}; {PLAINTEXT_HINT}") from None
             raise error
 
 
@@ -131,7 +140,7 @@ class MeshClient(_Addresses):
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
-        super().__init__(address)
+        super().__init__(address, tls=credentials is not None)
         self.timeout, self.generate_timeout = timeout, generate_timeout
         self._channels = [channels.open_channel(a, credentials) for a in self.addresses]
         self._mesh = [channels.mesh_stub(c) for c in self._channels]
@@ -259,7 +268,7 @@ class AsyncMeshClient(_Addresses):
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
     ) -> None:
-        super().__init__(address)
+        super().__init__(address, tls=credentials is not None)
         self.timeout, self.generate_timeout = timeout, generate_timeout
         self._channels = [channels.open_aio_channel(a, credentials) for a in self.addresses]
         self._mesh = [channels.aio_mesh_stub(c) for c in self._channels]

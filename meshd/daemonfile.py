@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
+import psutil
+
+from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
 
 DAEMON_FILE = "daemon.json"
@@ -31,6 +35,26 @@ def running_daemon(home: Path) -> dict[str, str] | None:
         return {key: str(value) for key, value in record.items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def stop_daemon(home: Path, timeout: float) -> bool:
+    """SIGTERM the daemon of home and wait for it to drain; False if none was running."""
+    record = running_daemon(home)
+    if record is None:
+        return False
+    pid = int(record["pid"])
+    deadline = time.monotonic() + timeout
+    try:
+        process = psutil.Process(pid)
+        process.terminate()
+        # A zombie has exited; only its parent (launchd, a shell, a test) has yet to reap it.
+        while process.status() != psutil.STATUS_ZOMBIE:
+            if time.monotonic() > deadline:
+                raise ConfigError(f"the daemon (pid {pid}) did not stop within {timeout:.0f}s")
+            time.sleep(0.05)
+    except psutil.NoSuchProcess:
+        pass
+    return True
 
 
 def running_daemon_address(home: Path) -> str | None:

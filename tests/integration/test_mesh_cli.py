@@ -77,8 +77,9 @@ def test_found_invite_join_revoke_and_leave(tmp_path: Path, tiny_model: Path) ->
             with MeshClient(a.address, credentials=Keyring(friend).credentials()) as mesh:
                 eventually(lambda: _refused(mesh), timeout=5)
             assert b.proc is not None and b.proc.poll() is None  # still running, just refused
-    left = meshd("leave", "--yes", home=friend)
-    assert left.returncode == 0 and not (friend / "tls").exists()
+            left = meshd("leave", "--yes", home=friend)
+            assert left.returncode == 0 and not (friend / "tls").exists()
+            assert b.proc.wait(10) == 0  # leave stopped the friend's daemon, cleanly
     assert meshd("leave", "--yes", home=friend).returncode == 1  # nothing left to leave
 
 
