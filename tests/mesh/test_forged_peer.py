@@ -1,6 +1,7 @@
-"""A forged mDNS announcement, on a real LAN of network namespaces: a host announces the
-founder's mesh id and a warm model, but holds no certificate from the mesh CA. The founder
-tries it (a TLS handshake), never routes to it, and sends it no prompt bytes."""
+"""A real LAN of network namespaces in one mesh with mutual TLS: a founder and a friend who
+joined by invite find each other over mDNS, while a third host that announces the mesh's id
+and a warm model, but holds no certificate from the mesh CA, is tried (a TLS handshake), never
+routed to, and sent no prompt bytes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import eventually
+from helpers import eventually, meshd
 from netns import Hosts, unavailable_reason
 
 from meshd.client import MeshClient
@@ -64,12 +65,19 @@ asyncio.run(main())
 
 @pytest.fixture
 def hosts() -> Iterator[Hosts]:
-    rig = Hosts(2)
+    rig = Hosts(3)
     yield rig
     rig.close()
 
 
-def test_a_forged_announcement_is_never_routed_to(hosts: Hosts, tmp_path: Path) -> None:
+def _peers_seen(socket: str) -> dict[str, bool]:
+    with MeshClient(socket) as mesh:
+        return {p.info.peer_id: p.alive for p in mesh.mesh_status().peers if not p.local}
+
+
+def test_joined_peers_find_each_other_and_a_forged_one_gets_nothing(
+    hosts: Hosts, tmp_path: Path
+) -> None:
     home = tmp_path / "founder"
     ca = Keyring(home).init_mesh("friends")
     report = tmp_path / "rogue.json"
@@ -84,15 +92,42 @@ def test_a_forged_announcement_is_never_routed_to(hosts: Hosts, tmp_path: Path) 
             str(report),
         ]
     )
+    env = {"MESHD_DISCOVERY": "true", "MESHD_INSECURE_DEV": "false"}
+    # Nobody has the model: only the forged peer claims it.
     founder = DaemonProcess(
-        home,
-        [],  # the founder has no model: only the forged peer claims one
-        listen=f"{hosts.ips[0]}:{PORT}",
-        env={"MESHD_DISCOVERY": "true", "MESHD_INSECURE_DEV": "false"},
-        prefix=hosts.prefix(0),
+        home, [], listen=f"{hosts.ips[0]}:{PORT}", env=env, prefix=hosts.prefix(0)
+    )
+    friend_home = tmp_path / "friend"
+    friend = DaemonProcess(
+        friend_home, [], listen=f"{hosts.ips[2]}:{PORT}", env=env, prefix=hosts.prefix(2)
     )
     try:
         founder.start(timeout=60)
+        with MeshClient(founder.socket) as mesh:
+            assert mesh.health()
+        code = meshd("invite", home=home).stdout.split("meshd join ")[1].split()[0]
+        joined = subprocess.run(
+            [
+                *hosts.prefix(2),
+                sys.executable,
+                "-m",
+                "meshd.cli",
+                "join",
+                code,
+                "--no-service",
+                "--home",
+                str(friend_home),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert joined.returncode == 0, joined.stderr
+        (friend_home / "tls" / "mesh.json").unlink()  # no static link: mDNS must find the founder
+        friend.start(timeout=60)
+        founder_id, friend_id = Keyring(home).peer_id(), Keyring(friend_home).peer_id()
+        eventually(lambda: _peers_seen(founder.socket) == {friend_id: True}, timeout=20)
+        eventually(lambda: _peers_seen(friend.socket) == {founder_id: True}, timeout=20)
 
         def tried() -> bool:
             return (
@@ -101,14 +136,14 @@ def test_a_forged_announcement_is_never_routed_to(hosts: Hosts, tmp_path: Path) 
 
         eventually(tried, timeout=20)  # the announcement was heard and a handshake attempted
         time.sleep(2)
-        with MeshClient(founder.socket) as mesh:
-            assert [p.info.peer_id for p in mesh.mesh_status().peers if not p.local] == []
-            with pytest.raises(ModelNotFound):
-                mesh.complete("tiny", "secret prompt", max_tokens=2)
+        assert _peers_seen(founder.socket) == {friend_id: True}
+        with MeshClient(founder.socket) as mesh, pytest.raises(ModelNotFound):
+            mesh.complete("tiny", "secret prompt", max_tokens=2)
         time.sleep(0.5)
         seen = json.loads(report.read_text())
         assert not seen["secret"] and seen["only_tls"], seen
     finally:
+        friend.stop()
         founder.stop()
         rogue.kill()
         rogue.wait()
