@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +84,20 @@ def write_json(name: str, record: dict[str, Any]) -> Path:
 def verdict(ok: bool) -> str:
     """A goal cell."""
     return "[green]met[/]" if ok else "[red]missed[/]"
+
+
+def alternate(
+    a: Callable[[], float], b: Callable[[], float], rounds: int, pause: float = 0.05
+) -> tuple[list[float], list[float]]:
+    """Run a and b in turns, swapping who goes first each round.
+
+    A short pause before each call lets the other side's llama.cpp threads stop polling for
+    work, so neither side is measured while the other still holds the cores.
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    for i in range(rounds):
+        for fn, out in ((b, ys), (a, xs)) if i % 2 else ((a, xs), (b, ys)):
+            time.sleep(pause)
+            out.append(fn())
+    return xs, ys

@@ -20,14 +20,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import bench_model, console, percentile, print_table, write_json
+from common import alternate, bench_model, console, percentile, print_table, write_json
 
 from meshd.client import MeshClient
 from meshd.process import DaemonProcess
 from meshd.security.keyring import Keyring
 
 MODEL = "gemma3-270m"
-PAUSE_S = 0.02
 
 
 def first_token(mesh: MeshClient) -> float:
@@ -44,17 +43,6 @@ def first_call(open_client: Callable[[], MeshClient]) -> float:
     with open_client() as mesh:
         mesh.health()
     return time.perf_counter() - started
-
-
-def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:
-    """Interleave a and b (ABBA order), so drift on a shared machine hits both alike."""
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(rounds):
-        for fn, out in ((b, ys), (a, xs)) if i % 2 else ((a, xs), (b, ys)):
-            time.sleep(PAUSE_S)
-            out.append(fn())
-    return xs, ys
 
 
 def join_seconds(founder_home: Path, friend_home: Path) -> float:

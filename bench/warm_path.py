@@ -14,11 +14,11 @@ import asyncio
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from common import (
+    alternate,
     bench_model,
     console,
     drop_from_page_cache,
@@ -53,7 +53,6 @@ COUNTRIES = [
     "Mali",
 ]
 DECODE_PROMPT = "Once upon a time, in a small village by the sea,"
-PAUSE_S = 0.05
 
 
 def prompts(n: int) -> list[str]:
@@ -138,21 +137,6 @@ class ThroughMeshd:
             last = chunk
         assert last is not None
         return (last.tokens - first_tokens) / (time.perf_counter() - first_at)
-
-
-def alternate(a: Callable[[], float], b: Callable[[], float], rounds: int) -> tuple[list, list]:
-    """Run a and b in turns, swapping who goes first each round.
-
-    A short pause before each call lets the other side's llama.cpp threads stop polling for
-    work, so neither side is measured while the other still holds the cores.
-    """
-    xs: list[float] = []
-    ys: list[float] = []
-    for i in range(rounds):
-        for fn, out in ((b, ys), (a, xs)) if i % 2 else ((a, xs), (b, ys)):
-            time.sleep(PAUSE_S)
-            out.append(fn())
-    return xs, ys
 
 
 def overhead_section(path: Path, home: Path, args: argparse.Namespace, threads: int) -> dict:

@@ -103,11 +103,14 @@ def node_settings(home: Path, models: dict[str, Path], **flags: Any) -> Settings
 
 @pytest.fixture
 def start_node(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., NodeThread]]:
-    """Start in-process daemons: start_node(models={...}, **settings) -> NodeThread."""
+    """Start in-process daemons: start_node(models={...}, name=..., **settings) -> NodeThread;
+    the home is tmp_path/name (default node0, node1, ...)."""
     started: list[NodeThread] = []
 
-    def start(models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
-        home = tmp_path / f"node{len(started)}"
+    def start(
+        models: dict[str, Path] | None = None, name: str | None = None, **flags: Any
+    ) -> NodeThread:
+        home = tmp_path / (name or f"node{len(started)}")
         settings = node_settings(home, {"tiny": tiny_model} if models is None else models, **flags)
         node = NodeThread(settings).start()
         started.append(node)

@@ -10,14 +10,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
 import pytest
-from conftest import NodeThread, node_settings
+from conftest import NodeThread
 from grpc_health.v1 import health_pb2
 from helpers import eventually
 
@@ -39,20 +39,13 @@ Start = Callable[..., NodeThread]
 
 
 @pytest.fixture
-def start_peer(tmp_path: Path, tiny_model: Path) -> Iterator[Start]:
+def start_peer(start_node: Start) -> Start:
     """start_peer(name, models) -> a NodeThread serving mutual TLS from tmp_path/name."""
-    started: list[NodeThread] = []
 
     def start(name: str, models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
-        models = {"tiny": tiny_model} if models is None else models
-        settings = node_settings(tmp_path / name, models, insecure_dev=False, **flags)
-        node = NodeThread(settings).start()
-        started.append(node)
-        return node
+        return start_node(models, name=name, insecure_dev=False, **flags)
 
-    yield start
-    for node in started:
-        node.stop()
+    return start
 
 
 def admin(node: NodeThread) -> Any:
