@@ -98,11 +98,13 @@ class Mesh:
     def views(self) -> list[PeerView]:
         """This peer and every live peer, as the router sees them."""
         now = time.monotonic()
-        local = _view(self.local_info(), local=True, rtt=0.0, sent={})
+        local = _view(self.local_info(), self.address, local=True, rtt=0.0, sent={})
         return [
             local,
             *(
-                _view(e.info, local=False, rtt=e.rtt, sent=self.outstanding[e.info.peer_id])
+                _view(
+                    e.info, e.address, local=False, rtt=e.rtt, sent=self.outstanding[e.info.peer_id]
+                )
                 for e in self.table.live(now)
                 if e.info is not None
             ),
@@ -220,9 +222,12 @@ class Mesh:
         return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)
 
 
-def _view(info: PeerInfo, *, local: bool, rtt: float, sent: dict[str, int]) -> PeerView:
+def _view(
+    info: PeerInfo, address: str, *, local: bool, rtt: float, sent: dict[str, int]
+) -> PeerView:
     """The router's view of a peer: its last heartbeat, corrected by what this peer has sent
-    it since (a heartbeat is up to a second old; the requests forwarded meanwhile are not)."""
+    it since (a heartbeat is up to a second old; the requests forwarded meanwhile are not).
+    The address is the one its heartbeats answered at, which works whatever it advertises."""
     models = {
         m.name: ModelView(
             m.state is ModelState.WARM,
@@ -234,7 +239,7 @@ def _view(info: PeerInfo, *, local: bool, rtt: float, sent: dict[str, int]) -> P
         )
         for m in info.models
     }
-    return PeerView(info.peer_id, info.address, local, rtt, info.memory_free, models)
+    return PeerView(info.peer_id, address, local, rtt, info.memory_free, models)
 
 
 def _reasoned(chunk: Chunk, decision: Decision) -> Chunk:

@@ -120,7 +120,7 @@ class Node:
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
-        self.mesh.address = self.settings.advertise or self.address
+        self.mesh.address = self.settings.advertise or self._advertised_address()
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer, "static")
         self.membership.start()
@@ -128,6 +128,12 @@ class Node:
             await self._start_discovery()
         write_daemon_file(self.settings.home, self.address, self.peer_id, socket)  # last: up
         self._say_how_reachable()
+
+    def _advertised_address(self) -> str:
+        """What other peers should call this one: a wildcard listener names a LAN address."""
+        if not self.port:
+            return ""
+        return f"{lan_hosts(self.host)[0]}:{self.port}"
 
     def _prepare_home(self) -> None:
         """The home holds keys and the CLI socket: only this user may enter it."""

@@ -56,6 +56,17 @@ def test_a_request_is_served_by_the_peer_that_has_the_model(
         ), "forwarding changes nothing in the text"
 
 
+def test_forwarding_uses_the_address_a_peer_answered_at_not_what_it_advertises(
+    start_node: Callable, tiny_model: Path
+) -> None:
+    # A peer behind NAT, or one that advertises an address that does not route from here.
+    b = start_node(models={"b": tiny_model}, advertise="0.0.0.0:9", **FAST)
+    a = start_node(models={}, peers=[b.address], **FAST)
+    eventually(lambda: live_peers(a.address) == {b.node.peer_id})
+    with MeshClient(a.address) as mesh:
+        assert mesh.complete("b", "Hello", max_tokens=3).served_by == b.node.peer_id
+
+
 def test_warm_through_any_peer_warms_where_the_model_lives(
     start_node: Callable, tiny_model: Path
 ) -> None:
