@@ -41,6 +41,8 @@ def init(
     console.print(f"created mesh [bold]{name}[/] ({pki.mesh_id_of(ca)})")
     console.print(f"this peer: {keyring.peer_id()}", highlight=False)
     console.print(f"CA fingerprint: sha256:{pki.fingerprint(ca).hex()}", highlight=False)
+    if running_daemon(settings.home) is not None:
+        console.print("the daemon running from this home started outside the mesh: restart it")
     console.print("next: `meshd service install` (or `meshd serve`), then `meshd invite`")
 
 
@@ -105,6 +107,7 @@ def join(
         if no_service:
             console.print("start serving with `meshd service install` or `meshd serve`")
             return
+        stop_daemon(settings.home, settings.drain_seconds + 5)  # it started outside the mesh
         installed = service_files.install(settings.home)
     console.print(f"installed and started the {installed.kind} service: {installed.path}")
 
