@@ -15,10 +15,11 @@ Every call has a deadline; failures raise typed meshd.errors.MeshdError subclass
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -100,15 +101,38 @@ def _join(chunks: Iterable[Chunk]) -> Completion:
     )
 
 
-class _Addresses:
-    """The peers a client may use, the one that answered last first."""
+class _Addresses(abc.ABC):
+    """What both clients share: the peers they may use (the one that answered last first),
+    their credentials and deadlines."""
 
-    def __init__(self, address: str | Sequence[str], tls: bool) -> None:
-        self.tls = tls
+    def __init__(
+        self,
+        address: str | Sequence[str] = DEFAULT_ADDRESS,
+        *,
+        credentials: TlsCredentials | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        generate_timeout: float = GENERATE_TIMEOUT_S,
+    ) -> None:
+        self.credentials = credentials
+        self.timeout, self.generate_timeout = timeout, generate_timeout
         self.addresses = [address] if isinstance(address, str) else list(address)
         if not self.addresses:
             raise ValueError("MeshClient needs at least one address")
         self.current = 0
+        self._connect()
+
+    @abc.abstractmethod
+    def _connect(self) -> None:
+        """Open a channel and stubs per address."""
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, address: str | Sequence[str] | None = None, **options: Any
+    ) -> Self:
+        """A client with the app credentials of `meshd invite --client` (mutual TLS), for the
+        bundle's addresses unless others are given."""
+        credentials, addresses = load_bundle(Path(path))
+        return cls(address or addresses, credentials=credentials, **options)
 
     @property
     def address(self) -> str:
@@ -124,7 +148,7 @@ class _Addresses:
         """Re-raise unless the peer is unreachable and another one is left to try."""
         if not isinstance(error, PeerUnavailable) or remaining == 0:
             tcp = not self.addresses[index].startswith("unix:")
-            if isinstance(error, PeerUnavailable) and tcp and not self.tls:
+            if isinstance(error, PeerUnavailable) and tcp and self.credentials is None:
                 raise PeerUnavailable(f"{error}; {PLAINTEXT_HINT}") from None
             raise error
 
@@ -132,28 +156,10 @@ class _Addresses:
 class MeshClient(_Addresses):
     """A blocking client for a mesh: one peer's address, or several to fail over between."""
 
-    def __init__(
-        self,
-        address: str | Sequence[str] = DEFAULT_ADDRESS,
-        *,
-        credentials: TlsCredentials | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        generate_timeout: float = GENERATE_TIMEOUT_S,
-    ) -> None:
-        super().__init__(address, tls=credentials is not None)
-        self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channels = [channels.open_channel(a, credentials) for a in self.addresses]
+    def _connect(self) -> None:
+        self._channels = [channels.open_channel(a, self.credentials) for a in self.addresses]
         self._mesh = [channels.mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
-
-    @classmethod
-    def from_bundle(
-        cls, path: str | Path, address: str | Sequence[str] | None = None, **options: Any
-    ) -> MeshClient:
-        """A client with the app credentials of `meshd invite --client` (mutual TLS), for the
-        bundle's addresses unless others are given."""
-        credentials, addresses = load_bundle(Path(path))
-        return cls(address or addresses, credentials=credentials, **options)
 
     def __enter__(self) -> MeshClient:
         return self
@@ -260,27 +266,10 @@ class MeshClient(_Addresses):
 class AsyncMeshClient(_Addresses):
     """The asyncio twin of MeshClient; create and use it inside a running loop."""
 
-    def __init__(
-        self,
-        address: str | Sequence[str] = DEFAULT_ADDRESS,
-        *,
-        credentials: TlsCredentials | None = None,
-        timeout: float = DEFAULT_TIMEOUT_S,
-        generate_timeout: float = GENERATE_TIMEOUT_S,
-    ) -> None:
-        super().__init__(address, tls=credentials is not None)
-        self.timeout, self.generate_timeout = timeout, generate_timeout
-        self._channels = [channels.open_aio_channel(a, credentials) for a in self.addresses]
+    def _connect(self) -> None:
+        self._channels = [channels.open_aio_channel(a, self.credentials) for a in self.addresses]
         self._mesh = [channels.aio_mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
-
-    @classmethod
-    def from_bundle(
-        cls, path: str | Path, address: str | Sequence[str] | None = None, **options: Any
-    ) -> AsyncMeshClient:
-        """A client with the app credentials of `meshd invite --client` (mutual TLS)."""
-        credentials, addresses = load_bundle(Path(path))
-        return cls(address or addresses, credentials=credentials, **options)
 
     async def __aenter__(self) -> AsyncMeshClient:
         return self
