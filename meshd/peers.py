@@ -168,7 +168,7 @@ class Membership:
     def _request(self) -> pb.HeartbeatRequest:
         return pb.HeartbeatRequest(
             sender=convert.peer_info_to_pb(self.local_info()),
-            revocations=self.trust.revocations.to_bytes(),
+            revocations=self.trust.revocations_wire,
         )
 
     async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:

@@ -95,7 +95,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         self.mesh.table.add(request.sender.address, "inbound")  # heartbeat it back
         return pb.HeartbeatReply(
             peer=convert.peer_info_to_pb(self.mesh.local_info()),
-            revocations=self.trust.revocations.to_bytes(),
+            revocations=self.trust.revocations_wire,
         )
 
     async def MeshStatus(

@@ -21,6 +21,7 @@ class Trust:
         self.keyring = keyring
         self.ca = keyring.ca()
         self.revocations = keyring.revocations() if self.ca else RevocationList()
+        self.revocations_wire = self.revocations.to_bytes()  # sent with every heartbeat
         self.invites = InviteBook()
         self.on_revoked: Callable[[RevocationList], None] | None = None
 
@@ -52,7 +53,7 @@ class Trust:
     def _install(self, revocations: RevocationList, saved: bool = False) -> None:
         if not saved:
             self.keyring.save_revocations(revocations)
-        self.revocations = revocations
+        self.revocations, self.revocations_wire = revocations, revocations.to_bytes()
         log.info("revocation list %d: %d revoked", revocations.number, len(revocations.revoked))
         if self.on_revoked is not None:
             self.on_revoked(revocations)
