@@ -40,7 +40,8 @@ def init(
         ca = keyring.init_mesh(name)
     console.print(f"created mesh [bold]{name}[/] ({pki.mesh_id_of(ca)})")
     console.print(f"this peer: {keyring.peer_id()}", highlight=False)
-    console.print(f"CA fingerprint: sha256:{pki.fingerprint(ca).hex()}", highlight=False)
+    fingerprint = pki.fingerprint(ca).hex()
+    console.print(f"CA fingerprint: sha256:{fingerprint}", highlight=False, soft_wrap=True)
     if running_daemon(settings.home) is not None:
         console.print("the daemon running from this home started outside the mesh: restart it")
     console.print("next: `meshd service install` (or `meshd serve`), then `meshd invite`")
@@ -69,25 +70,18 @@ def invite(
 
 
 def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: Path | None) -> None:
-    if not name or not pki_name_ok(name):
+    if not name or not MODEL_NAME.match(name):
         raise ConfigError("--client needs --name: letters, digits, '.', '_' or '-'")
-    settings = load_settings(home)
-    keyring = Keyring(settings.home)
-    running = running_daemon_address(settings.home)
-    host, _, port = (running or settings.listen).rpartition(":")
-    addresses = [f"{h}:{port}" for h in (hosts or lan_hosts(host))]
-    bundle = keyring.client_bundle(name, addresses)
     path = out or Path(f"{name}.meshd.json")
     if path.exists():
         raise ConfigError(f"{path} exists; pick another --out")
-    atomic_write_bytes(path, bundle, 0o600)
+    settings = load_settings(home)
+    running = running_daemon_address(settings.home)
+    host, _, port = (running or settings.listen).rpartition(":")
+    addresses = [f"{h}:{port}" for h in (hosts or lan_hosts(host))]
+    atomic_write_bytes(path, Keyring(settings.home).client_bundle(name, addresses), 0o600)
     console.print(f"wrote {path} (0600: it holds the app's private key)", highlight=False)
     console.print(f'in the app: MeshClient.from_bundle("{path.name}")', highlight=False)
-
-
-def pki_name_ok(name: str) -> bool:
-    """An app name: like a model name."""
-    return bool(MODEL_NAME.match(name))
 
 
 def join(

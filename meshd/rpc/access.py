@@ -45,7 +45,7 @@ class JoinServicer(access_pb2_grpc.JoinServicer):
             certificate=cert,
             ca_certificate=pki.cert_pem(self.trust.ca),
             addresses=self.addresses(),
-            revocations=self.trust.revocations.to_bytes(),
+            revocations=self.trust.revocations_wire,
         )
 
 
