@@ -56,7 +56,9 @@ def serve(
     max_queue: int | None = typer.Option(None, help="Queued requests per model [default: 8]."),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read weights into RAM, not mmap."),
     peer: list[str] = typer.Option([], "--peer", help="Static peer host:port; repeat."),
-    mesh_id: str | None = typer.Option(None, help="Join only peers of this mesh [default]."),
+    mesh_id: str | None = typer.Option(
+        None, help="With --insecure-dev: peers of this mesh only (a real mesh: from its CA)."
+    ),
     advertise: str | None = typer.Option(None, help="host:port other peers use for this one."),
     no_discovery: bool = typer.Option(False, "--no-discovery", help="No mDNS on the LAN."),
     insecure_dev: bool = typer.Option(
