@@ -62,7 +62,10 @@ def invite(
         if client:
             _client_bundle(name, out, address, home)
             return
-        request = apb.CreateInviteRequest(ttl_seconds=parse_duration(ttl), addresses=address)
+        seconds = parse_duration(ttl)
+        if seconds <= 0:
+            raise ConfigError("--ttl must be longer than 0 (try 10m or 1h)")
+        request = apb.CreateInviteRequest(ttl_seconds=seconds, addresses=address)
         reply = _admin(home, lambda stub: stub.CreateInvite(request, timeout=10))
     expires = dt.datetime.fromtimestamp(reply.expires_unix).strftime("%H:%M")
     console.print(f"on your friend's machine, before {expires} (works once):\n")

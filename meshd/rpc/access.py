@@ -16,7 +16,7 @@ from grpc import aio
 from meshd.errors import AccessDenied, ConfigError, InvalidRequest, MeshdError, Overloaded
 from meshd.rpc.servicer import abort_with
 from meshd.security import pki
-from meshd.security.invite import DEFAULT_TTL_S, InviteCode
+from meshd.security.invite import DEFAULT_TTL_S, InviteCode, check_host
 from meshd.security.trust import Trust
 from meshd.v1 import access_pb2 as apb
 from meshd.v1 import access_pb2_grpc
@@ -113,12 +113,13 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
             if not self.trust.keyring.is_founder() or self.trust.ca is None:
                 raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
             ttl = request.ttl_seconds or DEFAULT_TTL_S
+            hosts = [check_host(host) for host in request.addresses]
             secret = self.trust.invites.create(ttl)
             port = await self.desk.open()
         except MeshdError as error:
             await abort_with(context, error)
             raise
-        hosts = list(request.addresses) or lan_hosts(self.desk.host)
+        hosts = hosts or lan_hosts(self.desk.host)
         code = InviteCode(
             tuple(f"{h}:{port}" for h in hosts), pki.fingerprint(self.trust.ca), secret
         )

@@ -13,6 +13,7 @@ import collections
 import hashlib
 import hmac
 import ipaddress
+import re
 import secrets
 import struct
 import time
@@ -26,6 +27,8 @@ FINGERPRINT_BYTES = 32
 DEFAULT_TTL_S = 3600.0
 WRONG_SECRETS_PER_MINUTE = 5
 _PREFIX = "MESHD-"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
 
 @dataclass(frozen=True)
@@ -62,20 +65,46 @@ def decode_invite(code: str) -> InviteCode:
     return InviteCode(tuple(addresses), fingerprint, secret)
 
 
+def check_host(host: str) -> str:
+    """An IP address or a DNS name (a Tailscale or .local name) that fits in a code."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(host):
+        raise InvalidRequest(
+            f"not a host for an invite: {host!r} (an IP address or a DNS name, without a port)",
+            field="addresses",
+        )
+    return host
+
+
 def _pack_address(address: str) -> bytes:
     host, _, port = address.rpartition(":")
-    ip = ipaddress.ip_address(host.strip("[]"))
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:  # a DNS name: tag 0, its length, its ASCII
+        name = check_host(host).encode()
+        return bytes([0, len(name)]) + name + struct.pack(">H", int(port))
     return bytes([ip.version]) + ip.packed + struct.pack(">H", int(port))
 
 
 def _unpack_address(data: bytes) -> tuple[str, bytes]:
-    size = {4: 4, 6: 16}.get(data[0])
-    if size is None or len(data) < 1 + size + 2:
+    if data[0] == 0 and len(data) >= 2:  # a DNS name
+        size, start = data[1], 2
+    else:
+        size, start = {4: 4, 6: 16}.get(data[0], -1), 1
+    if size < 0 or len(data) < start + size + 2:
         raise InvalidRequest("the invite code is damaged (an address does not parse)")
-    ip = ipaddress.ip_address(data[1 : 1 + size])
-    (port,) = struct.unpack(">H", data[1 + size : 3 + size])
-    host = f"[{ip}]" if ip.version == 6 else str(ip)
-    return f"{host}:{port}", data[3 + size :]
+    raw = data[start : start + size]
+    (port,) = struct.unpack(">H", data[start + size : start + size + 2])
+    if start == 2:
+        host = raw.decode("ascii", "replace")
+    else:
+        ip = ipaddress.ip_address(raw)
+        host = f"[{ip}]" if ip.version == 6 else str(ip)
+    return f"{host}:{port}", data[start + size + 2 :]
 
 
 @dataclass

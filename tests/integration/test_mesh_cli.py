@@ -29,6 +29,9 @@ def test_found_invite_join_revoke_and_leave(tmp_path: Path, tiny_model: Path) ->
     assert meshd("init", "--name", "again", home=founder).returncode == 1
     assert "no meshd daemon is running" in meshd("invite", home=founder).stderr
     with _daemon(founder, f"tiny={tiny_model}") as a:
+        bad = meshd("invite", "--address", "10.0.0.5:7070", home=founder)
+        assert bad.returncode == 1 and "without a port" in bad.stderr
+        assert "longer than 0" in meshd("invite", "--ttl", "0", home=founder).stderr
         invited = meshd("invite", "--ttl", "10m", home=founder)
         code = re.search(r"MESHD-[A-Z0-9]+", invited.stdout)
         assert invited.returncode == 0 and code, invited.stdout

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshd.errors import ConfigError, InvalidRequest, Overloaded
 from meshd.rpc.guard import Caller, allowed
 from meshd.security import pki
-from meshd.security.invite import InviteBook, InviteCode, decode_invite
+from meshd.security.invite import InviteBook, InviteCode, check_host, decode_invite
 from meshd.security.keyring import Keyring
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
@@ -21,6 +21,8 @@ def test_an_invite_code_round_trips_and_fits_in_a_chat_message() -> None:
     code = InviteCode(("192.168.1.20:7071", "[fe80::1]:7071"), os.urandom(32), os.urandom(16))
     text = code.encode()
     assert text.startswith("MESHD-") and len(text) < 140
+    named = InviteCode(("mini.tail1234.ts.net:7071",), os.urandom(32), os.urandom(16))
+    assert decode_invite(named.encode()) == named
     assert decode_invite(text) == code
     assert decode_invite("  " + text.lower()[:40] + "\n" + text.lower()[40:]) == code
 
@@ -29,6 +31,12 @@ def test_an_invite_code_round_trips_and_fits_in_a_chat_message() -> None:
 def test_a_damaged_code_is_a_clear_error(text: str) -> None:
     with pytest.raises(InvalidRequest, match="invite code"):
         decode_invite(text)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5:7070", "bad_host", "-x", "", "a" * 64])
+def test_an_invite_names_a_host_without_a_port(host: str) -> None:
+    with pytest.raises(InvalidRequest, match="not a host for an invite"):
+        check_host(host)
 
 
 def test_a_secret_works_once_and_expires() -> None:
