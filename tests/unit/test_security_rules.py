@@ -15,6 +15,7 @@ from meshd.security import pki
 from meshd.security.invite import InviteBook, InviteCode, check_host, decode_invite
 from meshd.security.keyring import Keyring
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
+from meshd.security.trust import Trust
 
 
 def test_an_invite_code_round_trips_and_fits_in_a_chat_message() -> None:
@@ -136,3 +137,15 @@ def test_a_csr_for_another_curve_or_garbage_is_refused() -> None:
         pki.requested_key(b"garbage")
     key = pki.new_key()
     assert pki.requested_key(pki.make_request(key, "x")) == key.public_key()
+
+
+def test_a_revocation_made_offline_is_what_the_daemon_starts_with(tmp_path: Path) -> None:
+    ring = Keyring(tmp_path)
+    ring.init_mesh("friends")
+    ring.client_bundle("app", ["127.0.0.1:7070"])
+    listed, revoked = ring.revoke("app")
+    assert listed.number == 1 and [r.name for r in revoked] == ["app"]
+    trust = Trust(Keyring(tmp_path))  # what a daemon starting from this home loads
+    assert trust.revocations == listed and trust.revocations.refuses(revoked[0].serial)
+    with pytest.raises(ConfigError, match="no certificate was issued"):
+        ring.revoke("nobody")
