@@ -3,13 +3,16 @@
 Four ways a person's request can meet the model, each timed to the first token:
 a daemon that is not running yet, a running daemon whose model is not loaded, a warm model,
 and a model that the app warmed when the person opened it, a couple of seconds before asking.
+Then one answer streamed through a two-peer mesh with mutual TLS, as an app would show it.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +21,22 @@ from rich.table import Table
 from meshd.client import MeshClient
 from meshd.config import default_home
 from meshd.demo_model import DEMO_MODEL_NAME, demo_model_path
+from meshd.errors import PeerUnavailable
 from meshd.process import DaemonProcess
+from meshd.security.join import join_mesh
+from meshd.security.keyring import Keyring
+from meshd.types import MeshPeer
+from meshd.v1 import access_pb2 as apb
 
 from .common import console
+from .mesh import admin_call
 
 PROMPT = "The capital of France is"
 STORY_PROMPT = "Once upon a time, in a small village by the sea,"
 READING_TIME_S = 2.0  # the person reads the page before asking
 TIMING_TOKENS = 4
 WARM_REPEATS = 5
+MESH_ENV = {"MESHD_INSECURE_DEV": "false", "MESHD_DISCOVERY": "false"}  # loopback only
 
 
 @dataclass(frozen=True)
@@ -90,19 +100,54 @@ def print_rows(rows: list[Row]) -> None:
 
 
 def stream_answer(home: Path, model_path: Path, max_tokens: int) -> None:
-    """Stream one answer from a warm daemon, as an app would show it."""
-    with _daemon(home, model_path, "answer") as daemon, MeshClient(daemon.address) as mesh:
-        mesh.warm(DEMO_MODEL_NAME, wait=True)
-        console.print(f"\n[bold]{STORY_PROMPT}[/]", end="")
-        last = None
-        for chunk in mesh.generate(
-            DEMO_MODEL_NAME, STORY_PROMPT, max_tokens=max_tokens, temperature=0.7, seed=7
-        ):
-            sys.stdout.write(chunk.text)
-            sys.stdout.flush()
-            last = chunk
-        if last is not None:
-            console.print(f"\n[dim]({last.tokens} tokens, served by {last.served_by})[/]")
+    """A two-peer mesh with mutual TLS: a founder with the model, a friend who joined by invite
+    without it. An app with its own credentials asks the friend; the founder serves."""
+    root = home / "mesh"
+    shutil.rmtree(root, ignore_errors=True)  # a new mesh each run
+    founder_home, friend_home = root / "founder", root / "friend"
+    Keyring(founder_home).init_mesh("demo")
+    spec = [f"{DEMO_MODEL_NAME}={model_path}"]
+    with DaemonProcess(founder_home, spec, env=MESH_ENV):
+        request = apb.CreateInviteRequest(ttl_seconds=60)
+        code = admin_call(founder_home, lambda stub: stub.CreateInvite(request)).code
+        join_mesh(friend_home, code)
+        with DaemonProcess(friend_home, [], env=MESH_ENV) as friend:
+            bundle = root / "app.meshd.json"
+            bundle.write_bytes(Keyring(founder_home).client_bundle("demo-app", [friend.address]))
+            with MeshClient.from_bundle(bundle) as app:
+                _wait_for(app, lambda p: p.alive, "the demo's two peers did not find each other")
+                app.warm(DEMO_MODEL_NAME, wait=True)  # on the founder: the friend has no file
+                _wait_for(app, _warm_there, "the friend did not hear that the model is warm")
+                _stream(app, max_tokens, friend.address)
+
+
+def _warm_there(peer: MeshPeer) -> bool:
+    return peer.alive and any(m.state == "warm" for m in peer.info.models)
+
+
+def _wait_for(mesh: MeshClient, holds: Callable[[MeshPeer], bool], failure: str) -> None:
+    """Until the asked peer sees another peer for which holds() is true (heartbeats: ~1 s)."""
+    deadline = time.monotonic() + 15.0
+    while not any(holds(p) for p in mesh.mesh_status().peers if not p.local):
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(failure)
+        time.sleep(0.1)
+
+
+def _stream(mesh: MeshClient, max_tokens: int, asked: str) -> None:
+    console.print(f"\n[bold]{STORY_PROMPT}[/]", end="")
+    last = None
+    for chunk in mesh.generate(
+        DEMO_MODEL_NAME, STORY_PROMPT, max_tokens=max_tokens, temperature=0.7, seed=7
+    ):
+        sys.stdout.write(chunk.text)
+        sys.stdout.flush()
+        last = chunk
+    if last is not None:
+        console.print(
+            f"\n[dim]({last.tokens} tokens; an app asked the friend's peer at {asked} over "
+            f"mutual TLS, which routed to {last.served_by}: {last.routing_reason})[/]"
+        )
 
 
 def run_demo(home: Path | None, max_tokens: int) -> None:

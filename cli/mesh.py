@@ -66,7 +66,7 @@ def invite(
         if seconds <= 0:
             raise ConfigError("--ttl must be longer than 0 (try 10m or 1h)")
         request = apb.CreateInviteRequest(ttl_seconds=seconds, addresses=address)
-        reply = _admin(home, lambda stub: stub.CreateInvite(request, timeout=10))
+        reply = admin_call(home, lambda stub: stub.CreateInvite(request, timeout=10))
     expires = dt.datetime.fromtimestamp(reply.expires_unix).strftime("%H:%M")
     console.print(f"on your friend's machine, before {expires} (works once):\n")
     console.print(f"    meshd join {reply.code}\n", highlight=False, soft_wrap=True)
@@ -121,7 +121,7 @@ def revoke(
             serials = [str(r.serial) for r in revoked]
         else:
             request = apb.RevokeRequest(name=name)
-            serials = list(_admin(home, lambda stub: stub.Revoke(request, timeout=10)).serials)
+            serials = list(admin_call(home, lambda stub: stub.Revoke(request, timeout=10)).serials)
     console.print(f"revoked {name} ({len(serials)} certificate(s)); peers refuse it within seconds")
 
 
@@ -147,7 +147,7 @@ def leave(
     console.print("left the mesh; models and settings are kept")
 
 
-def _admin(home: Path | None, call: Callable[[AdminStub], Reply]) -> Reply:
+def admin_call(home: Path | None, call: Callable[[AdminStub], Reply]) -> Reply:
     """Call the local daemon's Admin service over its Unix socket."""
     socket = local_socket(home)
     channel = channels.open_channel(socket)

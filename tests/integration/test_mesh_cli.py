@@ -8,7 +8,9 @@ import re
 import time
 from pathlib import Path
 
+import pytest
 from helpers import eventually, meshd
+from meshd.cli.demo import stream_answer
 
 from meshd.client import MeshClient
 from meshd.errors import MeshdError
@@ -93,3 +95,14 @@ def _refused(mesh: MeshClient) -> bool:
         return "revoked" in str(error)
     time.sleep(0.1)
     return False
+
+
+def test_the_demo_answers_through_a_two_peer_mutual_tls_mesh(
+    tmp_path: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stream_answer(tmp_path, tiny_model, max_tokens=4)
+    out = capsys.readouterr().out
+    assert "4 tokens" in out and "over mutual TLS" in out
+    founder_id = Keyring(tmp_path / "mesh" / "founder").peer_id()
+    assert f"routed to {founder_id}: warm on {founder_id}" in " ".join(out.split())
+    assert not list(tmp_path.glob("mesh/*/daemon.json")), "both daemons stopped"
