@@ -14,7 +14,7 @@ from rich.table import Table
 from meshd.config import load_settings, parse_duration
 from meshd.errors import InvalidModelFile
 from meshd.store import ModelStore
-from meshd.types import Chunk, MeshStatus
+from meshd.types import Chunk, MeshStatus, ModelInfo
 
 from .common import (
     AddrOption,
@@ -146,6 +146,7 @@ def models(
         "memory",
         "slots",
         "quant",
+        "runner",
         "warm for",
         "elsewhere",
         "note",
@@ -159,11 +160,18 @@ def models(
             human_bytes(m.memory_bytes),
             str(m.slots),
             m.quantization or "-",
+            _runner_cell(m),
             "pinned" if m.pinned else human_until(m.warm_until),
             ", ".join(elsewhere.get(m.name, [])) or "-",
             m.error,
         )
     console.print(table)
+
+
+def _runner_cell(m: ModelInfo) -> str:
+    """The runner's pid and resident memory, and how often it was started again."""
+    cell = f"pid {m.runner_pid}, {human_bytes(m.runner_rss)}" if m.runner_pid else "-"
+    return cell + (f", {m.restarts} restart{'s' * (m.restarts != 1)}" if m.restarts else "")
 
 
 def _elsewhere(seen: MeshStatus) -> dict[str, list[str]]:

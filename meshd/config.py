@@ -50,6 +50,8 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     drain_seconds: float = 10.0
     use_mmap: bool = True
+    # A model's runner that sends nothing for this long while serving a request is killed.
+    runner_stall_timeout: float = 60.0
     # The mesh.
     mesh_id: str = "default"
     peers: tuple[str, ...] = ()  # static peers, host:port (other houses, Tailscale)
@@ -186,6 +188,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_message_bytes": parse_size,
     "drain_seconds": parse_duration,
     "use_mmap": _boolean,
+    "runner_stall_timeout": parse_duration,
     "mesh_id": lambda v: _mesh_id(str(v)),
     "peers": lambda v: tuple(parse_listen(p) for p in _list(v)),
     "advertise": lambda v: parse_listen(str(v)) if str(v) else "",

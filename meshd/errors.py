@@ -43,6 +43,10 @@ class PeerUnavailable(MeshdError):
     """The peer cannot be reached, or stopped while answering."""
 
 
+class RunnerFailed(PeerUnavailable):
+    """The model's runner process died or hung while serving; the message says why."""
+
+
 class DeadlineExceeded(MeshdError):
     """The call's deadline passed before it finished."""
 

@@ -17,6 +17,7 @@ from typing import Any
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from meshd.errors import InvalidModelFile
+from meshd.ggufarch import check_architecture
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -24,6 +25,8 @@ MAX_ARRAY_DEPTH = 2
 MAX_KEY_BYTES = 64 * 1024
 MAX_DIMS = 4
 DEFAULT_ALIGNMENT = 32
+SHORT_ARRAY = 1024  # numeric arrays up to this long are kept (per-layer values); longer: length
+TOKENS_KEY = "tokenizer.ggml.tokens"
 # value type -> (struct format, size); 8 = string and 9 = array are variable.
 _SCALARS: dict[int, tuple[str, int]] = {
     0: ("<B", 1),
@@ -103,7 +106,8 @@ class _Cursor:
             raise InvalidModelFile(f"string at offset {self.pos - n} is not UTF-8") from None
 
     def value(self, vtype: int, depth: int = 0) -> Any:
-        """A metadata value; arrays come back as their length only."""
+        """A metadata value; a short numeric array comes back as a tuple, others as their
+        length only."""
         if vtype in _SCALARS:
             return self.unpack(*_SCALARS[vtype])
         if vtype == _STRING:
@@ -115,6 +119,11 @@ class _Cursor:
         item_type = int(self.unpack("<I", 4))
         width = _SCALARS[item_type][1] if item_type in _SCALARS else 8
         n = self.count("array length", width)
+        if item_type in _SCALARS and depth == 0 and n <= SHORT_ARRAY:
+            fmt = "<" + _SCALARS[item_type][0][1] * n
+            values = struct.unpack_from(fmt, self.buf, self.pos)
+            self.pos += n * width
+            return values
         if item_type in _SCALARS:
             self.pos += n * width
         elif item_type == _STRING:
@@ -123,6 +132,25 @@ class _Cursor:
             for _ in range(n):
                 self.value(item_type, depth + 1)
         return n
+
+    def first_repeated_string(self) -> str | None:
+        """Read a string array (its type and length first); the first string seen twice."""
+        if int(self.unpack("<I", 4)) != _STRING:
+            raise InvalidModelFile(f"{TOKENS_KEY} is not an array of strings")
+        n = self.count("array length", 8)
+        buf, pos, seen = self.buf, self.pos, set[bytes]()
+        for _ in range(n):
+            length = int(self.unpack("<Q", 8))
+            pos = self.pos
+            if length > self.remaining():
+                raise InvalidModelFile(f"truncated: string array runs past offset {pos}")
+            piece = bytes(buf[pos : pos + length])
+            self.pos += length
+            if piece in seen:
+                self.skip_strings(n - len(seen) - 1)
+                return piece.decode("utf-8", errors="replace")
+            seen.add(piece)
+        return None
 
     def skip_strings(self, n: int) -> None:
         """Step over n strings: a vocabulary holds hundreds of thousands, so this loop is tight."""
@@ -200,8 +228,11 @@ def _facts(meta: dict[str, Any], tensors: list[tuple[str, int, int, int]], size:
 
     def number(key: str, default: int = 0) -> int:
         value = meta.get(f"{arch}.{key}", default)
+        if isinstance(value, tuple) and value:  # per layer: size for the largest
+            value = max(value)
         return int(value) if isinstance(value, int | float) else default
 
+    check_architecture(meta, arch)
     embedding, heads = number("embedding_length"), number("attention.head_count", 1) or 1
     head_dim = embedding // heads if heads else 0
     return GGUFFacts(
@@ -251,7 +282,15 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFFacts:
     meta: dict[str, Any] = {}
     for _ in range(kv_count):
         key = cur.string(limit=MAX_KEY_BYTES)
-        meta[key] = cur.value(int(cur.unpack("<I", 4)))
+        vtype = int(cur.unpack("<I", 4))
+        if key == TOKENS_KEY and vtype == _ARRAY:
+            start = cur.pos
+            repeated = cur.first_repeated_string()
+            if repeated is not None:  # llama.cpp asserts every token string is unique
+                raise InvalidModelFile(f"token {repeated[:40]!r} appears twice in the vocabulary")
+            meta[key] = _U64.unpack_from(buf, start + 4)[0]
+            continue
+        meta[key] = cur.value(vtype)
     tensors = _read_tensors(cur, tensor_count)
     alignment = meta.get("general.alignment", DEFAULT_ALIGNMENT)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):

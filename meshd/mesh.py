@@ -80,7 +80,7 @@ class Mesh:
                 m.memory_bytes,
             )
             for m in self.engine.models()
-            if m.state is not ModelState.FAILED
+            if m.state is not ModelState.FAILED or self.engine.hosts[m.name].retryable
         )
         free = max(self.engine.memory_budget - self.engine.memory_in_models(), 0)
         known = tuple(e.address for e in self.table.live(time.monotonic()))

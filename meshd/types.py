@@ -95,6 +95,9 @@ class ModelInfo:
     context_length: int = 0
     error: str = ""
     digest: str = ""
+    runner_pid: int = 0  # the runner process holding the model, 0 when none runs
+    runner_rss: int = 0  # its resident bytes
+    restarts: int = 0  # runners started again after a failure or an unload
 
 
 @dataclass(frozen=True)

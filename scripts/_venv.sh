@@ -1,6 +1,6 @@
 # Shared by scripts/demo.sh and scripts/test.sh: make .venv and install meshd with an extra.
-# The first run compiles llama-cpp-python from source (about 5 minutes on 2 cores);
-# pip keeps the built wheel in its cache, so later runs take seconds.
+# The first run compiles llama-cpp-python from source (about 5-8 minutes on 2 cores) with
+# scripts/llama_build.py, which keeps the wheel in ~/.cache/meshd/wheels, so later runs take seconds.
 
 ensure_venv() {
   local extra="$1"
@@ -13,8 +13,10 @@ ensure_venv() {
     "$python" -m venv .venv
   fi
   .venv/bin/python -m pip install --quiet --upgrade pip
-  echo "installing meshd[$extra] into .venv (the first time builds llama-cpp-python: ~5 min)" >&2
+  # llama-cpp-python first, built for this CPU with flags that cannot trap (no AMX); the wheel
+  # is cached under a name that includes those flags, so later runs take seconds.
+  .venv/bin/python scripts/llama_build.py .venv
+  echo "installing meshd[$extra] into .venv" >&2
   # PYTHONWARNINGS: setuptools' notes about editable installs are not news to a user.
-  CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)}" \
-    PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[$extra]"
+  PYTHONWARNINGS=ignore .venv/bin/python -m pip install --quiet -e ".[$extra]"
 }

@@ -14,8 +14,8 @@ import psutil
 
 from meshd.config import Settings
 from meshd.engine.eviction import expired, plan_eviction
-from meshd.engine.generation import Job
 from meshd.engine.model import ModelHost, SlotOptions
+from meshd.engine.runnerproc import RunnerOptions
 from meshd.engine.validate import Limits, validate_request
 from meshd.errors import (
     ConfigError,
@@ -59,6 +59,7 @@ class Engine:
             batch=settings.batch,
             use_mmap=settings.use_mmap,
         )
+        self.runner_options = RunnerOptions(stall_timeout=settings.runner_stall_timeout)
         self.hosts = {spec.name: self._new_host(spec.name, spec.path) for spec in settings.models}
         self._store_seen = -1
         self._retired: list[ModelHost] = []  # out of the store, still loaded
@@ -91,7 +92,7 @@ class Engine:
         self._tasks.clear()
         self._reaper = None
         async with self._load_lock:
-            loaded = [h for h in [*self.hosts.values(), *self._retired] if h.slots]
+            loaded = [h for h in [*self.hosts.values(), *self._retired] if h.loaded]
             await asyncio.gather(*(h.unload() for h in loaded))
             self._retired.clear()
 
@@ -100,6 +101,7 @@ class Engine:
             name,
             path,
             self.options,
+            self.runner_options,
             pinned=name in self.settings.pins,
             max_queue=self.settings.max_queue,
             digest=digest,
@@ -131,7 +133,7 @@ class Engine:
 
     def _retire(self, host: ModelHost) -> None:
         """A model that left the store: the reaper unloads it once its requests finish."""
-        if host.slots:
+        if host.loaded:
             self._retired.append(host)
 
     # -- serving ---------------------------------------------------------------------------
@@ -151,7 +153,7 @@ class Engine:
         host = self.host(request.model)
         with host.admit():
             await self.ensure_warm(host)
-            async with contextlib.aclosing(host.stream(Job(request))) as chunks:
+            async with contextlib.aclosing(host.stream(request)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
@@ -161,6 +163,7 @@ class Engine:
         host = self.host(name)
         if host.state is ModelState.FAILED and host.facts is None:
             raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
+        host.forgive()  # asked for by name: a model given up on is tried again
         now = time.time()
         host.lease_until = max(host.lease_until, now + lease)
         host.last_used = max(host.last_used, now)
@@ -198,6 +201,7 @@ class Engine:
         async with self._load_lock:
             if host.state is ModelState.WARM:
                 return
+            host.check_retry()
             try:
                 if host.digest and self.store is not None:
                     await asyncio.to_thread(self.store.checked_path, host.name)
@@ -205,7 +209,7 @@ class Engine:
             except InvalidModelFile as exc:
                 raise ModelUnavailable(f"model {host.name!r} is unusable: {exc}") from None
             need = host.projected_memory()
-            others = [h for h in self.hosts.values() if h is not host and h.slots]
+            others = [h for h in self.hosts.values() if h is not host and h.loaded]
             victims = plan_eviction(
                 [h.resident(self.keep_alive) for h in others], need, self.memory_budget
             )
@@ -239,7 +243,7 @@ class Engine:
             for host in [h for h in self._retired if not h.busy]:
                 self._retired.remove(host)
                 await host.unload()
-            loaded = [h.resident(self.keep_alive) for h in self.hosts.values() if h.slots]
+            loaded = [h.resident(self.keep_alive) for h in self.hosts.values() if h.loaded]
             names = expired(loaded, time.time())
             for name in names:
                 await self.hosts[name].unload()
@@ -249,6 +253,15 @@ class Engine:
         while True:
             await asyncio.sleep(min(REAP_INTERVAL_S, max(self.keep_alive / 4, 0.05)))
             await self.reap()
+            self._rewarm_pins()
+
+    def _rewarm_pins(self) -> None:
+        """A pinned model whose runner failed is started again, as its backoff allows."""
+        for host in self.hosts.values():
+            if host.pinned and host.state is not ModelState.WARM and host.retryable:
+                loading = host.loading is not None and not host.loading.done()
+                if not loading and host.check_retry_quietly():
+                    self._loading_task(host)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -262,4 +275,4 @@ class Engine:
 
     def memory_in_models(self) -> int:
         """Bytes held by resident models."""
-        return sum(h.projected_memory() for h in self.hosts.values() if h.slots)
+        return sum(h.projected_memory() for h in self.hosts.values() if h.loaded)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
+import os
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from meshd.engine import failures
 from meshd.engine.eviction import Resident, warm_until
-from meshd.engine.generation import Job
-from meshd.engine.slot import Slot
-from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded
+from meshd.engine.failures import FailureRecord, FileStamp, Verdict
+from meshd.engine.runnerproc import RunnerOptions, RunnerProcess
+from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded, RunnerFailed
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
-from meshd.types import Chunk, ModelInfo, ModelLoad, ModelState
+from meshd.runner.protocol import LoadOptions
+from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState
 
 # Scratch a llama.cpp context needs beyond weights and KV cache, before it is measured.
 SLOT_OVERHEAD_BYTES = 16 * 2**20
@@ -37,50 +37,30 @@ class SlotOptions:
     use_mmap: bool
 
 
-def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
-    """Hand fn to the event loop from a worker thread; a closed loop has no one to tell."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn, *args)
-
-
-def _merge_backlog(
-    first: Chunk | BaseException, backlog: asyncio.Queue[Chunk | BaseException]
-) -> Chunk | BaseException:
-    """Fold chunks that piled up while the consumer was busy into one message.
-
-    A fast model outruns the network: sending one message per token then costs more than the
-    tokens. Nothing waits here, so a consumer that keeps up still gets every token at once.
-    """
-    merged = first
-    while isinstance(merged, Chunk) and merged.finish_reason is None and not backlog.empty():
-        following = backlog.get_nowait()
-        if isinstance(following, BaseException):
-            return following
-        merged = dataclasses.replace(following, text=merged.text + following.text)
-    return merged
-
-
 class ModelHost:
-    """Owns one model's slots; the Engine decides when it loads and unloads."""
+    """Owns one model's runner and the daemon's view of its slots; the Engine decides when it
+    loads and unloads. Slot numbers go out to requests through `free`."""
 
     def __init__(
         self,
         name: str,
         path: Path,
         options: SlotOptions,
+        runner_options: RunnerOptions,
         *,
         pinned: bool,
         max_queue: int,
         digest: str = "",
     ) -> None:
         self.name, self.path, self.options = name, path, options
+        self.runner_options = runner_options
         self.digest = digest  # set for models that live in the store
         self.pinned, self.max_queue = pinned, max_queue
         self.state = ModelState.COLD
         self.error = ""
         self.facts: GGUFFacts | None = None
-        self.slots: list[Slot] = []
-        self.free: asyncio.Queue[Slot] = asyncio.Queue()
+        self.runner: RunnerProcess | None = None
+        self.free: asyncio.Queue[int] = asyncio.Queue()
         self.inflight = 0
         self.last_used = 0.0
         self.lease_until = 0.0
@@ -88,6 +68,8 @@ class ModelHost:
         self.load_seconds: float | None = None
         self.service_times: deque[float] = deque(maxlen=32)
         self.loading: asyncio.Task[None] | None = None
+        self.failures = FailureRecord()
+        self.restarts = 0  # runners started after the first
 
     # -- facts and memory ------------------------------------------------------------------
 
@@ -98,7 +80,7 @@ class ModelHost:
         except InvalidModelFile as exc:
             self.state, self.error = ModelState.FAILED, str(exc)
             raise
-        if self.state is ModelState.FAILED:
+        if self.state is ModelState.FAILED and self.runner is None and not self.failures.failures:
             self.state, self.error = ModelState.COLD, ""
         return self.facts
 
@@ -123,53 +105,124 @@ class ModelHost:
         )
 
     @property
+    def loaded(self) -> bool:
+        """A runner holds the model (or is loading it)."""
+        return self.runner is not None
+
+    @property
     def busy(self) -> bool:
         return self.inflight > 0 or self.active > 0
 
     @property
     def active(self) -> int:
-        return len(self.slots) - self.free.qsize() if self.state is ModelState.WARM else 0
+        return self.options.count - self.free.qsize() if self.state is ModelState.WARM else 0
+
+    @property
+    def retryable(self) -> bool:
+        """Whether a request may still start this model here (it is not given up on)."""
+        if self.facts is None and self.state is ModelState.FAILED:
+            return False  # the file itself is refused until it changes
+        verdict, _ = failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
+        return verdict is not Verdict.GIVEN_UP
 
     def warm_until(self, keep_alive: float) -> float:
         return warm_until(self.last_used, keep_alive, self.lease_until, self.pinned)
 
+    def file_stamp(self) -> FileStamp | None:
+        """The file's size, mtime and inode: a failure recorded for one file is not another's."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_size, st.st_mtime_ns, st.st_ino
+
+    # -- failures --------------------------------------------------------------------------
+
+    def check_retry(self) -> None:
+        """Raise ModelUnavailable while a failed model must not be started again yet."""
+        if not self.failures.failures:
+            return
+        verdict, wait = failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
+        if verdict is Verdict.GIVEN_UP:
+            raise ModelUnavailable(
+                f"model {self.name!r} failed to load {self.failures.load_failures} times in a "
+                f"row and stays off until its file changes or `meshd warm {self.name}`: "
+                f"{self.error}"
+            )
+        if verdict is Verdict.WAIT:
+            raise ModelUnavailable(
+                f"model {self.name!r} failed ({self.error}); trying again in {wait:.1f} s"
+            )
+
+    def check_retry_quietly(self) -> bool:
+        """Whether the model may be started again now."""
+        try:
+            self.check_retry()
+        except ModelUnavailable:
+            return False
+        return True
+
+    def forgive(self) -> None:
+        """Someone asked for this model explicitly: try it again now, whatever failed before."""
+        self.failures = FailureRecord()
+
+    def _failed(self, reason: str, at_load: bool) -> None:
+        self.state, self.error = ModelState.FAILED, reason
+        self.failures = failures.after_failure(
+            self.failures, time.monotonic(), self.file_stamp(), at_load
+        )
+
     # -- load and unload (called by the Engine, one at a time) -----------------------------
 
     async def load(self) -> None:
-        """Build every slot on its own thread; the model is WARM when this returns."""
+        """Start a runner that loads every slot; the model is WARM when this returns."""
         self.state, self.error = ModelState.LOADING, ""
-        started, rss_before = time.monotonic(), psutil.Process().memory_info().rss
-        slots = [Slot(f"meshd-{self.name}-{i}") for i in range(self.options.count)]
         opts = self.options
+        runner = RunnerProcess(f"runner[{self.name}]", self.runner_options)
+        if self.load_seconds is not None or self.failures.failures:
+            self.restarts += 1
+        self.runner = runner
+        started = time.monotonic()
         try:
-            for slot in slots:  # one at a time: the first maps the file, the rest share it
-                await asyncio.wrap_future(
-                    slot.submit(
-                        slot.load,
-                        self.path,
-                        context=opts.context,
-                        threads=opts.threads,
-                        batch=opts.batch,
-                        use_mmap=opts.use_mmap,
-                    )
+            await runner.start(
+                LoadOptions(
+                    str(self.path), opts.count, opts.context, opts.threads, opts.batch,
+                    opts.use_mmap,
                 )
-        except Exception as exc:
-            await asyncio.gather(*(asyncio.to_thread(s.close) for s in slots))
-            self.state, self.error = ModelState.FAILED, f"llama.cpp could not load it: {exc}"
-            raise ModelUnavailable(f"model {self.name!r}: {self.error}") from exc
-        self.slots, self.free = slots, asyncio.Queue()
-        for slot in slots:
-            self.free.put_nowait(slot)
+            )  # fmt: skip
+        except (ModelUnavailable, asyncio.CancelledError) as exc:
+            self.runner = None
+            await runner.close()
+            if isinstance(exc, asyncio.CancelledError):
+                self.state = ModelState.COLD
+                raise
+            self._failed(str(exc), at_load=True)
+            raise ModelUnavailable(f"model {self.name!r}: {self.error}") from None
+        self.free = asyncio.Queue()
+        for index in range(opts.count):
+            self.free.put_nowait(index)
         self.load_seconds = time.monotonic() - started
-        measured = psutil.Process().memory_info().rss - rss_before
-        self.memory_bytes = max(measured, self.facts.file_size if self.facts else 0)
+        self.memory_bytes = max(runner.rss(), self.facts.file_size if self.facts else 0)
         self.last_used = time.time()
+        self.failures = failures.after_load(self.failures)
         self.state = ModelState.WARM
+        runner.ended.add_done_callback(lambda ended: self._runner_ended(runner, ended.result()))
+
+    def _runner_ended(self, runner: RunnerProcess, reason: str) -> None:
+        """The runner is gone: unless it was stopped on purpose, the model failed."""
+        if self.runner is not runner:
+            return
+        self.runner, self.free, self.memory_bytes = None, asyncio.Queue(), 0
+        if runner.closing:
+            self.state = ModelState.COLD if self.state is not ModelState.FAILED else self.state
+            return
+        self._failed(reason, at_load=False)
 
     async def unload(self) -> None:
-        """Free every slot; the model goes back to COLD."""
-        slots, self.slots, self.free = self.slots, [], asyncio.Queue()
-        await asyncio.gather(*(asyncio.to_thread(s.close) for s in slots))
+        """Stop the runner; the model goes back to COLD."""
+        runner, self.runner, self.free = self.runner, None, asyncio.Queue()
+        if runner is not None:
+            await runner.close()
         self.memory_bytes = 0
         if self.state is not ModelState.FAILED:
             self.state = ModelState.COLD
@@ -191,37 +244,43 @@ class ModelHost:
         finally:
             self.inflight -= 1
 
-    async def stream(self, job: Job) -> AsyncGenerator[Chunk, None]:
-        """Run job on the next free slot and yield its chunks; cancels the job on exit."""
-        slot = await self.free.get()
-        loop = asyncio.get_running_loop()
-        chunks: asyncio.Queue[Chunk | BaseException] = asyncio.Queue()
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """Run the request on the next free slot and yield its chunks; cancels it on exit."""
+        runner, slot = await self._take_slot()
         started = time.monotonic()
+        free = self.free
+        completed = False
 
-        def work() -> None:
-            try:
-                slot.run(job, lambda chunk: _post(loop, chunks.put_nowait, chunk))
-            except BaseException as exc:
-                _post(loop, chunks.put_nowait, exc)
+        def released() -> None:
+            self.service_times.append(time.monotonic() - started)
+            self.last_used = time.time()
+            if self.free is free:
+                free.put_nowait(slot)
 
-        future = slot.submit(work)
-        future.add_done_callback(lambda _: _post(loop, self._release, slot, started))
+        async with contextlib.aclosing(runner.stream(slot, request, released)) as chunks:
+            async for chunk in chunks:
+                completed = chunk.finish_reason is not None
+                yield chunk
+        if completed and not self.failures.load_failures:
+            self.failures = FailureRecord()  # a whole answer: the model works again
+
+    async def _take_slot(self) -> tuple[RunnerProcess, int]:
+        """The next free slot of the current runner, or RunnerFailed if the runner ends first."""
+        runner, free = self.runner, self.free
+        if runner is None:
+            raise RunnerFailed(f"model {self.name!r}: {self.error or 'runner not running'}")
+        getter: asyncio.Future[int] = asyncio.ensure_future(free.get())
+        either: set[asyncio.Future[Any]] = {getter, runner.ended}
         try:
-            while True:
-                item = _merge_backlog(await chunks.get(), chunks)
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            job.cancel.set()
-
-    def _release(self, slot: Slot, started: float) -> None:
-        self.service_times.append(time.monotonic() - started)
-        self.last_used = time.time()
-        if slot in self.slots:
-            self.free.put_nowait(slot)
+            if not getter.done():
+                getter.cancel()
+        if runner.ended.done():
+            if getter.done() and not getter.cancelled():
+                free.put_nowait(getter.result())
+            raise RunnerFailed(f"model {self.name!r}: {runner.ended.result()}")
+        return runner, getter.result()
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -238,6 +297,7 @@ class ModelHost:
         """What ListModels reports for this model."""
         facts = self.facts
         until = self.warm_until(keep_alive) if self.state is ModelState.WARM else 0.0
+        runner = self.runner
         return ModelInfo(
             name=self.name,
             path=str(self.path),
@@ -253,4 +313,7 @@ class ModelHost:
             context_length=self.options.context,
             error=self.error,
             digest=self.digest,
+            runner_pid=runner.pid if runner is not None and runner.alive else 0,
+            runner_rss=runner.rss() if runner is not None else 0,
+            restarts=self.restarts,
         )

@@ -143,6 +143,9 @@ def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
         context_length=info.context_length,
         error=info.error,
         digest=info.digest,
+        runner_pid=info.runner_pid,
+        runner_rss_bytes=info.runner_rss,
+        restarts=info.restarts,
     )
 
 
@@ -163,6 +166,9 @@ def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
         context_length=m.context_length,
         error=m.error,
         digest=m.digest,
+        runner_pid=m.runner_pid,
+        runner_rss=m.runner_rss_bytes,
+        restarts=m.restarts,
     )
 
 

@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13meshd/v1/mesh.proto\x12\x08meshd.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"/\n\x04\x43hat\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.meshd.v1.ChatMessage\"\x9a\x01\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xa3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x1e\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x0e.meshd.v1.ChatH\x00\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12$\n\x08sampling\x18\x05 \x01(\x0b\x32\x12.meshd.v1.Sampling\x12\x0c\n\x04hops\x18\x0f \x01(\rB\x07\n\x05input\"\x9e\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.meshd.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x11\n\tserved_by\x18\n \x01(\t\x12\x16\n\x0erouting_reason\x18\x0b \x01(\t\"a\n\x0bWarmRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x10\n\x08replicas\x18\x0f \x01(\r\x12\x0c\n\x04hops\x18\x10 \x01(\r\"\x85\x01\n\tWarmReply\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x18\n\x10ready_in_seconds\x18\x03 \x01(\x01\x12\x17\n\x0fwarm_until_unix\x18\x04 \x01(\x01\x12\x11\n\tserved_by\x18\n \x01(\t\"\x13\n\x11ListModelsRequest\"\xa9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x16\n\x0elast_used_unix\x18\x08 \x01(\x01\x12\x17\n\x0fwarm_until_unix\x18\t \x01(\x01\x12\x14\n\x0c\x61rchitecture\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x0c \x01(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x0e\n\x06\x64igest\x18\x0e \x01(\t\"G\n\x0fListModelsReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.meshd.v1.ModelInfo\"\x13\n\x11PeerStatusRequest\"b\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\r\n\x05slots\x18\x04 \x01(\r\x12\x17\n\x0fservice_seconds\x18\x05 \x01(\x01\"\xf8\x01\n\x0fPeerStatusReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12!\n\x04load\x18\x04 \x03(\x0b\x32\x13.meshd.v1.ModelLoad\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x06 \x01(\x04\x12\x1b\n\x13memory_budget_bytes\x18\x07 \x01(\x04\x12\x1b\n\x13memory_models_bytes\x18\x08 \x01(\x04\x12\x12\n\nclock_unix\x18\t \x01(\x01\"N\n\x11\x46\x65tchModelRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x64igest\x18\x02 \x01(\tH\x00\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x42\x07\n\x05model\";\n\rModelManifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"V\n\x0f\x46\x65tchModelChunk\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.meshd.v1.ModelManifestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9c\x01\n\tPeerModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\r\x12\x0e\n\x06queued\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x17\n\x0fservice_seconds\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\"\xc9\x01\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07mesh_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12#\n\x06models\x18\x05 \x03(\x0b\x32\x13.meshd.v1.PeerModel\x12\x19\n\x11memory_free_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fknown_addresses\x18\x07 \x03(\t\x12 \n\x18\x63\x65rtificate_expires_unix\x18\x08 \x01(\x01\"K\n\x10HeartbeatRequest\x12\"\n\x06sender\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\x13\n\x0brevocations\x18\x02 \x01(\x0c\"G\n\x0eHeartbeatReply\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\x13\n\x0brevocations\x18\x02 \x01(\x0c\"w\n\x08MeshPeer\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x16\n\x0elast_seen_unix\x18\x04 \x01(\x01\x12\r\n\x05local\x18\x05 \x01(\x08\"R\n\x0fRoutingDecision\x12\x0f\n\x07\x61t_unix\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x13\n\x11MeshStatusRequest\"\x81\x01\n\x0fMeshStatusReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07mesh_id\x18\x02 \x01(\t\x12!\n\x05peers\x18\x03 \x03(\x0b\x32\x12.meshd.v1.MeshPeer\x12)\n\x06recent\x18\x04 \x03(\x0b\x32\x19.meshd.v1.RoutingDecision*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03*\x86\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_STATE_COLD\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x14\n\x10MODEL_STATE_WARM\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x32\xd9\x03\n\x04Mesh\x12@\n\x08Generate\x12\x19.meshd.v1.GenerateRequest\x1a\x17.meshd.v1.GenerateChunk0\x01\x12\x32\n\x04Warm\x12\x15.meshd.v1.WarmRequest\x1a\x13.meshd.v1.WarmReply\x12\x44\n\nListModels\x12\x1b.meshd.v1.ListModelsRequest\x1a\x19.meshd.v1.ListModelsReply\x12\x44\n\nPeerStatus\x12\x1b.meshd.v1.PeerStatusRequest\x1a\x19.meshd.v1.PeerStatusReply\x12\x46\n\nFetchModel\x12\x1b.meshd.v1.FetchModelRequest\x1a\x19.meshd.v1.FetchModelChunk0\x01\x12\x41\n\tHeartbeat\x12\x1a.meshd.v1.HeartbeatRequest\x1a\x18.meshd.v1.HeartbeatReply\x12\x44\n\nMeshStatus\x12\x1b.meshd.v1.MeshStatusRequest\x1a\x19.meshd.v1.MeshStatusReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13meshd/v1/mesh.proto\x12\x08meshd.v1\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"/\n\x04\x43hat\x12\'\n\x08messages\x18\x01 \x03(\x0b\x32\x15.meshd.v1.ChatMessage\"\x9a\x01\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x04H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\"\xa3\x01\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\x1e\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x0e.meshd.v1.ChatH\x00\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12$\n\x08sampling\x18\x05 \x01(\x0b\x32\x12.meshd.v1.Sampling\x12\x0c\n\x04hops\x18\x0f \x01(\rB\x07\n\x05input\"\x9e\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0e\n\x06tokens\x18\x02 \x01(\r\x12-\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x16.meshd.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\r\x12\x11\n\tserved_by\x18\n \x01(\t\x12\x16\n\x0erouting_reason\x18\x0b \x01(\t\"a\n\x0bWarmRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x10\n\x08replicas\x18\x0f \x01(\r\x12\x0c\n\x04hops\x18\x10 \x01(\r\"\x85\x01\n\tWarmReply\x12\r\n\x05model\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x18\n\x10ready_in_seconds\x18\x03 \x01(\x01\x12\x17\n\x0fwarm_until_unix\x18\x04 \x01(\x01\x12\x11\n\tserved_by\x18\n \x01(\t\"\x13\n\x11ListModelsRequest\"\xe9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12#\n\x05state\x18\x04 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x0e\n\x06pinned\x18\x05 \x01(\x08\x12\r\n\x05slots\x18\x06 \x01(\r\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\x12\x16\n\x0elast_used_unix\x18\x08 \x01(\x01\x12\x17\n\x0fwarm_until_unix\x18\t \x01(\x01\x12\x14\n\x0c\x61rchitecture\x18\n \x01(\t\x12\x14\n\x0cquantization\x18\x0b \x01(\t\x12\x16\n\x0e\x63ontext_length\x18\x0c \x01(\x04\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x0e\n\x06\x64igest\x18\x0e \x01(\t\x12\x12\n\nrunner_pid\x18\x0f \x01(\r\x12\x18\n\x10runner_rss_bytes\x18\x10 \x01(\x04\x12\x10\n\x08restarts\x18\x11 \x01(\r\"G\n\x0fListModelsReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12#\n\x06models\x18\x02 \x03(\x0b\x32\x13.meshd.v1.ModelInfo\"\x13\n\x11PeerStatusRequest\"b\n\tModelLoad\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x02 \x01(\r\x12\x0e\n\x06queued\x18\x03 \x01(\r\x12\r\n\x05slots\x18\x04 \x01(\r\x12\x17\n\x0fservice_seconds\x18\x05 \x01(\x01\"\xf8\x01\n\x0fPeerStatusReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12!\n\x04load\x18\x04 \x03(\x0b\x32\x13.meshd.v1.ModelLoad\x12\x1a\n\x12memory_total_bytes\x18\x05 \x01(\x04\x12\x1e\n\x16memory_available_bytes\x18\x06 \x01(\x04\x12\x1b\n\x13memory_budget_bytes\x18\x07 \x01(\x04\x12\x1b\n\x13memory_models_bytes\x18\x08 \x01(\x04\x12\x12\n\nclock_unix\x18\t \x01(\x01\"N\n\x11\x46\x65tchModelRequest\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x64igest\x18\x02 \x01(\tH\x00\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x42\x07\n\x05model\";\n\rModelManifest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\"V\n\x0f\x46\x65tchModelChunk\x12+\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.meshd.v1.ModelManifestH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x9c\x01\n\tPeerModel\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.meshd.v1.ModelState\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\r\x12\x0e\n\x06queued\x18\x04 \x01(\r\x12\r\n\x05slots\x18\x05 \x01(\r\x12\x17\n\x0fservice_seconds\x18\x06 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x07 \x01(\x04\"\xc9\x01\n\x08PeerInfo\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07mesh_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12#\n\x06models\x18\x05 \x03(\x0b\x32\x13.meshd.v1.PeerModel\x12\x19\n\x11memory_free_bytes\x18\x06 \x01(\x04\x12\x17\n\x0fknown_addresses\x18\x07 \x03(\t\x12 \n\x18\x63\x65rtificate_expires_unix\x18\x08 \x01(\x01\"K\n\x10HeartbeatRequest\x12\"\n\x06sender\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\x13\n\x0brevocations\x18\x02 \x01(\x0c\"G\n\x0eHeartbeatReply\x12 \n\x04peer\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\x13\n\x0brevocations\x18\x02 \x01(\x0c\"w\n\x08MeshPeer\x12 \n\x04info\x18\x01 \x01(\x0b\x32\x12.meshd.v1.PeerInfo\x12\r\n\x05\x61live\x18\x02 \x01(\x08\x12\x13\n\x0brtt_seconds\x18\x03 \x01(\x01\x12\x16\n\x0elast_seen_unix\x18\x04 \x01(\x01\x12\r\n\x05local\x18\x05 \x01(\x08\"R\n\x0fRoutingDecision\x12\x0f\n\x07\x61t_unix\x18\x01 \x01(\x01\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\x13\n\x11MeshStatusRequest\"\x81\x01\n\x0fMeshStatusReply\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0f\n\x07mesh_id\x18\x02 \x01(\t\x12!\n\x05peers\x18\x03 \x03(\x0b\x32\x12.meshd.v1.MeshPeer\x12)\n\x06recent\x18\x04 \x03(\x0b\x32\x19.meshd.v1.RoutingDecision*v\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x03*\x86\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10MODEL_STATE_COLD\x10\x01\x12\x17\n\x13MODEL_STATE_LOADING\x10\x02\x12\x14\n\x10MODEL_STATE_WARM\x10\x03\x12\x16\n\x12MODEL_STATE_FAILED\x10\x04\x32\xd9\x03\n\x04Mesh\x12@\n\x08Generate\x12\x19.meshd.v1.GenerateRequest\x1a\x17.meshd.v1.GenerateChunk0\x01\x12\x32\n\x04Warm\x12\x15.meshd.v1.WarmRequest\x1a\x13.meshd.v1.WarmReply\x12\x44\n\nListModels\x12\x1b.meshd.v1.ListModelsRequest\x1a\x19.meshd.v1.ListModelsReply\x12\x44\n\nPeerStatus\x12\x1b.meshd.v1.PeerStatusRequest\x1a\x19.meshd.v1.PeerStatusReply\x12\x46\n\nFetchModel\x12\x1b.meshd.v1.FetchModelRequest\x1a\x19.meshd.v1.FetchModelChunk0\x01\x12\x41\n\tHeartbeat\x12\x1a.meshd.v1.HeartbeatRequest\x1a\x18.meshd.v1.HeartbeatReply\x12\x44\n\nMeshStatus\x12\x1b.meshd.v1.MeshStatusRequest\x1a\x19.meshd.v1.MeshStatusReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meshd.v1.mesh_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=2713
-  _globals['_FINISHREASON']._serialized_end=2831
-  _globals['_MODELSTATE']._serialized_start=2834
-  _globals['_MODELSTATE']._serialized_end=2968
+  _globals['_FINISHREASON']._serialized_start=2777
+  _globals['_FINISHREASON']._serialized_end=2895
+  _globals['_MODELSTATE']._serialized_start=2898
+  _globals['_MODELSTATE']._serialized_end=3032
   _globals['_CHATMESSAGE']._serialized_start=33
   _globals['_CHATMESSAGE']._serialized_end=77
   _globals['_CHAT']._serialized_start=79
@@ -52,37 +52,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSREQUEST']._serialized_start=847
   _globals['_LISTMODELSREQUEST']._serialized_end=866
   _globals['_MODELINFO']._serialized_start=869
-  _globals['_MODELINFO']._serialized_end=1166
-  _globals['_LISTMODELSREPLY']._serialized_start=1168
-  _globals['_LISTMODELSREPLY']._serialized_end=1239
-  _globals['_PEERSTATUSREQUEST']._serialized_start=1241
-  _globals['_PEERSTATUSREQUEST']._serialized_end=1260
-  _globals['_MODELLOAD']._serialized_start=1262
-  _globals['_MODELLOAD']._serialized_end=1360
-  _globals['_PEERSTATUSREPLY']._serialized_start=1363
-  _globals['_PEERSTATUSREPLY']._serialized_end=1611
-  _globals['_FETCHMODELREQUEST']._serialized_start=1613
-  _globals['_FETCHMODELREQUEST']._serialized_end=1691
-  _globals['_MODELMANIFEST']._serialized_start=1693
-  _globals['_MODELMANIFEST']._serialized_end=1752
-  _globals['_FETCHMODELCHUNK']._serialized_start=1754
-  _globals['_FETCHMODELCHUNK']._serialized_end=1840
-  _globals['_PEERMODEL']._serialized_start=1843
-  _globals['_PEERMODEL']._serialized_end=1999
-  _globals['_PEERINFO']._serialized_start=2002
-  _globals['_PEERINFO']._serialized_end=2203
-  _globals['_HEARTBEATREQUEST']._serialized_start=2205
-  _globals['_HEARTBEATREQUEST']._serialized_end=2280
-  _globals['_HEARTBEATREPLY']._serialized_start=2282
-  _globals['_HEARTBEATREPLY']._serialized_end=2353
-  _globals['_MESHPEER']._serialized_start=2355
-  _globals['_MESHPEER']._serialized_end=2474
-  _globals['_ROUTINGDECISION']._serialized_start=2476
-  _globals['_ROUTINGDECISION']._serialized_end=2558
-  _globals['_MESHSTATUSREQUEST']._serialized_start=2560
-  _globals['_MESHSTATUSREQUEST']._serialized_end=2579
-  _globals['_MESHSTATUSREPLY']._serialized_start=2582
-  _globals['_MESHSTATUSREPLY']._serialized_end=2711
-  _globals['_MESH']._serialized_start=2971
-  _globals['_MESH']._serialized_end=3444
+  _globals['_MODELINFO']._serialized_end=1230
+  _globals['_LISTMODELSREPLY']._serialized_start=1232
+  _globals['_LISTMODELSREPLY']._serialized_end=1303
+  _globals['_PEERSTATUSREQUEST']._serialized_start=1305
+  _globals['_PEERSTATUSREQUEST']._serialized_end=1324
+  _globals['_MODELLOAD']._serialized_start=1326
+  _globals['_MODELLOAD']._serialized_end=1424
+  _globals['_PEERSTATUSREPLY']._serialized_start=1427
+  _globals['_PEERSTATUSREPLY']._serialized_end=1675
+  _globals['_FETCHMODELREQUEST']._serialized_start=1677
+  _globals['_FETCHMODELREQUEST']._serialized_end=1755
+  _globals['_MODELMANIFEST']._serialized_start=1757
+  _globals['_MODELMANIFEST']._serialized_end=1816
+  _globals['_FETCHMODELCHUNK']._serialized_start=1818
+  _globals['_FETCHMODELCHUNK']._serialized_end=1904
+  _globals['_PEERMODEL']._serialized_start=1907
+  _globals['_PEERMODEL']._serialized_end=2063
+  _globals['_PEERINFO']._serialized_start=2066
+  _globals['_PEERINFO']._serialized_end=2267
+  _globals['_HEARTBEATREQUEST']._serialized_start=2269
+  _globals['_HEARTBEATREQUEST']._serialized_end=2344
+  _globals['_HEARTBEATREPLY']._serialized_start=2346
+  _globals['_HEARTBEATREPLY']._serialized_end=2417
+  _globals['_MESHPEER']._serialized_start=2419
+  _globals['_MESHPEER']._serialized_end=2538
+  _globals['_ROUTINGDECISION']._serialized_start=2540
+  _globals['_ROUTINGDECISION']._serialized_end=2622
+  _globals['_MESHSTATUSREQUEST']._serialized_start=2624
+  _globals['_MESHSTATUSREQUEST']._serialized_end=2643
+  _globals['_MESHSTATUSREPLY']._serialized_start=2646
+  _globals['_MESHSTATUSREPLY']._serialized_end=2775
+  _globals['_MESH']._serialized_start=3035
+  _globals['_MESH']._serialized_end=3508
 # @@protoc_insertion_point(module_scope)

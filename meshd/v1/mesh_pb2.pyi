@@ -362,6 +362,9 @@ class ModelInfo(_message.Message):
     CONTEXT_LENGTH_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    RUNNER_PID_FIELD_NUMBER: _builtins.int
+    RUNNER_RSS_BYTES_FIELD_NUMBER: _builtins.int
+    RESTARTS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     path: _builtins.str
     size_bytes: _builtins.int
@@ -380,6 +383,12 @@ class ModelInfo(_message.Message):
     """why the model is FAILED"""
     digest: _builtins.str
     """sha256 of the file, for models in the store"""
+    runner_pid: _builtins.int
+    """the runner process holding the model; 0 when none runs"""
+    runner_rss_bytes: _builtins.int
+    """its resident memory"""
+    restarts: _builtins.int
+    """runners started again after a failure or an unload"""
     def __init__(
         self,
         *,
@@ -397,10 +406,13 @@ class ModelInfo(_message.Message):
         context_length: _builtins.int = ...,
         error: _builtins.str = ...,
         digest: _builtins.str = ...,
+        runner_pid: _builtins.int = ...,
+        runner_rss_bytes: _builtins.int = ...,
+        restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "context_length", b"context_length", "digest", b"digest", "error", b"error", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "context_length", b"context_length", "digest", b"digest", "error", b"error", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

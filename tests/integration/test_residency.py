@@ -66,7 +66,7 @@ def test_model_over_the_memory_budget_is_refused_before_loading(start_node: Call
         with pytest.raises(InsufficientMemory, match="memory budget is 1 MiB"):
             mesh.complete("tiny", "Hi", max_tokens=2)
         assert _states(mesh)["tiny"] is not ModelState.WARM
-        assert node.engine.hosts["tiny"].slots == [], "llama.cpp never loaded it"
+        assert not node.engine.hosts["tiny"].loaded, "llama.cpp never loaded it"
         assert mesh.health()
 
 

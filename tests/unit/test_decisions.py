@@ -10,10 +10,10 @@ import pytest
 
 from meshd import errors
 from meshd.engine.eviction import Resident, expired, plan_eviction, warm_until
-from meshd.engine.generation import StopMatcher
-from meshd.engine.model import _merge_backlog
+from meshd.engine.runnerproc import _merge_backlog
 from meshd.engine.validate import Limits, validate_request
 from meshd.rpc.status import error_from_rpc, status_of, trailers_of
+from meshd.runner.stops import StopMatcher
 from meshd.types import Chunk, FinishReason, GenerateRequest, Sampling
 
 

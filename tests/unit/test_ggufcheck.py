@@ -26,6 +26,13 @@ def _kv_string(key: str, value: str) -> bytes:
     return _str(key) + struct.pack("<I", 8) + _str(value)
 
 
+def _kv_u32(key: str, value: int) -> bytes:
+    return _str(key) + struct.pack("<II", 4, value)
+
+
+MINIMAL_KVS = _kv_string("general.architecture", "llama") + _kv_u32("llama.block_count", 1)
+
+
 def craft(
     path: Path,
     *,
@@ -39,7 +46,7 @@ def craft(
 ) -> Path:
     """A GGUF byte by byte, so that every field can be made wrong on purpose."""
     if kvs is None:
-        kvs, kv_count = _kv_string("general.architecture", "llama"), 1
+        kvs, kv_count = MINIMAL_KVS, 2
     body = b""
     for name, dims, ggml_type, offset in tensors:
         body += _str(name) + struct.pack("<I", len(dims))

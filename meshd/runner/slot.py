@@ -3,17 +3,36 @@
 from __future__ import annotations
 
 import concurrent.futures
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from llama_cpp import Llama
 
-from meshd.engine.generation import Emit, Job, Vocabulary, run_generation
-from meshd.engine.llamalog import route_llama_logs
+from meshd.runner.generation import Emit, Job, Vocabulary, run_generation
+from meshd.runner.llamalog import route_llama_logs
+
+
+class BatchedLlama(Llama):
+    """Llama whose prompt evaluation stops between batches to call `between_batches`.
+
+    Llama.eval already walks the prompt n_batch tokens at a time; calling it once per batch is
+    the same work, and gives the runner a place to notice cancellation and to report progress
+    while a long prompt is prefilled.
+    """
+
+    between_batches: Callable[[], None] = staticmethod(lambda: None)
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        step = max(int(self.n_batch), 1)
+        for start in range(0, len(tokens), step):
+            if start:
+                self.between_batches()
+            super().eval(tokens[start : start + step])
 
 
 class Slot:
-    """One llama_cpp.Llama context; every call into it runs on the slot's single thread."""
+    """One llama.cpp context; every call into it runs on the slot's single thread."""
 
     def __init__(self, label: str) -> None:
         self.label = label
@@ -27,7 +46,7 @@ class Slot:
         Runs on the caller's thread; call it through `submit`.
         """
         route_llama_logs()
-        llm = Llama(
+        llm = BatchedLlama(
             model_path=str(path),
             n_ctx=context,
             n_threads=threads,
@@ -48,13 +67,3 @@ class Slot:
     def submit(self, fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
         """Run fn on this slot's thread."""
         return self.executor.submit(fn, *args, **kwargs)
-
-    def close(self) -> None:
-        """Free the context and stop the thread; waits for the job in progress."""
-        self.executor.submit(self._free).result()
-        self.executor.shutdown(wait=True)
-
-    def _free(self) -> None:
-        if self.llm is not None:
-            self.llm.close()
-        self.llm, self.vocab = None, None

@@ -1,4 +1,7 @@
-"""The token loop that runs on a slot's worker thread: prompt → tokens → text pieces."""
+"""The token loop that runs on a slot's worker thread: prompt → tokens → text pieces.
+
+Runs inside a runner process only: this is where llama.cpp and chat templates execute.
+"""
 
 from __future__ import annotations
 
@@ -14,52 +17,25 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from meshd.errors import Cancelled, InvalidRequest
+from meshd.runner.stops import StopMatcher
 from meshd.types import Chunk, FinishReason, GenerateRequest
 
 Emit = Callable[[Chunk], None]
 
 
-class StopMatcher:
-    """Holds back text that could be the start of a stop sequence; cuts at the first match."""
-
-    def __init__(self, stops: tuple[str, ...]) -> None:
-        self.stops = stops
-        self.pending = ""
-
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Text safe to send now, and whether a stop sequence was met."""
-        if not self.stops:
-            return text, False
-        self.pending += text
-        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
-            out, self.pending = self.pending[:cut], ""
-            return out, True
-        hold = max((_overlap(self.pending, s) for s in self.stops), default=0)
-        out = self.pending[: len(self.pending) - hold]
-        self.pending = self.pending[len(self.pending) - hold :]
-        return out, False
-
-    def flush(self) -> str:
-        """Whatever was held back, at the end of the text."""
-        out, self.pending = self.pending, ""
-        return out
-
-
-def _overlap(text: str, stop: str) -> int:
-    """Length of the longest suffix of text that is a proper prefix of stop."""
-    for n in range(min(len(text), len(stop) - 1), 0, -1):
-        if text.endswith(stop[:n]):
-            return n
-    return 0
-
-
 @dataclass
 class Job:
-    """One request on one slot; `cancel` is checked before every token."""
+    """One request on one slot; `cancel` is checked before every token and prefill batch."""
 
     request: GenerateRequest
     cancel: threading.Event = field(default_factory=threading.Event)
+    # Called between prefill batches, so that the daemon sees a long prompt is progressing.
+    progress: Callable[[], None] = lambda: None
+
+    def check(self) -> None:
+        """Raise Cancelled once the daemon cancelled this job."""
+        if self.cancel.is_set():
+            raise Cancelled("generation cancelled")
 
 
 class Vocabulary:
@@ -127,6 +103,7 @@ def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
         )
     budget = min(request.max_tokens, n_ctx - len(tokens))
     llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
+    llm.between_batches = _between_batches(job)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     stops = StopMatcher(sampling.stop)
     count, finish = 0, FinishReason.LENGTH
@@ -138,8 +115,7 @@ def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
         temp=sampling.temperature,
         repeat_penalty=1.0,
     ):
-        if job.cancel.is_set():
-            raise Cancelled("generation cancelled")
+        job.check()
         if vocab.is_end(token):
             finish = FinishReason.EOS
             break
@@ -154,3 +130,11 @@ def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
             break
     tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
     emit(Chunk(tail, count, finish, prompt_tokens=len(tokens)))
+
+
+def _between_batches(job: Job) -> Callable[[], None]:
+    def step() -> None:
+        job.check()
+        job.progress()
+
+    return step

@@ -1,0 +1,154 @@
+"""The runner process: hosts one model's slots and serves the daemon over an inherited socket.
+
+The main thread reads frames; each slot runs jobs on its own thread and writes its frames
+under one lock. The runner exits when the daemon says so or when the socket closes (the daemon
+is gone), and on Linux the kernel kills it if the daemon dies first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import MeshdError
+from meshd.runner import protocol
+from meshd.runner.generation import Job
+from meshd.runner.slot import Slot
+
+log = logging.getLogger("meshd.runner")
+PR_SET_PDEATHSIG = 1
+
+
+class Runner:
+    """One model's slots behind one socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self.slots: list[Slot] = []
+        self.jobs: dict[int, Job] = {}
+        self.jobs_lock = threading.Lock()
+
+    def send(self, message: dict[str, Any]) -> None:
+        frame = protocol.encode(message)
+        with self.send_lock:
+            self.sock.sendall(frame)
+
+    def serve(self) -> None:
+        """Read frames until exit or until the daemon goes away."""
+        while True:
+            message = self.receive()
+            if message is None or message["op"] == "exit":
+                return
+            handler = getattr(self, "on_" + message["op"], None)
+            if handler is None:
+                log.error("unknown frame %r from the daemon", message["op"][:32])
+                return
+            handler(message)
+
+    def receive(self) -> dict[str, Any] | None:
+        header = self._read_exactly(protocol.HEADER.size)
+        if header is None:
+            return None
+        body = self._read_exactly(protocol.frame_length(header))
+        return None if body is None else protocol.decode(body)
+
+    def _read_exactly(self, n: int) -> bytes | None:
+        data = bytearray()
+        while len(data) < n:
+            piece = self.sock.recv(n - len(data))
+            if not piece:
+                return None
+            data += piece
+        return bytes(data)
+
+    def on_load(self, message: dict[str, Any]) -> None:
+        """Build every slot, one after another: the first maps the file, the rest share it."""
+        opts = protocol.LoadOptions(**message["options"])
+        started = time.monotonic()
+        try:
+            for i in range(opts.slots):
+                slot = Slot(f"slot-{i}")
+                slot.submit(
+                    slot.load,
+                    Path(opts.path),
+                    context=opts.context,
+                    threads=opts.threads,
+                    batch=opts.batch,
+                    use_mmap=opts.use_mmap,
+                ).result()
+                self.slots.append(slot)
+                self.send({"op": "loaded", "slot": i})
+        except Exception as exc:
+            self.send({"op": "failed", "reason": f"llama.cpp could not load it: {exc}"})
+            return
+        self.send({"op": "ready", "load_seconds": time.monotonic() - started})
+
+    def on_generate(self, message: dict[str, Any]) -> None:
+        request_id, index = int(message["id"]), int(message["slot"])
+        job = Job(protocol.request_from_wire(message["request"]))
+        job.progress = lambda: self.send({"op": "progress", "id": request_id})
+        with self.jobs_lock:
+            self.jobs[request_id] = job
+        self.slots[index].submit(self._run, request_id, index, job)
+
+    def on_cancel(self, message: dict[str, Any]) -> None:
+        with self.jobs_lock:
+            job = self.jobs.get(int(message["id"]))
+        if job is not None:
+            job.cancel.set()
+
+    def _run(self, request_id: int, index: int, job: Job) -> None:
+        try:
+            self.slots[index].run(
+                job, lambda chunk: self.send(protocol.chunk_to_wire(request_id, chunk))
+            )
+        except MeshdError as exc:
+            self.send(protocol.error_to_wire(request_id, exc))
+        except Exception as exc:  # llama.cpp or a template raised something unexpected
+            log.exception("request %d failed", request_id)
+            self.send(protocol.error_to_wire(request_id, MeshdError(f"runner error: {exc}")))
+        finally:
+            with self.jobs_lock:
+                self.jobs.pop(request_id, None)
+
+
+def die_with_parent(parent: int) -> None:
+    """Linux: have the kernel kill this process when the daemon that started it dies."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if parent and os.getppid() != parent:  # the daemon died before prctl took effect
+        os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="meshd-runner", description=__doc__)
+    parser.add_argument("--fd", type=int, required=True, help="the socket inherited from meshd")
+    parser.add_argument("--parent", type=int, default=0, help="the daemon's pid")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal is the daemon's
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level, format="%(levelname)s %(name)s: %(message)s"
+    )
+    sock = socket.socket(fileno=args.fd)
+    try:
+        Runner(sock).serve()
+    except (OSError, MeshdError) as exc:
+        log.error("runner stopping: %s", exc)
+    finally:
+        sys.stderr.flush()
+        # os._exit: llama.cpp contexts and their threads need no orderly teardown, and an exit
+        # that waits on a wedged slot thread would hang.
+        os._exit(0)
