@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2
 from meshd.errors import MeshdError, PeerUnavailable
 from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
-from meshd.rpc.status import error_from_rpc
+from meshd.rpc.status import UNREACHABLE, error_from_rpc
 from meshd.security.keyring import TlsCredentials, load_bundle
 from meshd.types import (
     ChatMessage,
@@ -148,7 +148,8 @@ class _Addresses(abc.ABC):
         """Re-raise unless the peer is unreachable and another one is left to try."""
         if not isinstance(error, PeerUnavailable) or remaining == 0:
             tcp = not self.addresses[index].startswith("unix:")
-            if isinstance(error, PeerUnavailable) and tcp and self.credentials is None:
+            unreachable = str(error).startswith(UNREACHABLE)  # not a meshd server's own error
+            if unreachable and tcp and self.credentials is None:
                 raise PeerUnavailable(f"{error}; {PLAINTEXT_HINT}") from None
             raise error
 

@@ -18,6 +18,7 @@ MAX_EXPERTS = 1024  # LLAMA_MAX_EXPERTS
 # Architectures without attention heads (state-space and RWKV models).
 RECURRENT = frozenset({"mamba", "mamba2", "rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"})
 EPSILON_KEYS = ("attention.layer_norm_rms_epsilon", "attention.layer_norm_epsilon")
+ROPE_SCALING_TYPES = frozenset({"none", "linear", "yarn", "longrope"})
 
 
 def check_architecture(meta: Mapping[str, Any], arch: str) -> None:
@@ -36,6 +37,12 @@ def check_architecture(meta: Mapping[str, Any], arch: str) -> None:
         value = _whole(meta, key)
         if value is not None and value < 1:
             raise InvalidModelFile(f"{key} is {value}; it must be at least 1")
+    scaling = meta.get(f"{arch}.rope.scaling.type")
+    if scaling is not None and scaling not in ROPE_SCALING_TYPES:
+        raise InvalidModelFile(
+            f"{arch}.rope.scaling.type is {str(scaling)[:40]!r}; "
+            f"llama.cpp knows {', '.join(sorted(ROPE_SCALING_TYPES))}"
+        )
     _check_heads(meta, arch)
     _check_epsilons(meta, arch)
     _check_experts(meta, arch)

@@ -97,7 +97,7 @@ class ModelInfo:
     digest: str = ""
     runner_pid: int = 0  # the runner process holding the model, 0 when none runs
     runner_rss: int = 0  # its resident bytes
-    restarts: int = 0  # runners started again after a failure or an unload
+    restarts: int = 0  # runners started again after the previous one failed
 
 
 @dataclass(frozen=True)

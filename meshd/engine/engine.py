@@ -161,7 +161,7 @@ class Engine:
         """Start warming the model (or wait for it) and hold it warm for at least the lease."""
         await self.refresh()
         host = self.host(name)
-        if host.state is ModelState.FAILED and host.facts is None:
+        if host.file_refused:
             raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
         host.forgive()  # asked for by name: a model given up on is tried again
         now = time.time()

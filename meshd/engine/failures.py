@@ -4,11 +4,13 @@ A model whose runner died is retried on the next request or warm: at once after 
 then after a delay that doubles with every failure in a row. A model whose runner failed at
 load MAX_LOAD_FAILURES times in a row is given up until its file changes or someone warms it
 explicitly; until then requests are refused with the reason, without starting a runner.
+A file that changed since the last failure is tried at once.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import signal
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -26,6 +28,8 @@ SIGNAL_WORDS = {
     signal.SIGFPE: "arithmetic error",
     signal.SIGTERM: "terminated",
 }
+
+_BUILD_PATH = re.compile(r"(?<!\S)/\S*/([^/\s]+:\d+:)")
 
 FileStamp = tuple[int, int, int]  # size, mtime in ns, inode: "the file changed" when it differs
 
@@ -45,7 +49,12 @@ def describe_exit(returncode: int | None, last_line: str = "", killed_for: str =
         text = f"runner killed by {name}" + (f" ({words})" if words else "")
     else:
         text = f"runner exited with status {returncode}"
-    return f"{text}: {last_line}" if last_line else text
+    return f"{text}: {_without_build_paths(last_line)}" if last_line else text
+
+
+def _without_build_paths(line: str) -> str:
+    """llama.cpp names the source file of an assert by its build path: keep the file name."""
+    return _BUILD_PATH.sub(r"\1", line)
 
 
 def retry_delay(failures: int) -> float:
@@ -90,7 +99,9 @@ def next_attempt(
     record: FailureRecord, now: float, stamp: FileStamp | None
 ) -> tuple[Verdict, float]:
     """Whether to start a runner now, or how long until it may be tried, or never."""
-    if record.load_failures >= MAX_LOAD_FAILURES and stamp == record.stamp:
+    if stamp != record.stamp:
+        return Verdict.TRY, 0.0  # another file: what failed before says nothing about it
+    if record.load_failures >= MAX_LOAD_FAILURES:
         return Verdict.GIVEN_UP, math.inf
     wait = record.last_at + retry_delay(record.failures) - now
     return (Verdict.WAIT, wait) if wait > 0 else (Verdict.TRY, 0.0)

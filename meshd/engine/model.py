@@ -59,6 +59,7 @@ class ModelHost:
         self.state = ModelState.COLD
         self.error = ""
         self.facts: GGUFFacts | None = None
+        self.file_refused = False  # the validator refused the file as it is now
         self.runner: RunnerProcess | None = None
         self.free: asyncio.Queue[int] = asyncio.Queue()
         self.inflight = 0
@@ -69,7 +70,7 @@ class ModelHost:
         self.service_times: deque[float] = deque(maxlen=32)
         self.loading: asyncio.Task[None] | None = None
         self.failures = FailureRecord()
-        self.restarts = 0  # runners started after the first
+        self.restarts = 0  # runners started after the previous one failed
 
     # -- facts and memory ------------------------------------------------------------------
 
@@ -78,10 +79,10 @@ class ModelHost:
         try:
             self.facts = inspect_gguf(self.path)
         except InvalidModelFile as exc:
-            self.state, self.error = ModelState.FAILED, str(exc)
+            self.state, self.error, self.file_refused = ModelState.FAILED, str(exc), True
             raise
-        if self.state is ModelState.FAILED and self.runner is None and not self.failures.failures:
-            self.state, self.error = ModelState.COLD, ""
+        if self.file_refused:  # the file was fixed
+            self.state, self.error, self.file_refused = ModelState.COLD, "", False
         return self.facts
 
     def projected_memory(self) -> int:
@@ -120,7 +121,7 @@ class ModelHost:
     @property
     def retryable(self) -> bool:
         """Whether a request may still start this model here (it is not given up on)."""
-        if self.facts is None and self.state is ModelState.FAILED:
+        if self.file_refused:
             return False  # the file itself is refused until it changes
         verdict, _ = failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
         return verdict is not Verdict.GIVEN_UP
@@ -176,11 +177,11 @@ class ModelHost:
 
     async def load(self) -> None:
         """Start a runner that loads every slot; the model is WARM when this returns."""
+        if self.state is ModelState.FAILED:
+            self.restarts += 1
         self.state, self.error = ModelState.LOADING, ""
         opts = self.options
-        runner = RunnerProcess(f"runner[{self.name}]", self.runner_options)
-        if self.load_seconds is not None or self.failures.failures:
-            self.restarts += 1
+        runner = RunnerProcess(f"model {self.name!r}", self.runner_options)
         self.runner = runner
         started = time.monotonic()
         try:

@@ -65,7 +65,8 @@ class RunnerOptions:
     stall_timeout: float = 60.0
     load_timeout: float = 600.0
     python: str = sys.executable
-    extra_env: dict[str, str] = field(default_factory=dict)
+    # ggml answers an abort by running gdb for a backtrace: slow, and noise in the reason.
+    extra_env: dict[str, str] = field(default_factory=lambda: {"GGML_NO_BACKTRACE": "1"})
 
 
 def _merge_backlog(

@@ -10,6 +10,8 @@ from meshd import errors
 ERROR_KIND_KEY = "meshd-error"
 # The request field at fault, for InvalidRequest.
 ERROR_FIELD_KEY = "meshd-field"
+# How an error the transport raised (no meshd server answered) begins.
+UNREACHABLE = "cannot reach meshd at"
 
 STATUS_OF: dict[type[errors.MeshdError], grpc.StatusCode] = {
     errors.InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
@@ -77,7 +79,7 @@ def error_from_rpc(exc: grpc.RpcError, address: str = "") -> errors.MeshdError:
         )
     if code is grpc.StatusCode.UNAVAILABLE and address:
         reason = "connection refused" if "Connection refused" in details else details
-        return errors.PeerUnavailable(f"cannot reach meshd at {address} ({reason})")
+        return errors.PeerUnavailable(f"{UNREACHABLE} {address} ({reason})")
     return ERROR_OF.get(code, errors.MeshdError)(details)
 
 

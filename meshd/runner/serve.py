@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -138,7 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the terminal is the daemon's
+    # A crash must not leave a core file the size of the mapped model on the owner's disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    # A Ctrl-C in the terminal, or a service manager's SIGTERM to the whole group, is for the
+    # daemon: it drains its streams, then stops its runners itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(
         stream=sys.stderr, level=args.log_level, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -388,7 +388,7 @@ class ModelInfo(_message.Message):
     runner_rss_bytes: _builtins.int
     """its resident memory"""
     restarts: _builtins.int
-    """runners started again after a failure or an unload"""
+    """runners started again after the previous one failed"""
     def __init__(
         self,
         *,

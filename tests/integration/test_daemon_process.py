@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from meshd.client import MeshClient
@@ -86,3 +88,77 @@ def test_a_busy_port_is_a_clear_error(tmp_path: Path, tiny_model: Path) -> None:
         second = DaemonProcess(tmp_path / "b", [f"tiny={tiny_model}"], listen=first.address)
         with pytest.raises(PeerUnavailable, match="cannot serve on"):
             second.start(timeout=30)
+
+
+def _runner_pids(address: str) -> list[int]:
+    with MeshClient(address) as mesh:
+        mesh.warm("a", wait=True)
+        mesh.warm("b", wait=True)
+        return [m.runner_pid for m in mesh.models()]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_no_runner_outlives_a_daemon_that_exits(tmp_path: Path, tiny_model: Path) -> None:
+    models = [f"a={tiny_model}", f"b={tiny_model}"]
+    with DaemonProcess(tmp_path / "home", models) as daemon:
+        pids = _runner_pids(daemon.address)
+        assert len(set(pids)) == 2 and all(pids)
+        assert daemon.proc is not None
+        assert {c.pid for c in psutil.Process(daemon.proc.pid).children()} == set(pids)
+    assert daemon.proc.returncode == 0
+    assert all(_gone(pid) for pid in pids), "every runner ended with its daemon"
+
+
+def test_a_daemon_killed_with_sigkill_takes_its_runners_along(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    models = [f"a={tiny_model}", f"b={tiny_model}"]
+    with DaemonProcess(tmp_path / "home", models) as daemon:
+        pids = _runner_pids(daemon.address)
+        daemon.signal(signal.SIGKILL)
+        assert daemon.proc is not None and daemon.proc.wait(10) == -signal.SIGKILL
+        deadline = time.monotonic() + 5
+        while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in pids), "no orphaned runner keeps the model mapped"
+
+
+def test_sigterm_with_a_hung_runner_exits_within_the_drain(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    drain = 2.0
+    with DaemonProcess(
+        tmp_path / "home",
+        [f"a={tiny_model}", f"b={tiny_model}"],
+        extra_args=SLOW_ARGS,
+        env={"MESHD_DRAIN_SECONDS": str(drain)},
+    ) as daemon:
+        pids = _runner_pids(daemon.address)
+        received: list[Chunk | Exception] = []
+
+        def run() -> None:
+            try:
+                with MeshClient(daemon.address) as mesh:
+                    received.extend(mesh.generate("a", "Once", max_tokens=4000))
+            except MeshdError as exc:
+                received.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        while not received:
+            time.sleep(0.005)
+        os.kill(pids[0], signal.SIGSTOP)  # the runner hangs mid-stream
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc is not None
+        assert daemon.proc.wait(drain + 10) == 0
+        assert time.monotonic() - started < drain + 2
+        thread.join(10)
+    assert isinstance(received[-1], MeshdError)
+    assert all(_gone(pid) for pid in pids)
