@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import signal
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from common import (
     alternate,
     bench_model,
@@ -33,6 +36,7 @@ from meshd.client import MeshClient
 from meshd.config import ModelSpec, Settings
 from meshd.engine import Engine
 from meshd.process import DaemonProcess
+from meshd.types import ModelState
 
 MODEL = "gemma"
 COUNTRIES = [
@@ -219,40 +223,106 @@ def warming_section(path: Path, home: Path, args: argparse.Namespace) -> dict[st
     }
 
 
-async def _reload_times(
-    path: Path, home: Path, args: argparse.Namespace, mmap: bool, from_disk: bool
+async def _load_times(
+    engine: Engine, path: Path, rounds: int, *, from_disk: bool, after_kill: bool
 ) -> list[float]:
-    settings = Settings(
+    """Seconds from warm() to a warm model: a new runner maps the file and evaluates a token."""
+    times = []
+    host = engine.hosts[MODEL]
+    for _ in range(rounds):
+        if after_kill:
+            await engine.warm(MODEL, wait=True)
+            runner = host.runner
+            assert runner is not None
+            os.kill(runner.pid, signal.SIGKILL)  # the runner dies; the page cache stays
+            await runner.ended
+            await asyncio.sleep(0)  # the model hears of it
+            assert host.state is ModelState.FAILED
+        if from_disk:
+            drop_from_page_cache(path)
+        started = time.perf_counter()
+        await engine.warm(MODEL, wait=True)
+        times.append(time.perf_counter() - started)
+        await host.unload()  # evicted
+    return times
+
+
+def _settings(path: Path, home: Path, args: argparse.Namespace, **more: Any) -> Settings:
+    return Settings(
         home=home,
         models=(ModelSpec(MODEL, path),),
         threads=args.threads,
         context=args.context,
-        use_mmap=mmap,
+        **more,
     )
-    engine = Engine(settings)
-    await engine.start()
+
+
+async def _reloads(path: Path, home: Path, args: argparse.Namespace) -> dict[str, list[float]]:
+    result: dict[str, list[float]] = {}
+    for mmap in (True, False):
+        engine = Engine(_settings(path, home, args, use_mmap=mmap))
+        await engine.start()
+        try:
+            for from_disk in (False, True):
+                key = f"{'mmap' if mmap else 'read'}_{'disk' if from_disk else 'page_cache'}_s"
+                result[key] = await _load_times(
+                    engine, path, args.rounds, from_disk=from_disk, after_kill=False
+                )
+            if mmap:
+                result["mmap_after_kill_s"] = await _load_times(
+                    engine, path, args.rounds, from_disk=False, after_kill=True
+                )
+        finally:
+            await engine.close()
+    return result
+
+
+def in_process_loads(path: Path, args: argparse.Namespace) -> list[float]:
+    """The load as the daemon did it before runners: llama.cpp in this very process."""
     times = []
-    try:
-        for _ in range(args.rounds):
-            if from_disk:
-                drop_from_page_cache(path)
-            started = time.perf_counter()
-            await engine.warm(MODEL, wait=True)
-            times.append(time.perf_counter() - started)
-            await engine.hosts[MODEL].unload()  # evicted
-    finally:
-        await engine.close()
+    for _ in range(args.rounds):
+        started = time.perf_counter()
+        Direct(path, args.threads, args.context).close()
+        times.append(time.perf_counter() - started)
     return times
 
 
 def reload_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
-    """Load + warm of an evicted model: page cache vs disk, mmap on and off."""
-    result = {}
-    for mmap in (True, False):
-        for from_disk in (False, True):
-            key = f"{'mmap' if mmap else 'read'}_{'disk' if from_disk else 'page_cache'}_s"
-            result[key] = asyncio.run(_reload_times(path, home, args, mmap, from_disk))
+    """Load + warm of an evicted model: page cache vs disk, mmap on and off, after a kill."""
+    result: dict[str, Any] = asyncio.run(_reloads(path, home, args))
+    result["in_process_page_cache_s"] = in_process_loads(path, args)
     return result
+
+
+async def _memory(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Resident memory of one runner, and of two runners of the same file (two model names)."""
+    settings = Settings(
+        home=home,
+        models=(ModelSpec("one", path), ModelSpec("two", path)),
+        threads=args.threads,
+        context=args.context,
+    )
+    engine = Engine(settings)
+    await engine.start()
+    try:
+        await engine.warm("one", wait=True)
+        alone = _runner_memory(engine, "one")
+        await engine.warm("two", wait=True)
+        pair = [_runner_memory(engine, "one"), _runner_memory(engine, "two")]
+    finally:
+        await engine.close()
+    return {"one_runner": alone, "two_runners": pair}
+
+
+def _runner_memory(engine: Engine, name: str) -> dict[str, int]:
+    runner = engine.hosts[name].runner
+    assert runner is not None
+    full = psutil.Process(runner.pid).memory_full_info()
+    return {"rss": full.rss, "pss": full.pss, "uss": full.uss, "shared": full.shared}
+
+
+def memory_section(path: Path, home: Path, args: argparse.Namespace) -> dict[str, Any]:
+    return {**asyncio.run(_memory(path, home, args)), "file_bytes": path.stat().st_size}
 
 
 def ms(seconds: float) -> str:
@@ -365,11 +435,33 @@ def print_reload(r: dict[str, Any]) -> None:
         return ms(statistics.median(r[key]))
 
     print_table(
-        "reload of an evicted model (load + first token, median)",
-        ["weights", "from page cache", "from disk"],
+        "load of an evicted model (load + first token evaluated, median)",
+        ["how", "from page cache", "from disk"],
         [
-            ["mmap", cell("mmap_page_cache_s"), cell("mmap_disk_s")],
-            ["read into RAM (--no-mmap)", cell("read_page_cache_s"), cell("read_disk_s")],
+            ["runner process, mmap", cell("mmap_page_cache_s"), cell("mmap_disk_s")],
+            ["runner process, read into RAM", cell("read_page_cache_s"), cell("read_disk_s")],
+            ["runner process after a SIGKILL", cell("mmap_after_kill_s"), "-"],
+            ["in the daemon process (before runners)", cell("in_process_page_cache_s"), "-"],
+        ],
+    )
+
+
+def print_memory(m: dict[str, Any]) -> None:
+    def mib(n: int) -> str:
+        return f"{n / 2**20:,.0f} MiB"
+
+    one, (a, b) = m["one_runner"], m["two_runners"]
+    print_table(
+        f"runner memory, one model file ({mib(m['file_bytes'])})",
+        ["runners", "RSS (sum)", "PSS (sum)", "USS (sum)"],
+        [
+            ["one", mib(one["rss"]), mib(one["pss"]), mib(one["uss"])],
+            [
+                "two of the same file",
+                mib(a["rss"] + b["rss"]),
+                mib(a["pss"] + b["pss"]),
+                mib(a["uss"] + b["uss"]),
+            ],
         ],
     )
 
@@ -403,6 +495,8 @@ def main() -> None:
             warming = warming_section(path, home, args)
         with console.status("reloads…"):
             reload = reload_section(path, home / "reload", args)
+        with console.status("runner memory…"):
+            memory = memory_section(path, home / "memory", args)
     summary = {
         "overhead": [summarize_overhead(o) for o in overhead],
         "warming": summarize_warming(warming),
@@ -410,6 +504,7 @@ def main() -> None:
     print_overhead(summary["overhead"])
     print_warming(summary["warming"])
     print_reload(reload)
+    print_memory(memory)
     out = write_json(
         "warm_path",
         {
@@ -419,6 +514,7 @@ def main() -> None:
             "overhead": overhead,
             "warming": warming,
             "reload": reload,
+            "memory": memory,
         },
     )
     console.print(f"wrote {out}")

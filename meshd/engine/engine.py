@@ -16,6 +16,7 @@ from meshd.config import Settings
 from meshd.engine.eviction import expired, plan_eviction
 from meshd.engine.model import ModelHost, SlotOptions
 from meshd.engine.runnerproc import RunnerOptions
+from meshd.engine.runnersupply import RunnerSupply
 from meshd.engine.validate import Limits, validate_request
 from meshd.errors import (
     ConfigError,
@@ -59,7 +60,9 @@ class Engine:
             batch=settings.batch,
             use_mmap=settings.use_mmap,
         )
-        self.runner_options = RunnerOptions(stall_timeout=settings.runner_stall_timeout)
+        self.supply = RunnerSupply(
+            RunnerOptions(stall_timeout=settings.runner_stall_timeout), settings.spare_runner
+        )
         self.hosts = {spec.name: self._new_host(spec.name, spec.path) for spec in settings.models}
         self._store_seen = -1
         self._retired: list[ModelHost] = []  # out of the store, still loaded
@@ -79,9 +82,11 @@ class Engine:
         if unknown:
             raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown))}")
         self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
-        for host in self.hosts.values():
-            if host.pinned and host.state is ModelState.COLD:
-                self._loading_task(host)
+        pinned = [h for h in self.hosts.values() if h.pinned and h.state is ModelState.COLD]
+        for host in pinned:
+            self._loading_task(host)
+        if not pinned:
+            self.supply.replenish()  # a load replenishes it otherwise
 
     async def close(self) -> None:
         """Stop background work and free every model. Idempotent."""
@@ -95,13 +100,14 @@ class Engine:
             loaded = [h for h in [*self.hosts.values(), *self._retired] if h.loaded]
             await asyncio.gather(*(h.unload() for h in loaded))
             self._retired.clear()
+        await self.supply.close()
 
     def _new_host(self, name: str, path: Path, digest: str = "") -> ModelHost:
         return ModelHost(
             name,
             path,
             self.options,
-            self.runner_options,
+            self.supply,
             pinned=name in self.settings.pins,
             max_queue=self.settings.max_queue,
             digest=digest,

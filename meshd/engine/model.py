@@ -16,7 +16,8 @@ from typing import Any
 from meshd.engine import failures
 from meshd.engine.eviction import Resident, warm_until
 from meshd.engine.failures import FailureRecord, FileStamp, Verdict
-from meshd.engine.runnerproc import RunnerOptions, RunnerProcess
+from meshd.engine.runnerproc import RunnerProcess
+from meshd.engine.runnersupply import RunnerSupply
 from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded, RunnerFailed
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
 from meshd.runner.protocol import LoadOptions
@@ -46,14 +47,14 @@ class ModelHost:
         name: str,
         path: Path,
         options: SlotOptions,
-        runner_options: RunnerOptions,
+        supply: RunnerSupply,
         *,
         pinned: bool,
         max_queue: int,
         digest: str = "",
     ) -> None:
         self.name, self.path, self.options = name, path, options
-        self.runner_options = runner_options
+        self.supply = supply
         self.digest = digest  # set for models that live in the store
         self.pinned, self.max_queue = pinned, max_queue
         self.state = ModelState.COLD
@@ -181,11 +182,11 @@ class ModelHost:
             self.restarts += 1
         self.state, self.error = ModelState.LOADING, ""
         opts = self.options
-        runner = RunnerProcess(f"model {self.name!r}", self.runner_options)
-        self.runner = runner
         started = time.monotonic()
+        runner: RunnerProcess | None = None
         try:
-            await runner.start(
+            runner = self.runner = await self.supply.take(f"model {self.name!r}")
+            await runner.load(
                 LoadOptions(
                     str(self.path), opts.count, opts.context, opts.threads, opts.batch,
                     opts.use_mmap,
@@ -193,12 +194,15 @@ class ModelHost:
             )  # fmt: skip
         except (ModelUnavailable, asyncio.CancelledError) as exc:
             self.runner = None
-            await runner.close()
+            if runner is not None:
+                await runner.close()
             if isinstance(exc, asyncio.CancelledError):
                 self.state = ModelState.COLD
                 raise
             self._failed(str(exc), at_load=True)
             raise ModelUnavailable(f"model {self.name!r}: {self.error}") from None
+        finally:
+            self.supply.replenish()
         self.free = asyncio.Queue()
         for index in range(opts.count):
             self.free.put_nowait(index)

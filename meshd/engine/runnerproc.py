@@ -89,7 +89,7 @@ def _merge_backlog(
 class RunnerProcess:
     """One runner child; all methods run on the daemon's event loop."""
 
-    def __init__(self, label: str, options: RunnerOptions) -> None:
+    def __init__(self, options: RunnerOptions, label: str = "spare runner") -> None:
         self.label, self.options = label, options
         self.process: asyncio.subprocess.Process | None = None
         self.writer: asyncio.StreamWriter | None = None
@@ -119,10 +119,10 @@ class RunnerProcess:
 
     # -- start and stop --------------------------------------------------------------------
 
-    async def start(self, load: protocol.LoadOptions) -> float:
-        """Spawn the runner and load the model; returns the load time in seconds.
+    async def spawn(self) -> None:
+        """Start the runner process; it imports llama.cpp and waits for a model to load.
 
-        Raises ModelUnavailable with the reason when the runner fails or dies while loading.
+        Raises ModelUnavailable when no process can be started.
         """
         ours, theirs = socket.socketpair()
         try:
@@ -143,13 +143,21 @@ class RunnerProcess:
         finally:
             theirs.close()
         reader, self.writer = await asyncio.open_connection(sock=ours, limit=2**16)
+        self._tasks = [
+            asyncio.create_task(self._read_frames(reader), name="runner-frames"),
+            asyncio.create_task(self._read_stderr(), name="runner-stderr"),
+            asyncio.create_task(self._watch(), name="runner-watchdog"),
+        ]
+
+    async def load(self, load: protocol.LoadOptions) -> float:
+        """Load the model into the spawned runner; returns the load time in seconds.
+
+        Raises ModelUnavailable with the reason when the runner fails or dies while loading.
+        """
+        if not self.alive:
+            raise ModelUnavailable(self.ended.result() if self.ended.done() else "no runner")
         loop = asyncio.get_running_loop()
         self._load = _Load(loop.create_future(), time.monotonic())
-        self._tasks = [
-            asyncio.create_task(self._read_frames(reader), name=f"{self.label}-frames"),
-            asyncio.create_task(self._read_stderr(), name=f"{self.label}-stderr"),
-            asyncio.create_task(self._watch(), name=f"{self.label}-watchdog"),
-        ]
         self._send({"op": "load", "options": dataclasses.asdict(load)})
         try:
             return await asyncio.shield(self._load.done)
@@ -289,7 +297,9 @@ class RunnerProcess:
                 continue
             level, _, text = line.partition(" ")
             known = level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-            log.log(logging.getLevelName(level) if known else logging.WARNING, "%s: %s",
+            # llama.cpp writes notes of its own straight to stderr: debug lines, unless the
+            # runner dies, when the last of them says why.
+            log.log(logging.getLevelName(level) if known else logging.DEBUG, "%s: %s",
                     self.label, text if known else line)  # fmt: skip
             if not known or level in ("WARNING", "ERROR", "CRITICAL"):
                 self.stderr_tail.append(text if known else line)

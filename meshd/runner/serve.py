@@ -27,6 +27,7 @@ from meshd.runner.slot import Slot
 
 log = logging.getLogger("meshd.runner")
 PR_SET_PDEATHSIG = 1
+RUNNER_NICE = 5
 
 
 class Runner:
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     die_with_parent(args.parent)
+    # Inference yields the CPU to the daemon's network work and to the owner's own programs.
+    os.nice(RUNNER_NICE)
     # A crash must not leave a core file the size of the mapped model on the owner's disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
     # A Ctrl-C in the terminal, or a service manager's SIGTERM to the whole group, is for the

@@ -110,9 +110,10 @@ def test_no_runner_outlives_a_daemon_that_exits(tmp_path: Path, tiny_model: Path
         pids = _runner_pids(daemon.address)
         assert len(set(pids)) == 2 and all(pids)
         assert daemon.proc is not None
-        assert {c.pid for c in psutil.Process(daemon.proc.pid).children()} == set(pids)
+        children = {c.pid for c in psutil.Process(daemon.proc.pid).children()}
+        assert set(pids) <= children  # and the spare runner, started ahead of need
     assert daemon.proc.returncode == 0
-    assert all(_gone(pid) for pid in pids), "every runner ended with its daemon"
+    assert all(_gone(pid) for pid in children), "every runner ended with its daemon"
 
 
 def test_a_daemon_killed_with_sigkill_takes_its_runners_along(
@@ -120,7 +121,9 @@ def test_a_daemon_killed_with_sigkill_takes_its_runners_along(
 ) -> None:
     models = [f"a={tiny_model}", f"b={tiny_model}"]
     with DaemonProcess(tmp_path / "home", models) as daemon:
-        pids = _runner_pids(daemon.address)
+        _runner_pids(daemon.address)
+        assert daemon.proc is not None
+        pids = [c.pid for c in psutil.Process(daemon.proc.pid).children()]
         daemon.signal(signal.SIGKILL)
         assert daemon.proc is not None and daemon.proc.wait(10) == -signal.SIGKILL
         deadline = time.monotonic() + 5

@@ -188,10 +188,11 @@ def test_a_model_file_that_aborts_llama_cpp(
         with pytest.raises(ModelUnavailable, match="until its file changes"):
             mesh.complete("victim", "Hi", max_tokens=2)
         assert info(mesh, "victim").restarts == tries, "a given-up model starts no runner"
-        # `meshd warm` asks again on purpose: one more try.
+        # `meshd warm` asks again on purpose: one more try (a pinned model gets its three again).
         with pytest.raises(ModelUnavailable, match="SIGABRT"):
             mesh.warm("victim", wait=True)
-        assert info(mesh, "victim").restarts == tries + 1
+        restarts = info(mesh, "victim").restarts
+        assert restarts == tries + 1 or (pinned and restarts > tries + 1)
 
 
 def test_a_failed_model_is_tried_again_after_its_file_changes(
