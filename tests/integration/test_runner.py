@@ -23,20 +23,20 @@ def maps_llama(pid: int) -> bool:
 def test_the_daemon_maps_no_llama_cpp_and_each_model_has_its_runner(
     tmp_path: Path, tiny_model: Path
 ) -> None:
-    with DaemonProcess(tmp_path / "home", [f"a={tiny_model}", f"b={tiny_model}"]) as daemon:
-        with MeshClient(daemon.address) as mesh:
-            mesh.warm("a", wait=True)
-            mesh.warm("b", wait=True)
-            runners = {m.name: m.runner_pid for m in mesh.models()}
-            assert daemon.proc is not None
-            assert not maps_llama(daemon.proc.pid), "llama.cpp stays out of the daemon"
-            assert len(set(runners.values())) == 2
-            for pid in runners.values():
-                assert psutil.Process(pid).ppid() == daemon.proc.pid
-                assert maps_llama(pid)
-                assert psutil.Process(pid).nice() == 5, "inference yields the CPU"
-            rss = {m.name: m.runner_rss for m in mesh.models()}
-            assert all(r > 10 * 2**20 for r in rss.values()), rss
+    models = [f"a={tiny_model}", f"b={tiny_model}"]
+    with DaemonProcess(tmp_path / "home", models) as daemon, MeshClient(daemon.address) as mesh:
+        mesh.warm("a", wait=True)
+        mesh.warm("b", wait=True)
+        runners = {m.name: m.runner_pid for m in mesh.models()}
+        assert daemon.proc is not None
+        assert not maps_llama(daemon.proc.pid), "llama.cpp stays out of the daemon"
+        assert len(set(runners.values())) == 2
+        for pid in runners.values():
+            assert psutil.Process(pid).ppid() == daemon.proc.pid
+            assert maps_llama(pid)
+            assert psutil.Process(pid).nice() == 5, "inference yields the CPU"
+        rss = {m.name: m.runner_rss for m in mesh.models()}
+        assert all(r > 10 * 2**20 for r in rss.values()), rss
 
 
 def test_the_first_load_takes_the_spare_runner(start_node: Callable) -> None:
