@@ -35,8 +35,10 @@ from llama_cpp import Llama, llama_vocab_is_eog
 from meshd.client import MeshClient
 from meshd.config import ModelSpec, Settings
 from meshd.engine import Engine
+from meshd.engine.runnerproc import RunnerOptions, RunnerProcess
 from meshd.process import DaemonProcess
-from meshd.types import ModelState
+from meshd.runner.protocol import LoadOptions
+from meshd.types import GenerateRequest, ModelState, Sampling
 
 MODEL = "gemma"
 COUNTRIES = [
@@ -176,6 +178,55 @@ def overhead_section(path: Path, home: Path, args: argparse.Namespace, threads: 
         "decode_direct_tps": d_rate,
         "decode_meshd_tps": m_rate,
     }
+
+
+async def _hop_times(
+    path: Path, args: argparse.Namespace, threads: int
+) -> tuple[list[float], list[float]]:
+    """TTFT straight from a runner process (no gRPC, no daemon) against direct, alternating."""
+    direct = Direct(path, threads, args.context)
+    runner = RunnerProcess(RunnerOptions(), "bench")
+    await runner.spawn()
+    await runner.load(LoadOptions(str(path), 1, args.context, threads, 512, True))
+
+    async def through_runner(prompt: str) -> float:
+        request = GenerateRequest(MODEL, prompt, max_tokens=2, sampling=Sampling(temperature=0))
+        released = asyncio.Event()
+        started = time.perf_counter()
+        chunks = runner.stream(0, request, released.set)
+        await anext(chunks)
+        elapsed = time.perf_counter() - started
+        await chunks.aclose()
+        await released.wait()
+        return elapsed
+
+    d_times, r_times = [], []
+    try:
+        for prompt in prompts(args.prompts):
+            d_times.append(direct.ttft(prompt))
+            r_times.append(await through_runner(prompt))
+    finally:
+        await runner.close()
+        direct.close()
+    return d_times, r_times
+
+
+def hop_section(path: Path, args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    """What the runner process alone adds to the first token."""
+    direct, runner = asyncio.run(_hop_times(path, args, threads))
+    return {"threads": threads, "ttft_direct_s": direct, "ttft_runner_s": runner}
+
+
+def print_hop(hops: list[dict[str, Any]]) -> None:
+    rows = []
+    for h in hops:
+        d, r = percentile(h["ttft_direct_s"], 50), percentile(h["ttft_runner_s"], 50)
+        rows.append([f"TTFT p50, {h['threads']} thr", ms(d), ms(r), f"{r / d:.3f} (+{ms(r - d)})"])
+    print_table(
+        "the runner hop alone: direct vs a runner process (no gRPC, no daemon)",
+        ["measure", "direct", "runner", "ratio"],
+        rows,
+    )
 
 
 def first_token_after(mesh: MeshClient, since: float | None = None) -> float:
@@ -492,6 +543,8 @@ def main() -> None:
         for threads in [args.threads, *args.compare_threads]:
             with console.status(f"direct vs meshd, {threads} thread(s)…"):
                 overhead.append(overhead_section(path, home, args, threads))
+        with console.status("the runner hop alone…"):
+            hops = [hop_section(path, args, t) for t in [args.threads, *args.compare_threads]]
         with console.status("cold vs warm vs preemptively warmed…"):
             warming = warming_section(path, home, args)
         with console.status("reloads…"):
@@ -503,6 +556,7 @@ def main() -> None:
         "warming": summarize_warming(warming),
     }
     print_overhead(summary["overhead"])
+    print_hop(hops)
     print_warming(summary["warming"])
     print_reload(reload)
     print_memory(memory)
@@ -516,6 +570,7 @@ def main() -> None:
             "warming": warming,
             "reload": reload,
             "memory": memory,
+            "runner_hop": hops,
         },
     )
     console.print(f"wrote {out}")
