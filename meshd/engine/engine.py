@@ -167,8 +167,11 @@ class Engine:
         """Start warming the model (or wait for it) and hold it warm for at least the lease."""
         await self.refresh()
         host = self.host(name)
-        if host.file_refused:
-            raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
+        if host.file_refused:  # fixed since? then it is warmed like any other
+            with contextlib.suppress(InvalidModelFile):
+                await asyncio.to_thread(host.inspect)
+            if host.file_refused:
+                raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
         host.forgive()  # asked for by name: a model given up on is tried again
         now = time.time()
         host.lease_until = max(host.lease_until, now + lease)

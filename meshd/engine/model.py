@@ -80,7 +80,10 @@ class ModelHost:
         """Validate the file, again if it changed since; a bad file marks the model FAILED
         and raises. (A whole check reads every token string: ~0.2 s for a 262k vocabulary.)"""
         stamp = self.file_stamp()
-        if self.facts is not None and stamp is not None and stamp == self.inspected:
+        if stamp is None:  # missing or unreadable for now: tried again, like a failed load
+            self._failed(f"cannot read {self.path}", at_load=True)
+            raise InvalidModelFile(self.error)
+        if self.facts is not None and stamp == self.inspected:
             return self.facts
         try:
             self.facts, self.inspected = inspect_gguf(self.path), stamp

@@ -233,3 +233,27 @@ def test_the_mesh_retries_elsewhere_when_a_runner_dies_before_the_first_token(
         assert chunks, "the request was answered"
         assert {c.served_by for c in chunks} == {b.node.peer_id}
         assert chunks[-1].tokens == 4
+
+
+def test_a_briefly_missing_file_is_tried_again_and_the_mesh_still_knows_the_model(
+    start_node: Callable, tiny_model: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(tiny_model.read_bytes())
+    fast = {"heartbeat_interval": "0.2s", "dead_after": "1s"}
+    a = start_node(models={}, **fast)
+    b = start_node(models={"m": path}, peers=[a.address], **fast)
+    with MeshClient(a.address) as mesh, MeshClient(b.address) as on_b:
+        aside = path.rename(tmp_path / "aside.gguf")  # an unmounted disk, a sync in progress
+        with pytest.raises(ModelUnavailable, match="cannot read"):
+            on_b.warm("m", wait=True)
+        assert info(on_b, "m").state is ModelState.FAILED
+
+        def a_sees_m_on_b() -> bool:
+            peers = [p for p in mesh.mesh_status().peers if p.info.peer_id == b.node.peer_id]
+            return any(p.alive and "m" in {x.name for x in p.info.models} for p in peers)
+
+        eventually(a_sees_m_on_b)  # a failed model that will be tried again stays listed
+        aside.rename(path)
+        answer = mesh.complete("m", "Hi", max_tokens=3)
+        assert answer.tokens == 3 and answer.served_by == b.node.peer_id
