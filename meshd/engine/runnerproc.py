@@ -45,6 +45,7 @@ class _Request:
     chunks: asyncio.Queue[Chunk | BaseException]
     released: Callable[[], None]
     last_frame: float
+    max_tokens: int
     tokens: int = 0
     finished: bool = False
 
@@ -179,8 +180,6 @@ class RunnerProcess:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self.writer is not None:
-            self.writer.close()
         self._end("runner stopped")
 
     def kill(self, reason: str) -> None:
@@ -203,7 +202,7 @@ class RunnerProcess:
             released()
             raise RunnerFailed(self.ended.result() if self.ended.done() else "runner not started")
         request_id = next(self.ids)
-        entry = _Request(asyncio.Queue(), released, time.monotonic())
+        entry = _Request(asyncio.Queue(), released, time.monotonic(), request.max_tokens)
         self.requests[request_id] = entry
         self._send({"op": "generate", "id": request_id, "slot": slot,
                     "request": protocol.request_to_wire(request)})  # fmt: skip
@@ -257,6 +256,8 @@ class RunnerProcess:
         entry.last_frame = now
         if op == "chunk":
             chunk = protocol.chunk_from_wire(message)
+            if chunk.tokens > entry.max_tokens:  # bounds what a runner can make us hold
+                raise protocol.ProtocolError(f"{chunk.tokens} tokens for a request of fewer")
             entry.tokens = chunk.tokens
             entry.chunks.put_nowait(chunk)
             if chunk.finish_reason is not None:
@@ -336,6 +337,8 @@ class RunnerProcess:
         if self.ended.done():
             return
         self.ended.set_result(reason)
+        if self.writer is not None:
+            self.writer.close()
         if self._load is not None and not self._load.done.done():
             self._load.done.set_exception(ModelUnavailable(f"{reason}"))
         for request_id, entry in list(self.requests.items()):
