@@ -28,8 +28,8 @@ def check_architecture(meta: Mapping[str, Any], arch: str) -> None:
         raise InvalidModelFile(f"no {arch}.block_count in the metadata")
     if not 1 <= layers <= MAX_LAYERS:
         raise InvalidModelFile(f"{arch}.block_count is {layers}; it must be 1 to {MAX_LAYERS}")
-    nextn = _whole(meta, f"{arch}.nextn_predict_layers") or 0
-    if nextn > layers:
+    nextn = _whole(meta, f"{arch}.nextn_predict_layers")
+    if nextn is not None and nextn > layers:
         raise InvalidModelFile(
             f"{arch}.nextn_predict_layers is {nextn}, more than the {layers} layers"
         )

@@ -43,10 +43,11 @@ def describe_exit(returncode: int | None, last_line: str = "", killed_for: str =
     elif returncode < 0:
         try:
             sig = signal.Signals(-returncode)
-            name, words = sig.name, SIGNAL_WORDS.get(sig, "")
         except ValueError:
-            name, words = f"signal {-returncode}", ""
-        text = f"runner killed by {name}" + (f" ({words})" if words else "")
+            text = f"runner killed by signal {-returncode}"
+        else:
+            words = SIGNAL_WORDS.get(sig)
+            text = f"runner killed by {sig.name}" + (f" ({words})" if words else "")
     else:
         text = f"runner exited with status {returncode}"
     return f"{text}: {_without_build_paths(last_line)}" if last_line else text

@@ -102,7 +102,7 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
         if caller is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a mesh certificate is required")
             return
-        if caller.serial and self.revocations().refuses(caller.serial, caller.name):
+        if caller.serial and self.revocations().refuses(caller.serial, caller.name or None):
             self._warn("refused %s from %s: its certificate is revoked", method, caller.name)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"the certificate of {caller.name} is revoked"

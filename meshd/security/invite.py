@@ -17,6 +17,7 @@ import re
 import secrets
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from meshd.errors import InvalidRequest, Overloaded
@@ -27,6 +28,8 @@ FINGERPRINT_BYTES = 32
 DEFAULT_TTL_S = 3600.0
 WRONG_SECRETS_PER_MINUTE = 5
 _PREFIX = "MESHD-"
+_IP_SIZES = {4: 4, 6: 16}  # the tag of an IP address is its version
+_DAMAGED = "the invite code is damaged (an address does not parse)"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
 
@@ -91,16 +94,19 @@ def _pack_address(address: str) -> bytes:
 
 
 def _unpack_address(data: bytes) -> tuple[str, bytes]:
-    if data[0] == 0 and len(data) >= 2:  # a DNS name
-        size, start = data[1], 2
+    tag = data[0]
+    if tag == 0:  # a DNS name: its length (0 when the code ends here), then its ASCII
+        size, start = sum(data[1:2]), 2
+    elif tag in _IP_SIZES:
+        size, start = _IP_SIZES[tag], 1
     else:
-        size, start = {4: 4, 6: 16}.get(data[0], -1), 1
-    if size < 0 or len(data) < start + size + 2:
-        raise InvalidRequest("the invite code is damaged (an address does not parse)")
+        raise InvalidRequest(_DAMAGED)
+    if len(data) < start + size + 2:
+        raise InvalidRequest(_DAMAGED)
     raw = data[start : start + size]
     (port,) = struct.unpack(">H", data[start + size : start + size + 2])
-    if start == 2:
-        host = raw.decode("ascii", "replace")
+    if tag == 0:
+        host = check_host(raw.decode(errors="replace"))  # a hostile code gets no odd host in
     else:
         ip = ipaddress.ip_address(raw)
         host = f"[{ip}]" if ip.version == 6 else str(ip)
@@ -119,18 +125,19 @@ class InviteBook:
 
     pending: dict[bytes, _Pending] = field(default_factory=dict)
     wrong: collections.deque[float] = field(default_factory=collections.deque)
+    clock: Callable[[], float] = time.monotonic
 
     def create(self, ttl: float = DEFAULT_TTL_S, role: str = "peer") -> bytes:
         """A new one-time secret, valid for ttl seconds."""
         if ttl <= 0:
             raise InvalidRequest("an invite must be valid for some time", field="ttl")
         secret = secrets.token_bytes(SECRET_BYTES)
-        self.pending[_digest(secret)] = _Pending(time.monotonic() + ttl, role)
+        self.pending[_digest(secret)] = _Pending(self.clock() + ttl, role)
         return secret
 
     def redeem(self, secret: bytes) -> str:
         """Use up a secret and return the role it grants, or refuse (rate-limited)."""
-        now = time.monotonic()
+        now = self.clock()
         while self.wrong and now - self.wrong[0] > 60:
             self.wrong.popleft()
         if len(self.wrong) >= WRONG_SECRETS_PER_MINUTE:
@@ -145,7 +152,7 @@ class InviteBook:
 
     def expire(self, now: float | None = None) -> None:
         """Forget expired invites."""
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         for key in [k for k, p in self.pending.items() if p.expires <= now]:
             del self.pending[key]
 

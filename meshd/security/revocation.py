@@ -36,9 +36,10 @@ class RevocationList:
     signature: bytes = b""
 
     def payload(self) -> bytes:
-        """The bytes the CA signs: the number and the entries, canonical JSON."""
+        """The bytes the CA signs: the number and the entries sorted by serial, as JSON (the
+        literal fixes the key order, so the bytes are the same on every peer)."""
         entries = [[r.serial, r.name] for r in sorted(self.revoked, key=lambda r: r.serial)]
-        return json.dumps({"number": self.number, "revoked": entries}, sort_keys=True).encode()
+        return json.dumps({"number": self.number, "revoked": entries}).encode()
 
     def to_bytes(self) -> bytes:
         """The list as sent in heartbeats and kept on disk (empty when nothing is revoked)."""
@@ -47,9 +48,9 @@ class RevocationList:
         signature = base64.b64encode(self.signature).decode()
         return json.dumps({"payload": self.payload().decode(), "signature": signature}).encode()
 
-    def refuses(self, serial: int, name: str = "") -> bool:
+    def refuses(self, serial: int, name: str | None = None) -> bool:
         """True when the certificate with this serial (or anything issued to name) is revoked."""
-        return any(r.serial == serial or (name and r.name == name) for r in self.revoked)
+        return any(r.serial == serial or r.name == name for r in self.revoked)
 
     def with_revoked(
         self, ca_key: ec.EllipticCurvePrivateKey, add: list[Revoked]

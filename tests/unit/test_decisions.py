@@ -47,6 +47,14 @@ class TestEviction:
         assert plan_eviction(models, need=10, budget=30) == ["idle"]
         assert plan_eviction(models, need=11, budget=30) is None
 
+    def test_exactly_filling_the_budget_fits(self) -> None:
+        assert plan_eviction([resident("a", 10, 1)], need=20, budget=30) == []
+        assert plan_eviction([resident("a", 10, 1)], need=21, budget=30) == ["a"]
+
+    def test_expiry_at_the_very_moment(self) -> None:
+        assert expired([resident("due", 1, 0, warm_until=10)], now=10) == ["due"]
+        assert expired([resident("due", 1, 0, warm_until=10)], now=9.99) == []
+
     def test_bigger_than_the_budget_cannot_fit(self) -> None:
         assert plan_eviction([], need=31, budget=30) is None
 

@@ -45,6 +45,9 @@ class TestDescribeExit:
     def test_an_exit_status_and_the_last_line(self) -> None:
         assert describe_exit(3, "out of cheese") == "runner exited with status 3: out of cheese"
 
+    def test_a_clean_exit_is_a_status_not_a_signal(self) -> None:
+        assert describe_exit(0) == "runner exited with status 0"
+
     def test_a_closed_connection(self) -> None:
         assert describe_exit(None) == "runner closed its connection"
 
@@ -100,6 +103,10 @@ class TestNextAttempt:
     def test_within_the_backoff_it_waits_the_rest(self) -> None:
         record = FailureRecord(3, 0, 100.0, STAMP)  # 2 s of backoff
         assert next_attempt(record, 100.5, STAMP) == (Verdict.WAIT, 1.5)
+
+    def test_under_a_second_left_it_still_waits(self) -> None:
+        record = FailureRecord(2, 0, 100.0, STAMP)  # 1 s of backoff
+        assert next_attempt(record, 100.75, STAMP) == (Verdict.WAIT, 0.25)
 
     def test_exactly_at_the_end_of_the_backoff_it_tries(self) -> None:
         record = FailureRecord(3, 0, 100.0, STAMP)

@@ -158,3 +158,49 @@ class TestWholeFiles:
     def test_quantized_files_pass_with_their_facts(self, tmp_path: Path) -> None:
         facts = inspect_gguf(write_tiny_gguf(tmp_path / "q.gguf", quant="Q4_0"))
         assert facts.quantization == "Q4_0" and facts.layers == 2 and facts.vocab_size > 256
+
+
+class TestExactly:
+    """The messages say exactly what is wrong, and cut what a file says to 40 characters."""
+
+    def _message(self, **changes: Any) -> str:
+        with pytest.raises(InvalidModelFile) as caught:
+            check(**changes)
+        return str(caught.value)
+
+    def test_prediction_layers_may_be_absent_with_one_layer(self) -> None:
+        check(llama__block_count=1)
+        check(llama__block_count=1, llama__nextn_predict_layers=1)
+
+    def test_one_head_is_enough(self) -> None:
+        check(llama__attention__head_count=1)
+        check(llama__attention__head_count=1, llama__attention__head_count_kv=1)
+
+    def test_a_long_rope_scaling_is_quoted_to_forty_characters(self) -> None:
+        assert self._message(llama__rope__scaling__type="b" * 100) == (
+            f"llama.rope.scaling.type is {'b' * 40!r}; llama.cpp knows linear, longrope, none, yarn"
+        )
+
+    def test_a_value_that_is_not_whole_is_quoted_to_forty_characters(self) -> None:
+        assert self._message(llama__block_count=2.5) == (
+            "llama.block_count is 2.5, not a whole number"
+        )
+        assert self._message(llama__block_count="c" * 100) == (
+            f"llama.block_count is {'c' * 40}, not a whole number"
+        )
+
+    def test_a_bool_in_a_per_layer_list_is_not_a_number(self) -> None:
+        assert self._message(llama__attention__head_count=(True, 2)) == (
+            "llama.attention.head_count is not a list of whole numbers"
+        )
+
+    def test_two_groups_are_checked_too(self) -> None:
+        assert self._message(
+            llama__expert_count=8, llama__expert_used_count=2, llama__expert_group_count=2
+        ) == (
+            "llama: 8 experts in 2 groups with 0 used is not a valid grouping"
+        )
+
+    def test_one_group_used_of_four(self) -> None:
+        check(llama__expert_count=8, llama__expert_used_count=2, llama__expert_group_count=4,
+              llama__expert_group_used_count=1)  # fmt: skip

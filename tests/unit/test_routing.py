@@ -89,3 +89,67 @@ def test_liveness_and_the_table() -> None:
     assert "other:1" not in table.entries
     table.record_ok("a2:1", PeerInfo("pa", "mesh", "1", "a2:1"), rtt=0.01, now=104.0)
     assert list(table.entries) == ["a2:1"], "one entry per peer id"
+
+
+def _waiting(pid: str, wait: float, *, local: bool = False) -> PeerView:
+    """A warm peer whose expected wait is exactly `wait` seconds (one request ahead, no RTT)."""
+    return peer(pid, local=local, rtt=0.0, m=ModelView(True, active=1, slots=1, service_s=wait))
+
+
+def test_one_slot_counts_the_whole_service_time() -> None:
+    one = peer("p", rtt=0.0, m=ModelView(True, active=1, slots=1, service_s=0.4))
+    assert expected_wait(one, "m") == 0.4
+    none = peer("p", rtt=0.0, m=ModelView(True, active=1, slots=0, service_s=0.4))
+    assert expected_wait(none, "m") == 0.4, "no slots reported counts as one"
+
+
+def test_a_peer_just_past_the_near_equal_margin_is_never_chosen() -> None:
+    # best 1.0 s: within 10% (0.1 s) is near; 1.2 s is not, so the best always wins.
+    peers = [_waiting("best", 1.0), _waiting("close", 1.05), _waiting("far", 1.2)]
+    for seed in range(40):
+        assert choose(peers, "m", rng=random.Random(seed)).peer.peer_id == "best"
+
+
+def test_peers_exactly_at_the_margin_are_near_equals() -> None:
+    peers = [_waiting("best", 1.0), _waiting("b", 1.1), _waiting("c", 1.1)]
+    chosen = {choose(peers, "m", rng=random.Random(s)).peer.peer_id for s in range(40)}
+    assert "best" in chosen and chosen & {"b", "c"}, "two choices sometimes compare b and c"
+
+
+def test_two_choices_follow_the_random_source_and_take_the_lower_wait() -> None:
+    peers = [_waiting("a", 1.0), _waiting("b", 1.0), _waiting("c", 1.0)]
+    for seed in range(20):
+        first, _ = random.Random(seed).sample(peers, 2)
+        decision = choose(peers, "m", rng=random.Random(seed))
+        assert decision.peer.peer_id == first.peer_id, "on a tie the first sampled wins"
+
+
+def test_of_two_near_peers_the_lower_wait_wins_in_either_order() -> None:
+    for order in ([_waiting("worse", 1.05), _waiting("better", 1.0)],
+                  [_waiting("better", 1.0), _waiting("worse", 1.05)]):  # fmt: skip
+        for seed in range(10):
+            assert choose(order, "m", rng=random.Random(seed)).peer.peer_id == "better"
+
+
+def test_a_near_local_peer_wins_over_a_slightly_faster_remote() -> None:
+    peers = [_waiting("remote", 1.0), _waiting("me", 1.05, local=True)]
+    for seed in range(20):
+        decision = choose(peers, "m", rng=random.Random(seed))
+        assert decision.peer.peer_id == "me"
+        assert decision.reason == "warm on this peer, least expected wait 1050 ms"
+        assert decision.warm is True
+
+
+def test_the_reason_names_the_peer_and_its_wait() -> None:
+    decision = choose([_waiting("p1", 2.0)], "m", rng=random.Random(0))
+    assert decision.reason == "warm on p1, least expected wait 2000 ms"
+    cold = choose([peer("p2", free=5, m=COLD)], "m")
+    assert cold.reason == "no peer had it warm; p2 has the most free memory"
+    assert cold.warm is False
+
+
+def test_warm_targets_prefer_this_peer_on_equal_memory() -> None:
+    peers = [peer("far", free=10, m=COLD), peer("me", local=True, free=10, m=COLD)]
+    assert [p.peer_id for p in warm_targets(peers, "m", 1)] == ["me"]
+    assert [p.peer_id for p in warm_targets(peers, "m", 0)] == ["me"], "at least one"
+    assert [p.peer_id for p in warm_targets(peers, "m", 2)] == ["me", "far"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -149,3 +150,21 @@ def test_a_revocation_made_offline_is_what_the_daemon_starts_with(tmp_path: Path
     assert trust.revocations == listed and trust.revocations.refuses(revoked[0].serial)
     with pytest.raises(ConfigError, match="no certificate was issued"):
         ring.revoke("nobody")
+
+
+def test_the_revocation_list_bytes_and_refusals_exactly() -> None:
+    ca_key, ca = pki.create_ca("friends")
+    assert RevocationList().to_bytes() == b"", "nothing revoked: nothing to send"
+    listed = RevocationList().with_revoked(ca_key, [Revoked(9, "b"), Revoked(7, "a")])
+    assert listed.payload() == b'{"number": 1, "revoked": [[7, "a"], [9, "b"]]}'
+    assert listed.refuses(7) and listed.refuses(1, "b") and not listed.refuses(1)
+    assert not listed.refuses(1, "c")
+    wire = json.loads(listed.to_bytes())
+    wire["signature"] = wire["signature"][:10] + "!!" + wire["signature"][10:]
+    with pytest.raises(InvalidRequest, match=r"^not a revocation list: "):
+        parse_revocations(json.dumps(wire).encode(), ca)
+    other_key, _ = pki.create_ca("other")
+    forged = RevocationList().with_revoked(other_key, [Revoked(7, "a")])
+    with pytest.raises(InvalidRequest) as caught:
+        parse_revocations(forged.to_bytes(), ca)
+    assert str(caught.value) == "the revocation list is not signed by the mesh CA"

@@ -1,0 +1,180 @@
+"""meshd/security/invite.py: codes, hosts, one-time secrets and the wrong-secret limiter, each
+rule at its limit and one past it, with exact messages."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+
+from meshd.errors import InvalidRequest, Overloaded
+from meshd.security.invite import (
+    SECRET_BYTES,
+    InviteBook,
+    InviteCode,
+    check_host,
+    decode_invite,
+)
+
+FINGERPRINT, SECRET = bytes(range(32)), bytes(range(100, 116))
+DAMAGED = "the invite code is damaged \\(an address does not parse\\)"
+NOT_A_CODE = "not an invite code, or one from another meshd version"
+
+
+class Clock:
+    """A monotonic clock the test moves by hand, far from the real one."""
+
+    def __init__(self) -> None:
+        self.now = 1e9
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def raw_code(body: bytes) -> str:
+    return "MESHD-" + base64.b32encode(body).decode().rstrip("=")
+
+
+HEAD = bytes([1]) + FINGERPRINT + SECRET
+
+
+class TestCodes:
+    @pytest.mark.parametrize(
+        "address", ["1.2.3.4:1", "1.2.3.4:65535", "[fe80::1]:32768", "mini.ts.net:40000"]
+    )
+    def test_every_port_round_trips(self, address: str) -> None:
+        code = InviteCode((address,), FINGERPRINT, SECRET)
+        assert decode_invite(code.encode()) == code
+
+    def test_no_padding_is_printed(self) -> None:
+        text = InviteCode(("1.2.3.4:7070",), FINGERPRINT, SECRET).encode()
+        assert "=" not in text and text.startswith("MESHD-")
+        assert text == raw_code(HEAD + bytes([4, 1, 2, 3, 4]) + (7070).to_bytes(2, "big"))
+
+    def test_a_code_whose_last_character_is_x_keeps_it(self) -> None:
+        for port in range(1, 2000):
+            code = InviteCode((f"a.local:{port}",), FINGERPRINT, SECRET)
+            if code.encode().endswith("X"):
+                assert decode_invite(code.encode()) == code
+                return
+        pytest.fail("no code ended in X")
+
+    def test_a_code_that_is_not_base32(self) -> None:
+        with pytest.raises(InvalidRequest) as caught:
+            decode_invite("MESHD-!!!!")
+        assert str(caught.value) == "not an invite code (it should start with MESHD-)"
+
+    def test_the_head_alone_or_less_is_not_a_code(self) -> None:
+        with pytest.raises(InvalidRequest) as caught:
+            decode_invite(raw_code(HEAD))
+        assert str(caught.value) == NOT_A_CODE
+        with pytest.raises(InvalidRequest, match=NOT_A_CODE):
+            decode_invite(raw_code(HEAD[:-1]))
+
+    def test_another_version(self) -> None:
+        body = bytes([2]) + HEAD[1:] + bytes([4, 1, 2, 3, 4, 0, 80])
+        with pytest.raises(InvalidRequest, match=NOT_A_CODE):
+            decode_invite(raw_code(body))
+
+    @pytest.mark.parametrize(
+        "tail",
+        [
+            bytes([9, 1, 2, 3, 4, 0, 80]),  # an unknown address tag
+            bytes([4, 1, 2, 3, 4, 0]),  # a port cut short
+            bytes([6]) + bytes(15) + bytes([0, 80]),  # an IPv6 address cut short
+            bytes([0]),  # a name tag and nothing else
+            bytes([0, 5]) + b"ab",  # a name shorter than its length
+            bytes([0, 2]) + b"ab" + bytes([1]),  # a port cut short after a name
+        ],
+    )
+    def test_a_damaged_address(self, tail: bytes) -> None:
+        with pytest.raises(InvalidRequest, match=DAMAGED):
+            decode_invite(raw_code(HEAD + tail))
+
+    def test_a_name_exactly_as_long_as_it_says(self) -> None:
+        body = HEAD + bytes([0, 2]) + b"ab" + (443).to_bytes(2, "big")
+        assert decode_invite(raw_code(body)).addresses == ("ab:443",)
+
+    @pytest.mark.parametrize("name", [b"b\xffd", b"bad_host", b"-x"])
+    def test_a_name_that_is_no_host_is_refused(self, name: bytes) -> None:
+        body = HEAD + bytes([0, len(name)]) + name + (80).to_bytes(2, "big")
+        with pytest.raises(InvalidRequest, match="not a host for an invite"):
+            decode_invite(raw_code(body))
+
+
+class TestHosts:
+    @pytest.mark.parametrize("host", ["10.0.0.5", "fe80::1", "[fe80::1]", "mini.local", "a" * 63])
+    def test_addresses_and_names_pass_unchanged(self, host: str) -> None:
+        assert check_host(host) == host
+
+    def test_the_refusal_names_the_field(self) -> None:
+        with pytest.raises(InvalidRequest) as caught:
+            check_host("10.0.0.5:7070")
+        assert caught.value.field == "addresses"
+        assert str(caught.value) == (
+            "not a host for an invite: '10.0.0.5:7070' (an IP address or a DNS name, "
+            "without a port)"
+        )
+
+
+class TestBook:
+    def test_a_secret_has_its_full_length(self) -> None:
+        assert len(InviteBook().create()) == SECRET_BYTES == 16
+
+    def test_no_time_to_live_is_refused(self) -> None:
+        with pytest.raises(InvalidRequest) as caught:
+            InviteBook().create(ttl=0)
+        assert str(caught.value) == "an invite must be valid for some time"
+        assert caught.value.field == "ttl"
+        assert len(InviteBook().create(ttl=0.001)) == 16
+
+    def test_a_secret_expires_exactly_at_its_time(self) -> None:
+        clock = Clock()
+        book = InviteBook(clock=clock)
+        secret = book.create(ttl=10)
+        assert book.next_expiry() == 1e9 + 10
+        clock.now += 10
+        with pytest.raises(InvalidRequest) as caught:
+            book.redeem(secret)
+        assert str(caught.value) == "this invite code is wrong, used or expired: ask for a new one"
+
+    def test_a_secret_just_before_its_time_works_once(self) -> None:
+        clock = Clock()
+        book = InviteBook(clock=clock)
+        secret = book.create(ttl=10, role="app")
+        clock.now += 9.999
+        assert book.redeem(secret) == "app"
+        with pytest.raises(InvalidRequest):
+            book.redeem(secret)
+
+    def test_expire_uses_the_books_clock(self) -> None:
+        clock = Clock()
+        book = InviteBook(clock=clock)
+        book.create(ttl=5)
+        book.expire()
+        assert book.pending
+        clock.now += 5
+        book.expire()
+        assert not book.pending and book.next_expiry() is None
+
+    def test_five_wrong_secrets_a_minute_then_a_pause(self) -> None:
+        clock = Clock()
+        book = InviteBook(clock=clock)
+        good = book.create(ttl=600)
+        for _ in range(4):
+            with pytest.raises(InvalidRequest):
+                book.redeem(os.urandom(16))
+        clock.now += 1
+        with pytest.raises(InvalidRequest):  # the fifth is still only wrong
+            book.redeem(os.urandom(16))
+        with pytest.raises(Overloaded) as caught:
+            book.redeem(good)
+        assert str(caught.value) == (
+            "too many wrong invite secrets in the last minute: try again later"
+        )
+        clock.now += 59  # the first four are exactly a minute old: still counted
+        with pytest.raises(Overloaded):
+            book.redeem(good)
+        clock.now += 0.5  # now they are older than a minute
+        assert book.redeem(good) == "peer"
