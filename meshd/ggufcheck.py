@@ -101,7 +101,7 @@ class _Cursor:
         raw = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         try:
-            return raw.decode("utf-8")
+            return raw.decode()
         except UnicodeDecodeError:
             raise InvalidModelFile(f"string at offset {self.pos - n} is not UTF-8") from None
 
@@ -138,7 +138,7 @@ class _Cursor:
         if int(self.unpack("<I", 4)) != _STRING:
             raise InvalidModelFile(f"{TOKENS_KEY} is not an array of strings")
         n = self.count("array length", 8)
-        buf, pos, seen = self.buf, self.pos, set[bytes]()
+        buf, seen = self.buf, set[bytes]()
         for _ in range(n):
             length = int(self.unpack("<Q", 8))
             pos = self.pos
@@ -146,9 +146,8 @@ class _Cursor:
                 raise InvalidModelFile(f"truncated: string array runs past offset {pos}")
             piece = bytes(buf[pos : pos + length])
             self.pos += length
-            if piece in seen:
-                self.skip_strings(n - len(seen) - 1)
-                return piece.decode("utf-8", errors="replace")
+            if piece in seen:  # the file is refused: no need to read the rest
+                return piece.decode(errors="replace")
             seen.add(piece)
         return None
 
@@ -234,7 +233,7 @@ def _facts(meta: dict[str, Any], tensors: list[tuple[str, int, int, int]], size:
 
     check_architecture(meta, arch)
     embedding, heads = number("embedding_length"), number("attention.head_count", 1) or 1
-    head_dim = embedding // heads if heads else 0
+    head_dim = embedding // heads
     return GGUFFacts(
         architecture=arch,
         name=str(meta.get("general.name", "")),

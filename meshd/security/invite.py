@@ -142,7 +142,7 @@ class InviteBook:
             self.wrong.popleft()
         if len(self.wrong) >= WRONG_SECRETS_PER_MINUTE:
             raise Overloaded("too many wrong invite secrets in the last minute: try again later")
-        self.expire(now)
+        self.expire()
         key = _digest(secret)
         match = next((k for k in self.pending if hmac.compare_digest(k, key)), None)
         if match is None:
@@ -150,9 +150,9 @@ class InviteBook:
             raise InvalidRequest("this invite code is wrong, used or expired: ask for a new one")
         return self.pending.pop(match).role
 
-    def expire(self, now: float | None = None) -> None:
+    def expire(self) -> None:
         """Forget expired invites."""
-        now = self.clock() if now is None else now
+        now = self.clock()
         for key in [k for k, p in self.pending.items() if p.expires <= now]:
             del self.pending[key]
 

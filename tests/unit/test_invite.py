@@ -52,6 +52,11 @@ class TestCodes:
         assert "=" not in text and text.startswith("MESHD-")
         assert text == raw_code(HEAD + bytes([4, 1, 2, 3, 4]) + (7070).to_bytes(2, "big"))
 
+    def test_an_ipv6_address_is_packed_as_an_address(self) -> None:
+        text = InviteCode(("[fe80::1]:32768",), FINGERPRINT, SECRET).encode()
+        packed = bytes([6, 0xFE, 0x80]) + bytes(13) + bytes([1]) + (32768).to_bytes(2, "big")
+        assert text == raw_code(HEAD + packed)
+
     def test_a_code_whose_last_character_is_x_keeps_it(self) -> None:
         for port in range(1, 2000):
             code = InviteCode((f"a.local:{port}",), FINGERPRINT, SECRET)
