@@ -197,9 +197,7 @@ class TestExactly:
     def test_two_groups_are_checked_too(self) -> None:
         assert self._message(
             llama__expert_count=8, llama__expert_used_count=2, llama__expert_group_count=2
-        ) == (
-            "llama: 8 experts in 2 groups with 0 used is not a valid grouping"
-        )
+        ) == ("llama: 8 experts in 2 groups with 0 used is not a valid grouping")
 
     def test_one_group_used_of_four(self) -> None:
         check(llama__expert_count=8, llama__expert_used_count=2, llama__expert_group_count=4,

@@ -296,3 +296,24 @@ class TestFacts:
         assert (facts.heads, facts.kv_heads, facts.context_length) == (8, 2, 77)
         assert (facts.key_length, facts.value_length) == (24, 40)
         assert facts.kv_cache_bytes(10) == 1 * 2 * (24 + 40) * 2 * 10
+
+
+class TestBounds:
+    def test_alignment_of_one_passes_and_zero_does_not(self, tmp_path: Path) -> None:
+        one = build(tmp_path / "1.gguf", [*LLAMA, kv_u32("general.alignment", 1)])
+        assert inspect_gguf(one).layers == 1
+        zero = build(tmp_path / "0.gguf", [*LLAMA, kv_u32("general.alignment", 0)])
+        assert refusal(zero) == "bad general.alignment 0"
+
+    def test_arrays_nested_three_deep_are_refused(self, tmp_path: Path) -> None:
+        innermost = struct.pack("<IQ", U32, 1) + struct.pack("<I", 7)
+        middle = struct.pack("<IQ", ARRAY, 1) + innermost
+        nested = s("k") + struct.pack("<IIQ", ARRAY, ARRAY, 1) + middle
+        assert refusal(build(tmp_path / "n.gguf", [*LLAMA, nested])) == (
+            "arrays nested more than 2 deep"
+        )
+
+    def test_a_per_layer_list_of_1024_values_is_kept(self, tmp_path: Path) -> None:
+        heads = [struct.pack("<I", 4)] * 1024
+        kvs = [*LLAMA, kv_array("llama.attention.head_count", U32, heads)]
+        assert inspect_gguf(build(tmp_path / "h.gguf", kvs)).heads == 4
