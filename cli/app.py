@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -98,6 +97,8 @@ def serve(
                 "[bold red]INSECURE (--insecure-dev):[/] plaintext TCP without authentication;"
                 " for local experiments only, never on a network you share."
             )
+        import asyncio
+
         from meshd.node import Node
 
         try:

@@ -11,16 +11,17 @@ from collections.abc import Iterator
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
-from meshd.client import MeshClient
 from meshd.config import DEFAULT_LISTEN, load_settings
 from meshd.daemonfile import running_daemon_address, running_daemon_socket
 from meshd.errors import ConfigError, MeshdError, PeerUnavailable
-from meshd.security.keyring import Keyring
+
+if TYPE_CHECKING:  # the CLI imports what a command uses when it runs it
+    from meshd.client import MeshClient
 
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
@@ -62,9 +63,13 @@ def resolve_address(addr: str | None, home: Path | None) -> str:
 def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClient:
     """A client for the command's daemon: its Unix socket, or TCP with this peer's mesh
     certificate when it has one (plaintext otherwise: a daemon run with --insecure-dev)."""
+    from meshd.client import MeshClient
+
     address = resolve_address(addr, home)
     credentials = None
     if not address.startswith("unix:"):
+        from meshd.security.keyring import Keyring
+
         with contextlib.suppress(ConfigError):
             credentials = Keyring(load_settings(home).home).credentials()
     return MeshClient(address, credentials=credentials, **options)

@@ -7,7 +7,6 @@ from pathlib import Path
 import typer
 
 from meshd.config import load_settings
-from meshd.doctor import failed, run_checks
 
 from .common import HomeOption, JsonOption, console, errors_as_exit, print_json
 
@@ -16,6 +15,8 @@ _MARK = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]", "
 
 def doctor(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
     """Check the daemon, service, network, peers, certificates, store and memory."""
+    from meshd.doctor import failed, run_checks
+
     with errors_as_exit():
         checks = run_checks(load_settings(home))
     if json_out:

@@ -5,24 +5,16 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import grpc
 import typer
 
-from meshd import service as service_files
 from meshd.config import MODEL_NAME, load_settings, parse_duration
-from meshd.daemonfile import running_daemon, running_daemon_address, stop_daemon
 from meshd.errors import ConfigError
-from meshd.fsutil import atomic_write_bytes
-from meshd.rpc import channels
-from meshd.rpc.access import lan_hosts
-from meshd.rpc.status import error_from_rpc
-from meshd.security import pki
-from meshd.security.join import join_mesh
-from meshd.security.keyring import Keyring
-from meshd.v1 import access_pb2 as apb
-from meshd.v1.access_pb2_grpc import AdminStub
+
+if TYPE_CHECKING:
+    from meshd.v1.access_pb2_grpc import AdminStub
+
 
 from .common import HomeOption, console, errors_as_exit, local_socket
 
@@ -34,6 +26,10 @@ def init(
     home: Path | None = HomeOption,
 ) -> None:
     """Create a mesh (its CA) with this machine as the founding peer."""
+    from meshd.daemonfile import running_daemon
+    from meshd.security import pki
+    from meshd.security.keyring import Keyring
+
     with errors_as_exit():
         settings = load_settings(home)
         keyring = Keyring(settings.home)
@@ -58,6 +54,8 @@ def invite(
     home: Path | None = HomeOption,
 ) -> None:
     """Print a one-time code for a friend's `meshd join`, or (--client) write an app bundle."""
+    from meshd.v1 import access_pb2 as apb
+
     with errors_as_exit():
         if client:
             _client_bundle(name, out, address, home)
@@ -73,6 +71,11 @@ def invite(
 
 
 def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: Path | None) -> None:
+    from meshd.daemonfile import running_daemon_address
+    from meshd.fsutil import atomic_write_bytes
+    from meshd.rpc.access import lan_hosts
+    from meshd.security.keyring import Keyring
+
     if not name or not MODEL_NAME.match(name):
         raise ConfigError("--client needs --name: letters, digits, '.', '_' or '-'")
     path = out or Path(f"{name}.meshd.json")
@@ -95,6 +98,10 @@ def join(
     home: Path | None = HomeOption,
 ) -> None:
     """Join a friend's mesh: identity, signed certificate, config, and the service started."""
+    from meshd import service as service_files
+    from meshd.daemonfile import stop_daemon
+    from meshd.security.join import join_mesh
+
     with errors_as_exit():
         settings = load_settings(home)
         joined = join_mesh(settings.home, code)
@@ -114,6 +121,10 @@ def revoke(
     home: Path | None = HomeOption,
 ) -> None:
     """Founder: refuse a peer or app from now on, on every peer within seconds."""
+    from meshd.daemonfile import running_daemon
+    from meshd.security.keyring import Keyring
+    from meshd.v1 import access_pb2 as apb
+
     with errors_as_exit():
         settings = load_settings(home)
         if running_daemon(settings.home) is None:  # offline: the daemon spreads it at start
@@ -130,6 +141,10 @@ def leave(
     home: Path | None = HomeOption,
 ) -> None:
     """Stop serving, remove the service, and forget the mesh (its keys and certificates)."""
+    from meshd import service as service_files
+    from meshd.daemonfile import stop_daemon
+    from meshd.security.keyring import Keyring
+
     with errors_as_exit():
         settings = load_settings(home)
         keyring = Keyring(settings.home)
@@ -149,6 +164,11 @@ def leave(
 
 def admin_call(home: Path | None, call: Callable[[AdminStub], Reply]) -> Reply:
     """Call the local daemon's Admin service over its Unix socket."""
+    import grpc
+
+    from meshd.rpc import channels
+    from meshd.rpc.status import error_from_rpc
+
     socket = local_socket(home)
     channel = channels.open_channel(socket)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import (
@@ -15,11 +16,10 @@ from rich.progress import (
 )
 
 from meshd.config import load_settings
-from meshd.engine.engine import default_memory_budget
-from meshd.pull import PullResult, open_source
-from meshd.pull import pull as pull_model
-from meshd.security.keyring import Keyring
-from meshd.store import ModelStore
+
+if TYPE_CHECKING:
+    from meshd.pull import PullResult
+
 
 from .common import HomeOption, JsonOption, console, err_console, errors_as_exit, print_json
 
@@ -50,6 +50,12 @@ def pull(
     json_out: bool = JsonOption,
 ) -> None:
     """Bring a model into this machine's store: verified, resumable, from a friend first."""
+    from meshd.engine.engine import default_memory_budget
+    from meshd.pull import open_source
+    from meshd.pull import pull as pull_model
+    from meshd.security.keyring import Keyring
+    from meshd.store import ModelStore
+
     with errors_as_exit():
         settings = load_settings(home)
         store = ModelStore(settings.home)
@@ -99,6 +105,8 @@ def rm(
     home: Path | None = HomeOption,
 ) -> None:
     """Remove a model from the store (its file goes when no other name uses it)."""
+    from meshd.store import ModelStore
+
     with errors_as_exit():
         removed = ModelStore(load_settings(home).home).remove(name)
     console.print(f"removed {removed.name} ({removed.digest[:19]}…)", highlight=False)

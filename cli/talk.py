@@ -6,15 +6,16 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich import box
 from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
-from meshd.errors import InvalidModelFile
-from meshd.store import ModelStore
-from meshd.types import Chunk, MeshStatus, ModelInfo
+
+if TYPE_CHECKING:
+    from meshd.types import Chunk, MeshStatus, ModelInfo
 
 from .common import (
     AddrOption,
@@ -207,6 +208,9 @@ def health(
 
 def _verify_store(home: Path | None) -> None:
     """Hash every stored model; name the changed ones and exit 1 if there are any."""
+    from meshd.errors import InvalidModelFile
+    from meshd.store import ModelStore
+
     with errors_as_exit():
         store = ModelStore(load_settings(home).home)
     bad = []

@@ -28,7 +28,7 @@ from meshd.errors import MeshdError, PeerUnavailable
 from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
 from meshd.rpc.status import UNREACHABLE, error_from_rpc
-from meshd.security.keyring import TlsCredentials, load_bundle
+from meshd.security.credentials import TlsCredentials
 from meshd.types import (
     ChatMessage,
     Chunk,
@@ -131,6 +131,8 @@ class _Addresses(abc.ABC):
     ) -> Self:
         """A client with the app credentials of `meshd invite --client` (mutual TLS), for the
         bundle's addresses unless others are given."""
+        from meshd.security.keyring import load_bundle  # cryptography: only for bundles
+
         credentials, addresses = load_bundle(Path(path))
         return cls(address or addresses, credentials=credentials, **options)
 

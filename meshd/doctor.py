@@ -18,7 +18,8 @@ from meshd.client import MeshClient
 from meshd.config import Settings
 from meshd.daemonfile import running_daemon
 from meshd.errors import InvalidModelFile, MeshdError
-from meshd.security.keyring import Keyring, TlsCredentials
+from meshd.security.credentials import TlsCredentials
+from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
 from meshd.types import MeshStatus
 

@@ -23,7 +23,7 @@ from meshd import errors
 from meshd.fsutil import fsync_file
 from meshd.rpc import channels
 from meshd.rpc.status import error_from_rpc
-from meshd.security.keyring import TlsCredentials
+from meshd.security.credentials import TlsCredentials
 from meshd.store import ModelStore, StoredModel, parse_digest, parse_name, sha256_file
 from meshd.v1 import mesh_pb2 as pb
 

@@ -18,8 +18,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 
-from meshd.security.keyring import TlsCredentials
-from meshd.security.pki import CA_SERVER_NAME, PEER_SERVER_NAME
+from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME, TlsCredentials
 from meshd.v1 import access_pb2_grpc, mesh_pb2_grpc
 
 SOCKET_FILE = "meshd.sock"

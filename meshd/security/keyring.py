@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
 from meshd.security import pki
+from meshd.security.credentials import TlsCredentials
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
 TLS_DIR = "tls"
 BUNDLE_KIND = "meshd-client-bundle"
-
-
-@dataclass(frozen=True)
-class TlsCredentials:
-    """What a TLS channel or server needs: the mesh CA, a certificate and its key (all PEM)."""
-
-    ca_pem: bytes
-    cert_pem: bytes
-    key_pem: bytes
 
 
 class Keyring:

@@ -21,13 +21,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshd.errors import InvalidRequest
+from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME
 
 Role = Literal["peer", "client"]
-# The name every peer certificate carries and every peer checks: the mesh, not a host name,
-# is what a peer proves (addresses change; Macs move between networks).
-PEER_SERVER_NAME = "peer.meshd"
-# The founder's join listener presents the CA certificate itself (see meshd.security.join).
-CA_SERVER_NAME = "ca.meshd"
 CA_YEARS = 10
 CERT_DAYS = 365
 _CLOCK_SLACK = dt.timedelta(minutes=5)  # a friend's clock a little behind is not a failure

@@ -27,9 +27,10 @@ from meshd.process import DaemonProcess
 from meshd.pull import LocalSource, PeerSource, pull
 from meshd.rpc import channels
 from meshd.security import pki
+from meshd.security.credentials import TlsCredentials
 from meshd.security.invite import InviteCode, decode_invite
 from meshd.security.join import join_mesh
-from meshd.security.keyring import Keyring, TlsCredentials, load_bundle
+from meshd.security.keyring import Keyring, load_bundle
 from meshd.store import ModelStore
 from meshd.types import ModelState
 from meshd.v1 import access_pb2 as apb

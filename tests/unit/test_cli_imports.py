@@ -1,0 +1,25 @@
+"""The CLI starts at once: importing it loads neither llama.cpp, numpy, zeroconf, gRPC nor the
+cryptography library; a command imports what it uses when it runs (bench/cli.py times it)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ["llama_cpp", "numpy", "gguf", "zeroconf", "grpc", "cryptography", "asyncio"]
+
+
+def loaded_after(statement: str) -> list[str]:
+    code = f"import json, sys\n{statement}\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return [m for m in HEAVY if m in json.loads(out.stdout)]
+
+
+def test_importing_the_cli_loads_nothing_heavy() -> None:
+    assert loaded_after("import meshd.cli.app") == []
+
+
+def test_a_client_on_the_unix_socket_needs_no_cryptography() -> None:
+    assert "cryptography" not in loaded_after("import meshd.client")
+    assert "llama_cpp" not in loaded_after("import meshd.node")
