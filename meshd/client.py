@@ -1,14 +1,16 @@
 """The app-facing client: MeshClient (blocking) and AsyncMeshClient (asyncio), same methods.
 
-    from meshd.client import MeshClient
-    with MeshClient("127.0.0.1:7070") as mesh:
+An app talks to the mesh over mutual TLS with the credential bundle of
+`meshd invite --client --name APP`:
+
+    from meshd import MeshClient
+    with MeshClient.from_bundle("myapp.meshd.json") as mesh:
         mesh.warm("tiny")                       # on page load: returns at once
         for chunk in mesh.generate("tiny", "Once upon a time", max_tokens=64):
             print(chunk.text, end="")
 
-An app outside the machine uses the credential bundle of `meshd invite --client --name APP`:
-
-    with MeshClient.from_bundle("myapp.meshd.json") as mesh: ...
+On the daemon's own machine its Unix socket needs no credentials:
+`MeshClient("unix:/path/to/meshd-home/meshd.sock")`.
 
 Every call has a deadline; failures raise typed meshd.errors.MeshdError subclasses.
 """

@@ -1,8 +1,9 @@
 """mDNS on the LAN: announce this peer, find the others. The only module that imports zeroconf.
 
-Service `_meshd._tcp.local.` with TXT: peer id, mesh id, version, port, warm models and coarse
-load. Discovery only hands addresses to the peer table; a peer becomes live (and routable)
-only after it answers a gRPC heartbeat, and services of another mesh are never handed over.
+Service `_meshd._tcp.local.` with TXT: peer id, mesh id, version and port; what a peer has warm
+and how busy it is travel in heartbeats, not here. Discovery only hands addresses to the peer
+table; a peer becomes live (and routable) only after it answers a gRPC heartbeat, and services
+of another mesh are never handed over.
 On close the service is unregistered, which sends the mDNS goodbye.
 """
 
@@ -22,8 +23,6 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 log = logging.getLogger("meshd.discovery")
 SERVICE_TYPE = "_meshd._tcp.local."
-TXT_VALUE_MAX = 200  # one TXT string holds 255 bytes, key included
-UPDATE_INTERVAL_S = 5.0
 
 
 def announce_addresses(listen_host: str) -> list[str]:
@@ -38,21 +37,9 @@ def announce_addresses(listen_host: str) -> list[str]:
     return found
 
 
-def txt_record(
-    peer_id: str, mesh_id: str, version: str, port: int, warm: list[str], load: int
-) -> dict[str, str]:
-    """The TXT properties; the warm list is cut to fit one TXT string."""
-    warm_text = ",".join(warm)
-    if len(warm_text) > TXT_VALUE_MAX:
-        warm_text = warm_text[:TXT_VALUE_MAX].rsplit(",", 1)[0]
-    return {
-        "peer": peer_id,
-        "mesh": mesh_id,
-        "ver": version,
-        "port": str(port),
-        "warm": warm_text,
-        "load": str(load),
-    }
+def txt_record(peer_id: str, mesh_id: str, version: str, port: int) -> dict[str, str]:
+    """The TXT properties."""
+    return {"peer": peer_id, "mesh": mesh_id, "ver": version, "port": str(port)}
 
 
 class Discovery:
@@ -64,12 +51,12 @@ class Discovery:
         mesh_id: str,
         listen_host: str,
         port: int,
-        describe: Callable[[], dict[str, str]],
+        properties: dict[str, str],
         found: Callable[[str, str], None],
     ) -> None:
         self.peer_id, self.mesh_id = peer_id, mesh_id
         self.addresses = announce_addresses(listen_host)
-        self.port, self.describe, self.found = port, describe, found
+        self.port, self.properties, self.found = port, properties, found
         self.zeroconf: AsyncZeroconf | None = None
         self.browser: AsyncServiceBrowser | None = None
         self.info: AsyncServiceInfo | None = None
@@ -87,7 +74,6 @@ class Discovery:
         self.browser = AsyncServiceBrowser(
             self.zeroconf.zeroconf, SERVICE_TYPE, handlers=[self._on_change]
         )
-        self._spawn(self._refresh_forever())
         log.info("announcing %s on %s", SERVICE_TYPE, ", ".join(self.addresses))
 
     async def close(self) -> None:
@@ -110,22 +96,9 @@ class Discovery:
             f"{self.peer_id}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton(a) for a in self.addresses],
             port=self.port,
-            properties=self.describe(),
+            properties=self.properties,
             server=f"{self.peer_id}.local.",
         )
-
-    async def _refresh_forever(self) -> None:
-        """Re-announce when the warm models or load change."""
-        while True:
-            await asyncio.sleep(UPDATE_INTERVAL_S)
-            if self.zeroconf is None or self.info is None:
-                return
-            current = self.describe()
-            if current != {
-                k.decode(): (v or b"").decode() for k, v in self.info.properties.items()
-            }:
-                self.info = self._service_info()
-                await self.zeroconf.async_update_service(self.info)
 
     def _on_change(
         self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange

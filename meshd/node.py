@@ -11,6 +11,7 @@ import time
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from meshd import __version__
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
@@ -32,7 +33,6 @@ from meshd.security import pki
 from meshd.security.keyring import Keyring
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
-from meshd.types import ModelState
 from meshd.v1 import access_pb2_grpc
 
 log = logging.getLogger("meshd")
@@ -122,7 +122,7 @@ class Node:
         await self.health.set(SERVICE_NAME, serving)
         self.mesh.address = self.settings.advertise or self._advertised_address()
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
-            self.table.add(peer, "static")
+            self.table.add(peer)
         self.membership.start()
         if self.settings.discovery and self.port:
             await self._start_discovery()
@@ -176,13 +176,6 @@ class Node:
 
     async def _start_discovery(self) -> None:
         """Announce on the LAN and hand found addresses to the peer table."""
-
-        def describe() -> dict[str, str]:
-            info = self.mesh.local_info()
-            warm = [m.name for m in info.models if m.state is ModelState.WARM]
-            load = sum(m.active + m.queued for m in info.models)
-            return txt_record(self.peer_id, info.mesh_id, info.version, self.port, warm, load)
-
         host = self.settings.listen.rpartition(":")[0].strip("[]")
         if host in ("localhost", "::1") or host.startswith("127."):
             log.info("listening on loopback only: not announcing on the network")
@@ -192,8 +185,8 @@ class Node:
             self.mesh.mesh_id,
             host,
             self.port,
-            describe,
-            lambda address, peer_id: self.table.add(address, "mdns", peer_id),
+            txt_record(self.peer_id, self.mesh.mesh_id, __version__, self.port),
+            lambda address, peer_id: self.table.add(address, peer_id),
         )
         try:
             await self.discovery.start()

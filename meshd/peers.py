@@ -38,7 +38,6 @@ class PeerEntry:
     """What this peer knows of another one."""
 
     address: str
-    source: str  # static, mdns, gossip or inbound
     info: PeerInfo | None = None
     last_ok: float = -math.inf  # monotonic time of the last good heartbeat
     last_seen_unix: float = 0.0
@@ -55,14 +54,14 @@ class PeerTable:
         self.on_new: Callable[[str], None] | None = None  # told of each new address
         self.refused: Callable[[str], bool] = lambda peer_id: False  # revoked peer ids
 
-    def add(self, address: str, source: str, peer_id: str = "") -> None:
+    def add(self, address: str, peer_id: str = "") -> None:
         """Remember an address to heartbeat; a new one, or one that now announces another
         peer id (a restarted daemon), is heartbeaten at once."""
         if not address or address in self.ignored:
             return
         entry = self.entries.get(address)
         if entry is None:
-            self.entries[address] = PeerEntry(address, source)
+            self.entries[address] = PeerEntry(address)
         elif not (peer_id and entry.info and entry.info.peer_id != peer_id):
             return
         if self.on_new is not None:
@@ -79,7 +78,7 @@ class PeerTable:
             if info.mesh_id != self.mesh_id:
                 log.info("ignoring %s: it belongs to mesh %r", address, info.mesh_id)
             return
-        entry = self.entries.setdefault(address, PeerEntry(address, "inbound"))
+        entry = self.entries.setdefault(address, PeerEntry(address))
         for other in list(self.entries.values()):  # one entry per peer id
             if other is not entry and other.info and other.info.peer_id == info.peer_id:
                 del self.entries[other.address]
@@ -184,4 +183,4 @@ class Membership:
         info = convert.peer_info_from_pb(reply.peer)
         self.table.record_ok(address, info, now - started, now)
         for learned in info.known_addresses:
-            self.table.add(learned, "gossip")
+            self.table.add(learned)

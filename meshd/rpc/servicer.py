@@ -1,4 +1,5 @@
-"""The meshd.v1.Mesh servicer: wire messages in, Engine calls, wire messages out."""
+"""The meshd.v1.Mesh servicer: wire messages in, calls to the peer's router (and, for
+FetchModel, its store), wire messages out."""
 
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         if caller is not None and caller.name != request.sender.peer_id:
             await abort_with(context, AccessDenied(f"{caller.name} may only speak for itself"))
         self.trust.adopt(request.revocations)
-        self.mesh.table.add(request.sender.address, "inbound")  # heartbeat it back
+        self.mesh.table.add(request.sender.address)  # heartbeat it back
         return pb.HeartbeatReply(
             peer=convert.peer_info_to_pb(self.mesh.local_info()),
             revocations=self.trust.revocations_wire,

@@ -25,11 +25,6 @@ class Trust:
         self.invites = InviteBook()
         self.on_revoked: Callable[[RevocationList], None] | None = None
 
-    @property
-    def in_mesh(self) -> bool:
-        """True once this peer has a CA and a certificate."""
-        return self.ca is not None
-
     def adopt(self, data: bytes) -> bool:
         """Take a revocation list heard from a peer if the CA signed it and it is newer."""
         if not data or self.ca is None:

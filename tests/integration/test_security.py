@@ -308,7 +308,7 @@ def test_a_forged_peer_with_the_right_mesh_id_is_never_routed_to(
 
 async def _add_peer(node: NodeThread, address: str, peer_id: str) -> None:
     assert node.node is not None
-    node.node.table.add(address, "mdns", peer_id)
+    node.node.table.add(address, peer_id)
 
 
 def test_socket_audit_only_the_unix_socket_and_the_tls_port(

@@ -49,8 +49,8 @@ def serve():
         threading.Thread(target=drain, args=(conn,), daemon=True).start()
 threading.Thread(target=serve, daemon=True).start()
 async def main():
-    describe = lambda: txt_record("peer-rogue", mesh_id, "0.1.0", 7070, ["tiny"], 0)
-    found = Discovery("peer-rogue", mesh_id, ip, 7070, describe, lambda *a: None)
+    properties = txt_record("peer-rogue", mesh_id, "0.1.0", 7070)
+    found = Discovery("peer-rogue", mesh_id, ip, 7070, properties, lambda *a: None)
     await found.start()
     while True:
         await asyncio.sleep(0.2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 from meshd.rpc import convert
@@ -54,6 +53,8 @@ def test_replies_round_trip() -> None:
     assert convert.chunk_from_pb(convert.chunk_to_pb(Chunk("t", 1))).finish_reason is None
     warm = WarmResult("m", ModelState.LOADING, 1.5, 99.0, "peer-1")
     assert convert.warm_from_pb(convert.warm_to_pb(warm)) == warm
-    info = ModelInfo("m", "/p", 1, ModelState.FAILED, True, 2, 3, 4.0, 5.0, "llama", "Q4", 6, "x")
+    info = ModelInfo(
+        "m", "/p", 1, ModelState.FAILED, True, 2, 3, 4.0, 5.0, "llama", "Q4", 6, "x", "sha256:d",
+        runner_pid=7, runner_rss=8, restarts=9,
+    )  # fmt: skip
     assert convert.model_from_pb(convert.model_to_pb(info)) == info
-    assert not math.isnan(info.last_used)
