@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 
 import pytest
 
@@ -183,3 +184,50 @@ class TestBook:
             book.redeem(good)
         clock.now += 0.5  # now they are older than a minute
         assert book.redeem(good) == "peer"
+
+
+def test_an_invite_code_round_trips_and_fits_in_a_chat_message() -> None:
+    code = InviteCode(("192.168.1.20:7071", "[fe80::1]:7071"), os.urandom(32), os.urandom(16))
+    text = code.encode()
+    assert text.startswith("MESHD-") and len(text) < 140
+    named = InviteCode(("mini.tail1234.ts.net:7071",), os.urandom(32), os.urandom(16))
+    assert decode_invite(named.encode()) == named
+    assert decode_invite(text) == code
+    assert decode_invite("  " + text.lower()[:40] + "\n" + text.lower()[40:]) == code
+
+
+@pytest.mark.parametrize("text", ["", "MESHD-", "hello", "MESHD-AAAA", "MESHD-" + "A" * 90])
+def test_a_damaged_code_is_a_clear_error(text: str) -> None:
+    with pytest.raises(InvalidRequest, match="invite code"):
+        decode_invite(text)
+
+
+@pytest.mark.parametrize("host", ["10.0.0.5:7070", "bad_host", "-x", "", "a" * 64])
+def test_an_invite_names_a_host_without_a_port(host: str) -> None:
+    with pytest.raises(InvalidRequest, match="not a host for an invite"):
+        check_host(host)
+
+
+def test_a_secret_works_once_and_expires() -> None:
+    book = InviteBook()
+    secret = book.create(ttl=60)
+    assert book.redeem(secret) == "peer"
+    with pytest.raises(InvalidRequest):
+        book.redeem(secret)
+    short = book.create(ttl=0.05)
+    time.sleep(0.1)
+    with pytest.raises(InvalidRequest):
+        book.redeem(short)
+    assert book.next_expiry() is None
+
+
+def test_wrong_secrets_are_limited_to_five_a_minute() -> None:
+    book = InviteBook()
+    good = book.create()
+    for _ in range(5):
+        with pytest.raises(InvalidRequest):
+            book.redeem(os.urandom(16))
+    with pytest.raises(Overloaded):
+        book.redeem(good)
+    book.wrong[0] -= 61  # the oldest wrong guess leaves the window
+    assert book.redeem(good) == "peer"

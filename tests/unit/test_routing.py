@@ -1,13 +1,11 @@
-"""Routing and liveness decisions, as pure functions over plain data."""
+"""meshd/routing.py: which peer serves, which peers warm, as pure functions over plain data."""
 
 from __future__ import annotations
 
 import math
 import random
 
-from meshd.peers import PeerTable, is_alive
 from meshd.routing import ModelView, PeerView, choose, expected_wait, warm_targets
-from meshd.types import PeerInfo
 
 
 def peer(
@@ -17,6 +15,8 @@ def peer(
 
 
 WARM = ModelView(warm=True, service_s=0.1)
+
+
 COLD = ModelView(warm=False)
 
 
@@ -71,24 +71,6 @@ def test_warm_targets_prefer_warm_then_memory() -> None:
     ]
     assert [p.peer_id for p in warm_targets(peers, "m", 2)] == ["warm", "cold-big"]
     assert warm_targets(peers, "x", 1) == []
-
-
-def test_liveness_and_the_table() -> None:
-    assert is_alive(last_ok=10.0, now=12.0, dead_after=2.5)
-    assert not is_alive(last_ok=10.0, now=13.0, dead_after=2.5)
-    table = PeerTable("me", "mesh", dead_after=2.5)
-    table.add("a:1")
-    table.add("self:1")
-    table.add("other:1")
-    table.record_ok("a:1", PeerInfo("pa", "mesh", "1", "a:1"), rtt=0.01, now=100.0)
-    table.record_ok("self:1", PeerInfo("me", "mesh", "1", "self:1"), rtt=0.01, now=100.0)
-    table.record_ok("other:1", PeerInfo("px", "elsewhere", "1", "other:1"), rtt=0.01, now=100.0)
-    assert [e.address for e in table.live(101.0)] == ["a:1"]
-    assert table.live(103.0) == []
-    table.add("other:1")  # ignored addresses stay ignored
-    assert "other:1" not in table.entries
-    table.record_ok("a2:1", PeerInfo("pa", "mesh", "1", "a2:1"), rtt=0.01, now=104.0)
-    assert list(table.entries) == ["a2:1"], "one entry per peer id"
 
 
 def _waiting(pid: str, wait: float, *, local: bool = False) -> PeerView:
