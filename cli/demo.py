@@ -23,7 +23,7 @@ from meshd.config import default_home
 from meshd.demo_model import DEMO_MODEL_NAME, demo_model_path
 from meshd.errors import PeerUnavailable
 from meshd.process import DaemonProcess
-from meshd.security.join import join_mesh
+from meshd.rpc.join import join_mesh
 from meshd.security.keyring import Keyring
 from meshd.types import MeshPeer
 from meshd.v1 import access_pb2 as apb

@@ -100,7 +100,7 @@ def join(
     """Join a friend's mesh: identity, signed certificate, config, and the service started."""
     from meshd import service as service_files
     from meshd.daemonfile import stop_daemon
-    from meshd.security.join import join_mesh
+    from meshd.rpc.join import join_mesh
 
     with errors_as_exit():
         settings = load_settings(home)

@@ -13,18 +13,13 @@ import dataclasses
 import random
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
-
-import grpc
-from grpc import aio
 
 from meshd import __version__
 from meshd.engine import Engine
 from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
+from meshd.links import PeerLink
 from meshd.peers import PeerTable
 from meshd.routing import MAX_HOPS, Decision, ModelView, PeerView, choose, warm_targets
-from meshd.rpc import channels, convert
-from meshd.rpc.status import error_from_rpc
 from meshd.types import (
     Chunk,
     GenerateRequest,
@@ -36,7 +31,6 @@ from meshd.types import (
     RoutingRecord,
     WarmResult,
 )
-from meshd.v1 import mesh_pb2 as pb
 
 RECENT_DECISIONS = 50
 RETRYABLE = (PeerUnavailable, Overloaded)
@@ -49,12 +43,12 @@ class Mesh:
         self,
         engine: Engine,
         table: PeerTable,
-        pool: channels.ChannelPool,
+        link: PeerLink,
         peer_id: str,
         mesh_id: str,
         address: str,
     ) -> None:
-        self.engine, self.table, self.pool = engine, table, pool
+        self.engine, self.table, self.link = engine, table, link
         self.peer_id, self.mesh_id, self.address = peer_id, mesh_id, address
         self.recent: collections.deque[RoutingRecord] = collections.deque(maxlen=RECENT_DECISIONS)
         # Requests this peer has forwarded and not yet seen finish, by peer id and model.
@@ -169,21 +163,18 @@ class Mesh:
                 async for chunk in chunks:
                     yield chunk
             return
-        forwarded = convert.request_to_pb(request)
-        forwarded.hops = request.hops + 1
-        stub = channels.aio_mesh_stub(self.pool.get(decision.peer.address))
-        call: Any = stub.Generate(forwarded)
+        forwarded = dataclasses.replace(request, hops=request.hops + 1)
         tokens = 0
         sent = self.outstanding[decision.peer.peer_id]
         sent[request.model] += 1
         try:
-            async for message in call:
-                chunk = convert.chunk_from_pb(message)
-                tokens = chunk.tokens
-                yield chunk
-        except (grpc.RpcError, aio.AioRpcError) as exc:
-            error = error_from_rpc(exc, decision.peer.address)
-            if tokens and isinstance(error, PeerUnavailable):
+            relayed = self.link.generate(decision.peer.address, forwarded)
+            async with contextlib.aclosing(relayed):
+                async for chunk in relayed:
+                    tokens = chunk.tokens
+                    yield chunk
+        except PeerUnavailable as error:
+            if tokens:
                 raise PeerUnavailable(
                     f"peer {decision.peer.peer_id} failed after {tokens} tokens; "
                     "the text so far is partial"
@@ -191,7 +182,6 @@ class Mesh:
             raise error from None
         finally:
             sent[request.model] -= 1
-            call.cancel()
 
     # -- warm ------------------------------------------------------------------------------
 
@@ -210,13 +200,7 @@ class Mesh:
             if target.local:
                 results.append(await self.engine.warm(model, lease, wait))
                 continue
-            request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, hops=hops + 1)
-            stub = channels.aio_mesh_stub(self.pool.get(target.address))
-            try:
-                reply = await stub.Warm(request, timeout=None if wait else 10.0)
-            except (grpc.RpcError, aio.AioRpcError) as exc:
-                raise error_from_rpc(exc, target.address) from None
-            results.append(convert.warm_from_pb(reply))
+            results.append(await self.link.warm(target.address, model, lease, wait, hops + 1))
         first = results[0]
         served_by = first.served_by or self.peer_id
         return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)

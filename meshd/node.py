@@ -17,7 +17,7 @@ from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
 from meshd.mesh import Mesh
-from meshd.peers import Membership, PeerTable
+from meshd.peers import PeerTable
 from meshd.rpc.access import AdminServicer, JoinDesk, lan_hosts
 from meshd.rpc.channels import (
     ChannelPool,
@@ -28,6 +28,8 @@ from meshd.rpc.channels import (
     socket_path,
 )
 from meshd.rpc.guard import Guard
+from meshd.rpc.links import GrpcLink
+from meshd.rpc.membership import Membership
 from meshd.rpc.servicer import MeshServicer, add_to_server
 from meshd.security import pki
 from meshd.security.keyring import Keyring
@@ -55,7 +57,7 @@ class Node:
         self.table = PeerTable(self.peer_id, mesh_id, settings.dead_after)
         self.table.refused = self.trust.refuses_peer
         self.trust.on_revoked = lambda _: self.table.forget_refused()
-        self.mesh = Mesh(self.engine, self.table, self.pool, self.peer_id, mesh_id, "")
+        self.mesh = Mesh(self.engine, self.table, GrpcLink(self.pool), self.peer_id, mesh_id, "")
         certificate = self.keyring.certificate()
         if certificate is not None:
             self.mesh.certificate_expires = certificate.not_valid_after_utc.timestamp()

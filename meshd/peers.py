@@ -8,21 +8,13 @@ mDNS TTLs play no part in liveness.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-from grpc import aio
-
-from meshd.rpc import channels, convert
-from meshd.security.trust import Trust
 from meshd.types import MeshPeer, PeerInfo
-from meshd.v1 import mesh_pb2 as pb
 
 log = logging.getLogger("meshd.peers")
 RTT_SMOOTHING = 0.3  # weight of the newest sample in the RTT average
@@ -113,74 +105,3 @@ class PeerTable:
             for e in self.entries.values()
             if e.info is not None
         ]
-
-
-class Membership:
-    """Heartbeats every known address on a fixed cadence and learns addresses from the replies."""
-
-    def __init__(
-        self,
-        table: PeerTable,
-        pool: channels.ChannelPool,
-        local_info: Callable[[], PeerInfo],
-        interval: float,
-        trust: Trust,
-    ) -> None:
-        self.table, self.pool, self.local_info, self.interval = table, pool, local_info, interval
-        self.trust = trust
-        self._task: asyncio.Task[None] | None = None
-        self._first_beats: set[asyncio.Task[None]] = set()
-
-    def start(self) -> None:
-        """Begin heartbeating (idempotent); a newly found address is heartbeaten at once."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="meshd-heartbeat")
-            self.table.on_new = self._beat_now
-
-    def _beat_now(self, address: str) -> None:
-        task = asyncio.get_running_loop().create_task(self.beat(address, self._request()))
-        self._first_beats.add(task)
-        task.add_done_callback(self._first_beats.discard)
-
-    async def close(self) -> None:
-        """Stop heartbeating (idempotent)."""
-        task, self._task = self._task, None
-        self.table.on_new = None
-        for first in list(self._first_beats):
-            first.cancel()
-        await asyncio.gather(*self._first_beats, return_exceptions=True)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self) -> None:
-        next_round = time.monotonic()
-        while True:
-            addresses = list(self.table.entries)
-            if addresses:
-                request = self._request()
-                await asyncio.gather(*(self.beat(a, request) for a in addresses))
-            next_round += self.interval
-            await asyncio.sleep(max(0.0, next_round - time.monotonic()))
-
-    def _request(self) -> pb.HeartbeatRequest:
-        return pb.HeartbeatRequest(
-            sender=convert.peer_info_to_pb(self.local_info()),
-            revocations=self.trust.revocations_wire,
-        )
-
-    async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:
-        """One heartbeat; a failure just leaves the peer's last good time where it was."""
-        stub = channels.aio_mesh_stub(self.pool.get(address))
-        started = time.monotonic()
-        try:
-            reply = await stub.Heartbeat(request, timeout=self.interval * 0.8)
-        except (grpc.RpcError, aio.AioRpcError):
-            return
-        now = time.monotonic()
-        self.trust.adopt(reply.revocations)
-        info = convert.peer_info_from_pb(reply.peer)
-        self.table.record_ok(address, info, now - started, now)
-        for learned in info.known_addresses:
-            self.table.add(learned)

@@ -16,7 +16,7 @@ from grpc import aio
 
 from meshd import __version__
 from meshd.errors import AccessDenied, MeshdError
-from meshd.mesh import Mesh
+from meshd.links import Router
 from meshd.rpc import convert
 from meshd.rpc.guard import certified_caller
 from meshd.rpc.status import status_of, trailers_of
@@ -49,7 +49,7 @@ async def _unary(
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """Serves one peer over gRPC: its Engine and store, and the mesh it routes into."""
 
-    def __init__(self, mesh: Mesh, store: ModelStore, trust: Trust) -> None:
+    def __init__(self, mesh: Router, store: ModelStore, trust: Trust) -> None:
         self.mesh = mesh
         self.trust = trust
         self.engine = mesh.engine

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 # The name every peer certificate carries and every peer checks: the mesh, not a host name,
 # is what a peer proves (addresses change; Macs move between networks).
 PEER_SERVER_NAME = "peer.meshd"
-# The founder's join listener presents the CA certificate itself (see meshd.security.join).
+# The founder's join listener presents the CA certificate itself (see meshd.rpc.join).
 CA_SERVER_NAME = "ca.meshd"
 
 

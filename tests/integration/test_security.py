@@ -26,10 +26,10 @@ from meshd.errors import AccessDenied, ModelNotFound, Overloaded, PeerUnavailabl
 from meshd.process import DaemonProcess
 from meshd.pull import LocalSource, PeerSource, pull
 from meshd.rpc import channels
+from meshd.rpc.join import join_mesh
 from meshd.security import pki
 from meshd.security.credentials import TlsCredentials
 from meshd.security.invite import InviteCode, decode_invite
-from meshd.security.join import join_mesh
 from meshd.security.keyring import Keyring, load_bundle
 from meshd.store import ModelStore
 from meshd.types import ModelState
