@@ -58,10 +58,10 @@ class MemoryLink:
 class NoModelsHere:
     """The engine of a peer with no models: only what the router asks of it."""
 
-    hosts: dict[str, Any] = {}
     memory_budget = 0
 
     def __init__(self) -> None:
+        self.hosts: dict[str, Any] = {}
         self.generated: list[GenerateRequest] = []
 
     async def refresh(self) -> None:
