@@ -50,7 +50,6 @@ def pull(
     json_out: bool = JsonOption,
 ) -> None:
     """Bring a model into this machine's store: verified, resumable, from a friend first."""
-    from meshd.engine.engine import default_memory_budget
     from meshd.pull import open_source
     from meshd.pull import pull as pull_model
     from meshd.security.keyring import Keyring
@@ -60,7 +59,7 @@ def pull(
         settings = load_settings(home)
         store = ModelStore(settings.home)
         origin = open_source(source, from_peer, Keyring(settings.home).credentials())
-        budget = settings.memory_budget or default_memory_budget()
+        budget = settings.memory_budget
         bar = _progress_bar()
         task = bar.add_task(f"pull {name or origin.default_name()}", total=None)
 

@@ -40,10 +40,10 @@ class Settings:
     pins: frozenset[str] = frozenset()
     slots: int = 1
     context: int = 2048
-    threads: int = 0  # 0: one per physical core
+    threads: int = 0  # 0: one per physical core (load_settings fills it in)
     batch: int = 512
     keep_alive: float = 1800.0
-    memory_budget: int = 0  # 0: leave 25% of RAM free
+    memory_budget: int = 0  # 0: leave 25% of RAM free (load_settings fills it in)
     max_queue: int = 8
     max_tokens_cap: int = 4096
     max_prompt_bytes: int = 256 * 1024
@@ -259,4 +259,18 @@ def load_settings(
     settings = _apply(settings, flags or {}, "command line", None)
     if settings.slots < 1 or settings.context < 16:
         raise ConfigError("slots must be ≥ 1 and context ≥ 16")
-    return settings
+    return with_machine_defaults(settings)
+
+
+def with_machine_defaults(settings: Settings) -> Settings:
+    """Settings left at 0 that depend on this machine, filled in: the one place they are."""
+    if settings.memory_budget and settings.threads:
+        return settings
+    import psutil  # here, not at the top: the CLI reads settings on every command
+
+    total, cores = psutil.virtual_memory().total, psutil.cpu_count(logical=False)
+    return replace(
+        settings,
+        memory_budget=settings.memory_budget or total * 3 // 4,  # a quarter of RAM stays free
+        threads=settings.threads or cores or psutil.cpu_count() or 1,  # one per physical core
+    )

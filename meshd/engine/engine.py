@@ -10,9 +10,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from meshd.config import Settings
+from meshd.config import Settings, with_machine_defaults
 from meshd.engine.eviction import expired, plan_eviction
 from meshd.engine.model import ModelHost, SlotOptions
 from meshd.engine.runnerproc import RunnerOptions
@@ -34,29 +32,20 @@ REAP_INTERVAL_S = 1.0
 ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
 
 
-def default_memory_budget() -> int:
-    """Leave a quarter of this machine's RAM to everything else."""
-    return psutil.virtual_memory().total * 3 // 4
-
-
-def default_threads() -> int:
-    """One llama.cpp thread per physical core."""
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-
-
 class Engine:
     """Loads, warms, serves and evicts the models in Settings; all methods run on one loop."""
 
     def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+        settings = with_machine_defaults(settings)  # a no-op for load_settings' settings
         self.settings = settings
         self.store = store
         self.keep_alive = settings.keep_alive
-        self.memory_budget = settings.memory_budget or default_memory_budget()
+        self.memory_budget = settings.memory_budget
         self.limits = Limits(settings.max_tokens_cap, settings.max_prompt_bytes)
         self.options = SlotOptions(
             count=settings.slots,
             context=settings.context,
-            threads=settings.threads or default_threads(),
+            threads=settings.threads,
             batch=settings.batch,
             use_mmap=settings.use_mmap,
         )

@@ -79,3 +79,13 @@ def test_units() -> None:
     assert parse_listen("[::1]:7070") == "[::1]:7070"
     with pytest.raises(ConfigError):
         parse_duration("-5s")
+
+
+def test_machine_defaults_are_filled_in_once_and_kept_when_set(tmp_path: Path) -> None:
+    import psutil
+
+    settings = load_settings(tmp_path, environ={})
+    assert settings.memory_budget == psutil.virtual_memory().total * 3 // 4
+    assert settings.threads == (psutil.cpu_count(logical=False) or psutil.cpu_count())
+    chosen = load_settings(tmp_path, {"memory_budget": "1GiB", "threads": 3}, environ={})
+    assert (chosen.memory_budget, chosen.threads) == (2**30, 3)
