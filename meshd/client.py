@@ -21,12 +21,12 @@ import abc
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2
 
-from meshd.errors import MeshdError, PeerUnavailable
+from meshd.errors import PeerUnavailable
 from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
 from meshd.rpc.status import UNREACHABLE, error_from_rpc
@@ -55,6 +55,7 @@ PLAINTEXT_HINT = (
 )
 
 Messages = Iterable[ChatMessage | Mapping[str, str]]
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,12 @@ class Completion:
 
 
 def build_request(
-    model: str, prompt: str | None, messages: Messages | None, max_tokens: int, sampling: Sampling
+    model: str,
+    prompt: str | None,
+    messages: Messages | None,
+    max_tokens: int,
+    sampling: Sampling,
+    local_only: bool = False,
 ) -> pb.GenerateRequest:
     """The wire request for generate(); exactly one of prompt and messages."""
     chat = tuple(
@@ -82,6 +88,7 @@ def build_request(
         messages=chat,
         max_tokens=max_tokens,
         sampling=sampling,
+        hops=MAX_HOPS if local_only else 0,  # local_only: served by the peer asked, never routed
     )
     return convert.request_to_pb(request)
 
@@ -103,9 +110,21 @@ def _join(chunks: Iterable[Chunk]) -> Completion:
     )
 
 
-class _Addresses(abc.ABC):
+@dataclass(frozen=True)
+class Unary(Generic[Result]):
+    """One unary call, as both faces make it: which method, the request, the deadline, and
+    how the reply becomes a result."""
+
+    method: str
+    request: Any
+    timeout: float | None
+    decode: Callable[[Any], Result]
+    health: bool = False
+
+
+class _Core(abc.ABC):
     """What both clients share: the peers they may use (the one that answered last first),
-    their credentials and deadlines."""
+    their credentials and deadlines, every request and every reply. The faces only call."""
 
     def __init__(
         self,
@@ -148,17 +167,54 @@ class _Addresses(abc.ABC):
         n = len(self.addresses)
         return [((self.current + k) % n, n - 1 - k) for k in range(n)]
 
-    def failed(self, error: MeshdError, index: int, remaining: int) -> None:
-        """Re-raise unless the peer is unreachable and another one is left to try."""
+    def failed(self, exc: grpc.RpcError, index: int, remaining: int) -> None:
+        """Raise the call's error unless the peer is unreachable and another one is left."""
+        error = error_from_rpc(exc, self.addresses[index])
         if not isinstance(error, PeerUnavailable) or remaining == 0:
             tcp = not self.addresses[index].startswith("unix:")
             unreachable = str(error).startswith(UNREACHABLE)  # not a meshd server's own error
             if unreachable and tcp and self.credentials is None:
                 raise PeerUnavailable(f"{error}; {PLAINTEXT_HINT}") from None
-            raise error
+            raise error from None
+
+    def _stub(self, call: Unary[Any], index: int) -> Any:
+        stubs: list[Any] = self._health if call.health else self._mesh  # type: ignore[attr-defined]
+        return getattr(stubs[index], call.method)
+
+    # -- the calls -------------------------------------------------------------------------
+
+    def _warm(
+        self, model: str, lease: float, wait: bool, replicas: int, timeout: float | None
+    ) -> Unary[WarmResult]:
+        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
+        limit = timeout or (self.generate_timeout if wait else self.timeout)
+        return Unary("Warm", request, limit, convert.warm_from_pb)
+
+    @staticmethod
+    def _models(timeout: float | None) -> Unary[list[ModelInfo]]:
+        return Unary(
+            "ListModels",
+            pb.ListModelsRequest(),
+            timeout,
+            lambda reply: [convert.model_from_pb(m) for m in reply.models],
+        )
+
+    @staticmethod
+    def _status(timeout: float | None) -> Unary[PeerStatus]:
+        return Unary("PeerStatus", pb.PeerStatusRequest(), timeout, convert.status_from_pb)
+
+    @staticmethod
+    def _mesh_status(timeout: float | None) -> Unary[MeshStatus]:
+        return Unary("MeshStatus", pb.MeshStatusRequest(), timeout, convert.mesh_status_from_pb)
+
+    @staticmethod
+    def _health_check(timeout: float | None) -> Unary[bool]:
+        serving = health_pb2.HealthCheckResponse.SERVING
+        request = health_pb2.HealthCheckRequest(service="")
+        return Unary("Check", request, timeout, lambda r: bool(r.status == serving), health=True)
 
 
-class MeshClient(_Addresses):
+class MeshClient(_Core):
     """A blocking client for a mesh: one peer's address, or several to fail over between."""
 
     def _connect(self) -> None:
@@ -197,9 +253,7 @@ class MeshClient(_Addresses):
         An unreachable peer is skipped for the next address, but only before the first chunk.
         """
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
-        request = build_request(model, prompt, messages, max_tokens, sampling)
-        if local_only:  # served by the peer asked, never routed elsewhere
-            request.hops = MAX_HOPS
+        request = build_request(model, prompt, messages, max_tokens, sampling, local_only)
         for index, left in self.attempts():
             call: Any = self._mesh[index].Generate(
                 request, timeout=timeout or self.generate_timeout
@@ -212,8 +266,7 @@ class MeshClient(_Addresses):
                 self.current = index
                 return
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc, self.addresses[index])
-                self.failed(error, index, 0 if started else left)
+                self.failed(exc, index, 0 if started else left)
             finally:
                 call.cancel()
 
@@ -231,45 +284,38 @@ class MeshClient(_Addresses):
         timeout: float | None = None,
     ) -> WarmResult:
         """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
-        limit = timeout or (self.generate_timeout if wait else self.timeout)
-        return convert.warm_from_pb(self._unary(lambda i: self._mesh[i].Warm, request, limit))
+        return self._call(self._warm(model, lease, wait, replicas, timeout))
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""
-        reply = self._unary(lambda i: self._mesh[i].ListModels, pb.ListModelsRequest(), timeout)
-        return [convert.model_from_pb(m) for m in reply.models]
+        return self._call(self._models(timeout))
 
     def status(self, *, timeout: float | None = None) -> PeerStatus:
         """The peer's load and memory."""
-        reply = self._unary(lambda i: self._mesh[i].PeerStatus, pb.PeerStatusRequest(), timeout)
-        return convert.status_from_pb(reply)
+        return self._call(self._status(timeout))
 
     def mesh_status(self, *, timeout: float | None = None) -> MeshStatus:
         """The mesh as the peer sees it: every peer, live or not, and recent routing."""
-        reply = self._unary(lambda i: self._mesh[i].MeshStatus, pb.MeshStatusRequest(), timeout)
-        return convert.mesh_status_from_pb(reply)
+        return self._call(self._mesh_status(timeout))
 
     def health(self, *, timeout: float | None = None) -> bool:
         """True when the peer reports SERVING."""
-        request = health_pb2.HealthCheckRequest(service="")
-        reply = self._unary(lambda i: self._health[i].Check, request, timeout)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return self._call(self._health_check(timeout))
 
-    def _unary(self, method: Callable[[int], Any], request: Any, timeout: float | None) -> Any:
+    def _call(self, call: Unary[Result]) -> Result:
         for index, left in self.attempts():
             try:
-                reply = method(index)(request, timeout=timeout or self.timeout)
+                reply = self._stub(call, index)(call.request, timeout=call.timeout or self.timeout)
             except grpc.RpcError as exc:
-                self.failed(error_from_rpc(exc, self.addresses[index]), index, left)
+                self.failed(exc, index, left)
                 continue
             self.current = index
-            return reply
-        raise AssertionError("unreachable")
+            return call.decode(reply)
+        raise AssertionError("unreachable: the last attempt raises")
 
 
-class AsyncMeshClient(_Addresses):
-    """The asyncio twin of MeshClient; create and use it inside a running loop."""
+class AsyncMeshClient(_Core):
+    """The asyncio face of the same client; create and use it inside a running loop."""
 
     def _connect(self) -> None:
         self._channels = [channels.open_aio_channel(a, self.credentials) for a in self.addresses]
@@ -304,9 +350,7 @@ class AsyncMeshClient(_Addresses):
     ) -> AsyncIterator[Chunk]:
         """Stream the completion chunk by chunk; leaving the loop early cancels it on the peer."""
         sampling = sampling_of(temperature, top_p, top_k, seed, stop)
-        request = build_request(model, prompt, messages, max_tokens, sampling)
-        if local_only:  # served by the peer asked, never routed elsewhere
-            request.hops = MAX_HOPS
+        request = build_request(model, prompt, messages, max_tokens, sampling, local_only)
         for index, left in self.attempts():
             call: Any = self._mesh[index].Generate(
                 request, timeout=timeout or self.generate_timeout
@@ -319,8 +363,7 @@ class AsyncMeshClient(_Addresses):
                 self.current = index
                 return
             except grpc.RpcError as exc:
-                error = error_from_rpc(exc, self.addresses[index])
-                self.failed(error, index, 0 if started else left)
+                self.failed(exc, index, 0 if started else left)
             finally:
                 call.cancel()
 
@@ -338,47 +381,32 @@ class AsyncMeshClient(_Addresses):
         timeout: float | None = None,
     ) -> WarmResult:
         """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
-        limit = timeout or (self.generate_timeout if wait else self.timeout)
-        reply = await self._unary(lambda i: self._mesh[i].Warm, request, limit)
-        return convert.warm_from_pb(reply)
+        return await self._call(self._warm(model, lease, wait, replicas, timeout))
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""
-        reply = await self._unary(
-            lambda i: self._mesh[i].ListModels, pb.ListModelsRequest(), timeout
-        )
-        return [convert.model_from_pb(m) for m in reply.models]
+        return await self._call(self._models(timeout))
 
     async def status(self, *, timeout: float | None = None) -> PeerStatus:
         """The peer's load and memory."""
-        reply = await self._unary(
-            lambda i: self._mesh[i].PeerStatus, pb.PeerStatusRequest(), timeout
-        )
-        return convert.status_from_pb(reply)
+        return await self._call(self._status(timeout))
 
     async def mesh_status(self, *, timeout: float | None = None) -> MeshStatus:
         """The mesh as the peer sees it: every peer, live or not, and recent routing."""
-        reply = await self._unary(
-            lambda i: self._mesh[i].MeshStatus, pb.MeshStatusRequest(), timeout
-        )
-        return convert.mesh_status_from_pb(reply)
+        return await self._call(self._mesh_status(timeout))
 
     async def health(self, *, timeout: float | None = None) -> bool:
         """True when the peer reports SERVING."""
-        request = health_pb2.HealthCheckRequest(service="")
-        reply = await self._unary(lambda i: self._health[i].Check, request, timeout)
-        return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+        return await self._call(self._health_check(timeout))
 
-    async def _unary(
-        self, method: Callable[[int], Any], request: Any, timeout: float | None
-    ) -> Any:
+    async def _call(self, call: Unary[Result]) -> Result:
         for index, left in self.attempts():
             try:
-                reply = await method(index)(request, timeout=timeout or self.timeout)
+                stub = self._stub(call, index)
+                reply = await stub(call.request, timeout=call.timeout or self.timeout)
             except grpc.RpcError as exc:
-                self.failed(error_from_rpc(exc, self.addresses[index]), index, left)
+                self.failed(exc, index, left)
                 continue
             self.current = index
-            return reply
-        raise AssertionError("unreachable")
+            return call.decode(reply)
+        raise AssertionError("unreachable: the last attempt raises")
