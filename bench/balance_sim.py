@@ -13,7 +13,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from meshd.routing import ModelView, PeerView, choose
+from meshd.routing import PeerView, choose
+from meshd.types import ModelState, PeerModel
 
 FIRST_TOKEN_SHARE = 0.1  # of a request's service time, spent before its first token
 
@@ -80,7 +81,7 @@ def meshd_policy(rng: random.Random) -> Callable[[list[SimPeer], float], SimPeer
         views = []
         for p in peers:
             active, queued = p.load(now)
-            model = ModelView(True, active, queued, p.slots, p.service_s)
+            model = PeerModel("m", ModelState.WARM, active, queued, p.slots, p.service_s)
             views.append(PeerView(p.name, p.name, False, 0.001, 0, {"m": model}))
         decision = choose(views, "m", rng=rng)
         assert decision is not None

@@ -50,8 +50,7 @@ def pull(
     json_out: bool = JsonOption,
 ) -> None:
     """Bring a model into this machine's store: verified, resumable, from a friend first."""
-    from meshd.pull import open_source
-    from meshd.pull import pull as pull_model
+    from meshd.pull import open_source, pull as pull_model
     from meshd.security.keyring import Keyring
     from meshd.store import ModelStore
 

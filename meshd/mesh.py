@@ -19,7 +19,7 @@ from meshd.engine import Engine
 from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
 from meshd.links import PeerLink
 from meshd.peers import PeerTable
-from meshd.routing import MAX_HOPS, Decision, ModelView, PeerView, choose, warm_targets
+from meshd.routing import MAX_HOPS, Decision, PeerView, choose, warm_targets
 from meshd.types import (
     Chunk,
     GenerateRequest,
@@ -27,7 +27,6 @@ from meshd.types import (
     MeshStatus,
     ModelState,
     PeerInfo,
-    PeerModel,
     RoutingRecord,
     WarmResult,
 )
@@ -62,18 +61,9 @@ class Mesh:
 
     def local_info(self) -> PeerInfo:
         """This peer's heartbeat: identity, models with load, free memory, known peers."""
-        loads = {load.model: load for load in self.engine.loads()}
         models = tuple(
-            PeerModel(
-                m.name,
-                m.state,
-                loads[m.name].active,
-                loads[m.name].queued,
-                m.slots,
-                loads[m.name].service_seconds,
-                m.memory_bytes,
-            )
-            for m in self.engine.models()
+            m
+            for m in self.engine.loads()
             if m.state is not ModelState.FAILED or self.engine.hosts[m.name].retryable
         )
         free = max(self.engine.memory_budget - self.engine.memory_in_models(), 0)
@@ -213,14 +203,7 @@ def _view(
     it since (a heartbeat is up to a second old; the requests forwarded meanwhile are not).
     The address is the one its heartbeats answered at, which works whatever it advertises."""
     models = {
-        m.name: ModelView(
-            m.state is ModelState.WARM,
-            max(m.active, sent.get(m.name, 0) - m.queued),
-            m.queued,
-            m.slots,
-            m.service_seconds,
-            m.memory_bytes,
-        )
+        m.name: dataclasses.replace(m, active=max(m.active, sent.get(m.name, 0) - m.queued))
         for m in info.models
     }
     return PeerView(info.peer_id, address, local, rtt, info.memory_free, models)

@@ -14,23 +14,13 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from meshd.types import ModelState, PeerModel
+
 MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
 NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
 NEAR_EQUAL_FRACTION = 0.10
 # A peer that never served the model yet: assume this much per request.
 DEFAULT_SERVICE_S = 0.25
-
-
-@dataclass(frozen=True)
-class ModelView:
-    """One model on one peer, as the router sees it."""
-
-    warm: bool
-    active: int = 0
-    queued: int = 0
-    slots: int = 1
-    service_s: float = 0.0
-    memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,8 +31,8 @@ class PeerView:
     address: str
     local: bool
     rtt_s: float
-    free_memory: int
-    models: dict[str, ModelView] = field(default_factory=dict)
+    memory_free: int
+    models: dict[str, PeerModel] = field(default_factory=dict)  # by name
 
 
 @dataclass(frozen=True)
@@ -57,7 +47,7 @@ class Decision:
 def expected_wait(peer: PeerView, model: str) -> float:
     """Seconds a new request for model would wait on peer, network included."""
     view = peer.models[model]
-    service = view.service_s or DEFAULT_SERVICE_S
+    service = view.service_seconds or DEFAULT_SERVICE_S
     return (view.active + view.queued) / max(view.slots, 1) * service + peer.rtt_s
 
 
@@ -70,12 +60,12 @@ def choose(
     """The peer to serve model, or None when no live peer has it."""
     skip = set(exclude)
     candidates = [p for p in peers if p.peer_id not in skip and model in p.models]
-    warm = [p for p in candidates if p.models[model].warm]
+    warm = [p for p in candidates if _warm(p, model)]
     if warm:
         return _least_wait(warm, model, rng or random.Random())
     if not candidates:
         return None
-    best = max(candidates, key=lambda p: (p.free_memory, p.local))
+    best = max(candidates, key=lambda p: (p.memory_free, p.local))
     return Decision(best, f"no peer had it warm; {_who(best)} has the most free memory", False)
 
 
@@ -96,6 +86,10 @@ def _least_wait(warm: list[PeerView], model: str, rng: random.Random) -> Decisio
     return Decision(chosen, f"warm on {_who(chosen)}, least expected wait {wait_ms:.0f} ms", True)
 
 
+def _warm(peer: PeerView, model: str) -> bool:
+    return peer.models[model].state is ModelState.WARM
+
+
 def _who(peer: PeerView) -> str:
     return "this peer" if peer.local else peer.peer_id
 
@@ -103,5 +97,5 @@ def _who(peer: PeerView) -> str:
 def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
     """Peers that should hold model warm: those already warm first, then most free memory."""
     having = [p for p in peers if model in p.models]
-    ranked = sorted(having, key=lambda p: (not p.models[model].warm, -p.free_memory, not p.local))
+    ranked = sorted(having, key=lambda p: (not _warm(p, model), -p.memory_free, not p.local))
     return ranked[: max(replicas, 1)]

@@ -101,24 +101,13 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class ModelLoad:
-    """Live load of one model on one peer."""
-
-    model: str
-    active: int
-    queued: int
-    slots: int
-    service_seconds: float
-
-
-@dataclass(frozen=True)
 class PeerStatus:
     """One peer's identity, load and memory."""
 
     peer_id: str
     version: str
     uptime: float
-    load: tuple[ModelLoad, ...]
+    load: tuple[PeerModel, ...]
     memory_total: int
     memory_available: int
     memory_budget: int

@@ -24,7 +24,7 @@ from meshd.errors import (
     ModelUnavailable,
 )
 from meshd.store import ModelStore
-from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState, WarmResult
+from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel, WarmResult
 
 log = logging.getLogger("meshd.engine")
 REAP_INTERVAL_S = 1.0
@@ -267,7 +267,7 @@ class Engine:
         """Every configured model, warm or cold."""
         return [h.info(self.keep_alive) for h in self.hosts.values()]
 
-    def loads(self) -> list[ModelLoad]:
+    def loads(self) -> list[PeerModel]:
         """Live load per model."""
         return [h.load_snapshot() for h in self.hosts.values()]
 

@@ -21,7 +21,7 @@ from meshd.engine.runnersupply import RunnerSupply
 from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded, RunnerFailed
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
 from meshd.runner.protocol import LoadOptions
-from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelLoad, ModelState
+from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel
 
 # Scratch a llama.cpp context needs beyond weights and KV cache, before it is measured.
 SLOT_OVERHEAD_BYTES = 16 * 2**20
@@ -297,14 +297,13 @@ class ModelHost:
 
     # -- reporting -------------------------------------------------------------------------
 
-    def load_snapshot(self) -> ModelLoad:
-        """Live load: active and queued requests, slots, recent service time."""
+    def load_snapshot(self) -> PeerModel:
+        """Its state and live load: active and queued requests, slots, recent service time."""
         times = self.service_times
         mean = sum(times) / len(times) if times else 0.0
-        active = self.active
-        return ModelLoad(
-            self.name, active, max(self.inflight - active, 0), self.options.count, mean
-        )
+        active, queued = self.active, max(self.inflight - self.active, 0)
+        slots, memory = self.options.count, self.projected_memory()
+        return PeerModel(self.name, self.state, active, queued, slots, mean, memory)
 
     def info(self, keep_alive: float) -> ModelInfo:
         """What ListModels reports for this model."""

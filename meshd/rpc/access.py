@@ -18,8 +18,7 @@ from meshd.rpc.servicer import abort_with
 from meshd.security import pki
 from meshd.security.invite import DEFAULT_TTL_S, InviteCode, check_host
 from meshd.security.trust import Trust
-from meshd.v1 import access_pb2 as apb
-from meshd.v1 import access_pb2_grpc
+from meshd.v1 import access_pb2 as apb, access_pb2_grpc
 
 log = logging.getLogger("meshd.access")
 

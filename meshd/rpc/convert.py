@@ -10,7 +10,6 @@ from meshd.types import (
     MeshPeer,
     MeshStatus,
     ModelInfo,
-    ModelLoad,
     ModelState,
     PeerInfo,
     PeerModel,
@@ -180,11 +179,13 @@ def status_to_pb(status: PeerStatus) -> pb.PeerStatusReply:
         uptime_seconds=status.uptime,
         load=[
             pb.ModelLoad(
-                model=m.model,
+                model=m.name,
                 active=m.active,
                 queued=m.queued,
                 slots=m.slots,
                 service_seconds=m.service_seconds,
+                state=_STATE_TO_PB[m.state],
+                memory_bytes=m.memory_bytes,
             )
             for m in status.load
         ],
@@ -203,7 +204,16 @@ def status_from_pb(m: pb.PeerStatusReply) -> PeerStatus:
         version=m.version,
         uptime=m.uptime_seconds,
         load=tuple(
-            ModelLoad(x.model, x.active, x.queued, x.slots, x.service_seconds) for x in m.load
+            PeerModel(
+                x.model,
+                _STATE_FROM_PB.get(x.state, ModelState.COLD),
+                x.active,
+                x.queued,
+                x.slots,
+                x.service_seconds,
+                x.memory_bytes,
+            )
+            for x in m.load
         ),
         memory_total=m.memory_total_bytes,
         memory_available=m.memory_available_bytes,

@@ -23,8 +23,7 @@ from meshd.rpc.status import status_of, trailers_of
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.types import PeerStatus as PeerStatusInfo
-from meshd.v1 import mesh_pb2 as pb
-from meshd.v1 import mesh_pb2_grpc
+from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
 TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message

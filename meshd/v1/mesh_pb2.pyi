@@ -465,12 +465,16 @@ class ModelLoad(_message.Message):
     QUEUED_FIELD_NUMBER: _builtins.int
     SLOTS_FIELD_NUMBER: _builtins.int
     SERVICE_SECONDS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     active: _builtins.int
     queued: _builtins.int
     slots: _builtins.int
     service_seconds: _builtins.float
     """recent mean time per request"""
+    state: Global___ModelState.ValueType
+    memory_bytes: _builtins.int
     def __init__(
         self,
         *,
@@ -479,10 +483,12 @@ class ModelLoad(_message.Message):
         queued: _builtins.int = ...,
         slots: _builtins.int = ...,
         service_seconds: _builtins.float = ...,
+        state: Global___ModelState.ValueType = ...,
+        memory_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "model", b"model", "queued", b"queued", "service_seconds", b"service_seconds", "slots", b"slots"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "model", b"model", "queued", b"queued", "service_seconds", b"service_seconds", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -17,8 +17,7 @@ from meshd.client import MeshClient
 from meshd.pull import LocalSource, PeerSource, pull
 from meshd.store import ModelStore
 from meshd.types import ModelState
-from meshd.v1 import mesh_pb2 as pb
-from meshd.v1 import mesh_pb2_grpc
+from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 
 def _stored_peer(start_node: Callable, tiny_model: Path, tmp_path: Path) -> Any:

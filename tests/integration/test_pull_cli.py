@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import assert_store_consistent, digest_of, meshd
 from httpserver import FileServer
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshd.store import ModelStore
 

@@ -33,8 +33,7 @@ from meshd.security.invite import InviteCode, decode_invite
 from meshd.security.keyring import Keyring, load_bundle
 from meshd.store import ModelStore
 from meshd.types import ModelState
-from meshd.v1 import access_pb2 as apb
-from meshd.v1 import mesh_pb2 as pb
+from meshd.v1 import access_pb2 as apb, mesh_pb2 as pb
 
 Start = Callable[..., NodeThread]
 

@@ -7,8 +7,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshd.errors import InvalidModelFile
 from meshd.ggufcheck import inspect_gguf

@@ -5,29 +5,36 @@ from __future__ import annotations
 import math
 import random
 
-from meshd.routing import ModelView, PeerView, choose, expected_wait, warm_targets
+from meshd.routing import PeerView, choose, expected_wait, warm_targets
+from meshd.types import ModelState, PeerModel
 
 
 def peer(
-    pid: str, *, local: bool = False, rtt: float = 0.001, free: int = 100, **models: ModelView
+    pid: str, *, local: bool = False, rtt: float = 0.001, free: int = 100, **models: PeerModel
 ) -> PeerView:
     return PeerView(pid, f"{pid}:1", local, rtt, free, dict(models))
 
 
-WARM = ModelView(warm=True, service_s=0.1)
+def model(warm: bool, **load: float) -> PeerModel:
+    """Model m on a peer, warm or cold, with this load."""
+    state = ModelState.WARM if warm else ModelState.COLD
+    return PeerModel("m", state, **load)  # type: ignore[arg-type]
 
 
-COLD = ModelView(warm=False)
+WARM = model(True, service_seconds=0.1)
+
+
+COLD = model(False)
 
 
 def test_expected_wait_counts_queue_per_slot_and_rtt() -> None:
-    busy = peer("p", rtt=0.01, m=ModelView(True, active=2, queued=2, slots=2, service_s=0.5))
+    busy = peer("p", rtt=0.01, m=model(True, active=2, queued=2, slots=2, service_seconds=0.5))
     assert math.isclose(expected_wait(busy, "m"), 2 * 0.5 + 0.01)
 
 
 def test_least_expected_wait_wins() -> None:
     idle = peer("idle", m=WARM)
-    busy = peer("busy", m=ModelView(True, active=3, slots=1, service_s=0.1))
+    busy = peer("busy", m=model(True, active=3, slots=1, service_seconds=0.1))
     for seed in range(20):
         assert choose([busy, idle], "m", rng=random.Random(seed)).peer.peer_id == "idle"
 
@@ -75,13 +82,13 @@ def test_warm_targets_prefer_warm_then_memory() -> None:
 
 def _waiting(pid: str, wait: float, *, local: bool = False) -> PeerView:
     """A warm peer whose expected wait is exactly `wait` seconds (one request ahead, no RTT)."""
-    return peer(pid, local=local, rtt=0.0, m=ModelView(True, active=1, slots=1, service_s=wait))
+    return peer(pid, local=local, rtt=0.0, m=model(True, active=1, slots=1, service_seconds=wait))
 
 
 def test_one_slot_counts_the_whole_service_time() -> None:
-    one = peer("p", rtt=0.0, m=ModelView(True, active=1, slots=1, service_s=0.4))
+    one = peer("p", rtt=0.0, m=model(True, active=1, slots=1, service_seconds=0.4))
     assert expected_wait(one, "m") == 0.4
-    none = peer("p", rtt=0.0, m=ModelView(True, active=1, slots=0, service_s=0.4))
+    none = peer("p", rtt=0.0, m=model(True, active=1, slots=0, service_seconds=0.4))
     assert expected_wait(none, "m") == 0.4, "no slots reported counts as one"
 
 
