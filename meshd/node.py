@@ -31,6 +31,7 @@ from meshd.rpc.guard import Guard
 from meshd.rpc.links import GrpcLink
 from meshd.rpc.membership import Membership
 from meshd.rpc.servicer import MeshServicer, add_to_server
+from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
 from meshd.security.keyring import Keyring
 from meshd.security.trust import Trust
@@ -103,7 +104,8 @@ class Node:
         await self.engine.start()
         guard = Guard(lambda: self.trust.revocations, allow_plaintext=self.settings.insecure_dev)
         server = aio.server(
-            options=server_options(self.settings.max_message_bytes), interceptors=[guard]
+            options=server_options(self.settings.max_message_bytes),
+            interceptors=[guard, ErrorsAsStatus()],
         )
         add_to_server(MeshServicer(self.mesh, self.store, self.trust), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

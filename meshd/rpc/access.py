@@ -13,8 +13,8 @@ import grpc
 import psutil
 from grpc import aio
 
-from meshd.errors import AccessDenied, ConfigError, InvalidRequest, MeshdError, Overloaded
-from meshd.rpc.servicer import abort_with
+from meshd.errors import AccessDenied, ConfigError, InvalidRequest, Overloaded
+from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
 from meshd.security.invite import DEFAULT_TTL_S, InviteCode, check_host
 from meshd.security.trust import Trust
@@ -36,9 +36,9 @@ class JoinServicer(access_pb2_grpc.JoinServicer):
             cert = self.trust.sign_joiner(request.secret, request.csr)
         except (InvalidRequest, Overloaded) as error:
             log.warning("refused a join from %s: %s", context.peer(), error)
-            refusal = error if isinstance(error, Overloaded) else AccessDenied(str(error))
-            await abort_with(context, refusal)
-            raise
+            if isinstance(error, Overloaded):
+                raise
+            raise AccessDenied(str(error)) from None
         assert self.trust.ca is not None
         return apb.JoinReply(
             certificate=cert,
@@ -66,7 +66,7 @@ class JoinDesk:
             # The CA certificate is the server certificate here: a joining peer fetches it
             # unverified, checks its fingerprint against the code, then trusts it for this call.
             tls = grpc.ssl_server_credentials([(pki.key_pem(ca_key), pki.cert_pem(ca))])
-            server = aio.server()
+            server = aio.server(interceptors=[ErrorsAsStatus()])
             access_pb2_grpc.add_JoinServicer_to_server(self.servicer, server)
             self.port = server.add_secure_port(f"{self.host}:0", tls)
             await server.start()
@@ -108,16 +108,12 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
     async def CreateInvite(
         self, request: apb.CreateInviteRequest, context: aio.ServicerContext[Any, Any]
     ) -> apb.CreateInviteReply:
-        try:
-            if not self.trust.keyring.is_founder() or self.trust.ca is None:
-                raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
-            ttl = request.ttl_seconds or DEFAULT_TTL_S
-            hosts = [check_host(host) for host in request.addresses]
-            secret = self.trust.invites.create(ttl)
-            port = await self.desk.open()
-        except MeshdError as error:
-            await abort_with(context, error)
-            raise
+        if not self.trust.keyring.is_founder() or self.trust.ca is None:
+            raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
+        ttl = request.ttl_seconds or DEFAULT_TTL_S
+        hosts = [check_host(host) for host in request.addresses]
+        secret = self.trust.invites.create(ttl)
+        port = await self.desk.open()
         hosts = hosts or lan_hosts(self.desk.host)
         code = InviteCode(
             tuple(f"{h}:{port}" for h in hosts), pki.fingerprint(self.trust.ca), secret
@@ -127,11 +123,7 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
     async def Revoke(
         self, request: apb.RevokeRequest, context: aio.ServicerContext[Any, Any]
     ) -> apb.RevokeReply:
-        try:
-            revoked = self.trust.revoke(request.name)
-        except MeshdError as error:
-            await abort_with(context, error)
-            raise
+        revoked = self.trust.revoke(request.name)
         number = self.trust.revocations.number
         return apb.RevokeReply(serials=[str(r.serial) for r in revoked], list_number=number)
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,11 +15,10 @@ import psutil
 from grpc import aio
 
 from meshd import __version__
-from meshd.errors import AccessDenied, MeshdError
+from meshd.errors import AccessDenied
 from meshd.links import Router
 from meshd.rpc import convert
 from meshd.rpc.guard import certified_caller
-from meshd.rpc.status import status_of, trailers_of
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.types import PeerStatus as PeerStatusInfo
@@ -27,22 +26,6 @@ from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
 TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message
-
-
-async def abort_with(context: aio.ServicerContext[Any, Any], error: MeshdError) -> None:
-    """End the call with the error's status and its type in the trailers (always raises)."""
-    context.set_trailing_metadata(trailers_of(error))
-    await context.abort(status_of(error), str(error))
-
-
-async def _unary(
-    context: aio.ServicerContext[Any, Any], call: Callable[[], Awaitable[Reply]]
-) -> Reply:
-    try:
-        return await call()
-    except MeshdError as error:
-        await abort_with(context, error)
-        raise AssertionError("abort returned") from error  # abort always raises
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
@@ -59,27 +42,21 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateChunk]:
-        try:
-            stream = self.mesh.generate(convert.request_from_pb(request))
-            async with contextlib.aclosing(stream) as chunks:
-                async for chunk in chunks:
-                    message = convert.chunk_to_pb(chunk)
-                    if not message.served_by:
-                        message.served_by = self.peer_id
-                    if chunk.finish_reason is not None and not message.routing_reason:
-                        message.routing_reason = "local"
-                    yield message
-        except MeshdError as error:
-            await abort_with(context, error)
+        stream = self.mesh.generate(convert.request_from_pb(request))
+        async with contextlib.aclosing(stream) as chunks:
+            async for chunk in chunks:
+                message = convert.chunk_to_pb(chunk)
+                if not message.served_by:
+                    message.served_by = self.peer_id
+                if chunk.finish_reason is not None and not message.routing_reason:
+                    message.routing_reason = "local"
+                yield message
 
     async def Warm(
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.WarmReply:
-        result = await _unary(
-            context,
-            lambda: self.mesh.warm(
-                request.model, request.lease_seconds, request.wait, request.replicas, request.hops
-            ),
+        result = await self.mesh.warm(
+            request.model, request.lease_seconds, request.wait, request.replicas, request.hops
         )
         reply = convert.warm_to_pb(result)
         reply.served_by = result.served_by or self.peer_id
@@ -90,7 +67,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> pb.HeartbeatReply:
         caller = certified_caller(context)
         if caller is not None and caller.name != request.sender.peer_id:
-            await abort_with(context, AccessDenied(f"{caller.name} may only speak for itself"))
+            raise AccessDenied(f"{caller.name} may only speak for itself")
         self.trust.adopt(request.revocations)
         self.mesh.table.add(request.sender.address)  # heartbeat it back
         return pb.HeartbeatReply(
@@ -118,16 +95,13 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def FetchModel(
         self, request: pb.FetchModelRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.FetchModelChunk]:
-        try:
-            wanted = request.digest if request.WhichOneof("model") == "digest" else request.name
-            model = await asyncio.to_thread(self.store.find, wanted)
-            path = await asyncio.to_thread(self.store.checked_path, model.name)
-            manifest = pb.ModelManifest(name=model.name, digest=model.digest, size=model.size)
-            yield pb.FetchModelChunk(manifest=manifest)
-            async for block in read_blocks(path, request.offset):
-                yield pb.FetchModelChunk(data=block)
-        except MeshdError as error:
-            await abort_with(context, error)
+        wanted = request.digest if request.WhichOneof("model") == "digest" else request.name
+        model = await asyncio.to_thread(self.store.find, wanted)
+        path = await asyncio.to_thread(self.store.checked_path, model.name)
+        manifest = pb.ModelManifest(name=model.name, digest=model.digest, size=model.size)
+        yield pb.FetchModelChunk(manifest=manifest)
+        async for block in read_blocks(path, request.offset):
+            yield pb.FetchModelChunk(data=block)
 
     def status(self) -> PeerStatusInfo:
         """This peer's identity, load and memory, now."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import grpc
+from grpc import aio
 
 from meshd import errors
 
@@ -91,3 +96,49 @@ def _metadata(exc: grpc.RpcError) -> list[tuple[str, str | bytes]]:
         return list(trailing() or [])
     except Exception:  # a locally raised RpcError may have no metadata at all
         return []
+
+
+async def abort_with(context: aio.ServicerContext[Any, Any], error: errors.MeshdError) -> None:
+    """End a call with the error's status and its type in the trailers (always raises)."""
+    context.set_trailing_metadata(trailers_of(error))
+    await context.abort(status_of(error), str(error))
+
+
+class ErrorsAsStatus(aio.ServerInterceptor):  # type: ignore[type-arg]
+    """The server side's one place where a MeshdError becomes a gRPC status: every handler of
+    a server with this interceptor just raises."""
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
+    ) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_unary(handler.unary_unary))
+        if handler.unary_stream is not None:
+            behavior = handler.unary_stream  # a generator, or a coroutine that writes (health)
+            wrap = _stream if inspect.isasyncgenfunction(behavior) else _unary
+            return handler._replace(unary_stream=wrap(behavior))
+        return handler
+
+
+def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await behavior(request, context)
+        except errors.MeshdError as error:
+            await abort_with(context, error)
+
+    return call
+
+
+def _stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except errors.MeshdError as error:
+            await abort_with(context, error)
+
+    return call
