@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from meshd.addresses import local_connect_address
 from meshd.config import DEFAULT_LISTEN, load_settings
 from meshd.daemonfile import running_daemon_address, running_daemon_socket
 from meshd.errors import ConfigError, MeshdError, PeerUnavailable
@@ -56,8 +57,7 @@ def resolve_address(addr: str | None, home: Path | None) -> str:
     running = running_daemon_socket(settings.home) or running_daemon_address(settings.home)
     if running:
         return running
-    host, _, port = settings.listen.rpartition(":")
-    return f"{'127.0.0.1' if host in ('0.0.0.0', '[::]') else host}:{port}"
+    return local_connect_address(settings.listen)
 
 
 def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClient:

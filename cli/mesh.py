@@ -71,9 +71,9 @@ def invite(
 
 
 def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: Path | None) -> None:
+    from meshd.addresses import reachable_hosts
     from meshd.daemonfile import running_daemon_address
     from meshd.fsutil import atomic_write_bytes
-    from meshd.rpc.access import lan_hosts
     from meshd.security.keyring import Keyring
 
     if not name or not MODEL_NAME.match(name):
@@ -84,7 +84,7 @@ def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: P
     settings = load_settings(home)
     running = running_daemon_address(settings.home)
     host, _, port = (running or settings.listen).rpartition(":")
-    addresses = [f"{h}:{port}" for h in (hosts or lan_hosts(host))]
+    addresses = [f"{h}:{port}" for h in (hosts or reachable_hosts(host))]
     atomic_write_bytes(path, Keyring(settings.home).client_bundle(name, addresses), 0o600)
     console.print(f"wrote {path} (0600: it holds the app's private key)", highlight=False)
     console.print(f'in the app: MeshClient.from_bundle("{path.name}")', highlight=False)

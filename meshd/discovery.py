@@ -11,30 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import psutil
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from meshd.addresses import announce_addresses
+
 log = logging.getLogger("meshd.discovery")
 SERVICE_TYPE = "_meshd._tcp.local."
-
-
-def announce_addresses(listen_host: str) -> list[str]:
-    """The IPv4 addresses to announce: the bound one, or every non-loopback one for 0.0.0.0."""
-    if listen_host not in ("0.0.0.0", "", "[::]", "::"):
-        return [socket.gethostbyname(listen_host)]
-    found = []
-    for addrs in psutil.net_if_addrs().values():
-        for addr in addrs:
-            if addr.family == socket.AF_INET and not ipaddress.ip_address(addr.address).is_loopback:
-                found.append(addr.address)
-    return found
 
 
 def txt_record(peer_id: str, mesh_id: str, version: str, port: int) -> dict[str, str]:

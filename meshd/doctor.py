@@ -14,6 +14,7 @@ from typing import Literal
 import psutil
 
 from meshd import service
+from meshd.addresses import is_loopback
 from meshd.client import MeshClient
 from meshd.config import Settings
 from meshd.daemonfile import running_daemon
@@ -107,7 +108,7 @@ def _listening(settings: Settings, keyring: Keyring, record: dict[str, str] | No
         return Check("listening", "ok", "only the local socket (no mesh yet)")
     if record is not None and not address:
         return Check("listening", "fail", "no TCP port", "restart the daemon")
-    if host.startswith("127.") or host in ("localhost", "::1", "[::1]"):
+    if is_loopback(host):
         fix = 'set listen = "0.0.0.0:7070" in meshd.toml so friends can reach this peer'
         return Check("listening", "warn", f"{settings.listen} is this machine only", fix)
     return Check("listening", "ok", f"{address or settings.listen}, mutual TLS only")

@@ -12,13 +12,14 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshd import __version__
+from meshd.addresses import is_loopback, reachable_hosts
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
-from meshd.rpc.access import AdminServicer, JoinDesk, lan_hosts
+from meshd.rpc.access import AdminServicer, JoinDesk
 from meshd.rpc.channels import (
     ChannelPool,
     bind,
@@ -87,7 +88,7 @@ class Node:
         mine = (
             [self.settings.advertise]
             if self.settings.advertise
-            else [f"{host}:{self.port}" for host in lan_hosts(self.host)]
+            else [f"{host}:{self.port}" for host in reachable_hosts(self.host)]
         )
         return mine + [entry.address for entry in self.table.live(time.monotonic())]
 
@@ -137,7 +138,7 @@ class Node:
         """What other peers should call this one: a wildcard listener names a LAN address."""
         if not self.port:
             return ""
-        return f"{lan_hosts(self.host)[0]}:{self.port}"
+        return f"{reachable_hosts(self.host)[0]}:{self.port}"
 
     def _prepare_home(self) -> None:
         """The home holds keys and the CLI socket: only this user may enter it."""
@@ -181,7 +182,7 @@ class Node:
     async def _start_discovery(self) -> None:
         """Announce on the LAN and hand found addresses to the peer table."""
         host = self.settings.listen.rpartition(":")[0].strip("[]")
-        if host in ("localhost", "::1") or host.startswith("127."):
+        if is_loopback(host):
             log.info("listening on loopback only: not announcing on the network")
             return
         self.discovery = Discovery(

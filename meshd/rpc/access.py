@@ -10,9 +10,9 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-import psutil
 from grpc import aio
 
+from meshd.addresses import reachable_hosts
 from meshd.errors import AccessDenied, ConfigError, InvalidRequest, Overloaded
 from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
@@ -114,7 +114,7 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
         hosts = [check_host(host) for host in request.addresses]
         secret = self.trust.invites.create(ttl)
         port = await self.desk.open()
-        hosts = hosts or lan_hosts(self.desk.host)
+        hosts = hosts or reachable_hosts(self.desk.host)
         code = InviteCode(
             tuple(f"{h}:{port}" for h in hosts), pki.fingerprint(self.trust.ca), secret
         )
@@ -126,17 +126,3 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
         revoked = self.trust.revoke(request.name)
         number = self.trust.revocations.number
         return apb.RevokeReply(serials=[str(r.serial) for r in revoked], list_number=number)
-
-
-def lan_hosts(host: str, limit: int = 3) -> list[str]:
-    """The addresses friends can reach this peer at: host itself, or for a wildcard listener
-    this machine's non-loopback IPv4 addresses."""
-    if host not in ("0.0.0.0", "", "::", "[::]"):
-        return [host]
-    found = [
-        address.address
-        for addresses in psutil.net_if_addrs().values()
-        for address in addresses
-        if address.family.name == "AF_INET" and not address.address.startswith("127.")
-    ]
-    return found[:limit] or ["127.0.0.1"]
