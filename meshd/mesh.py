@@ -210,7 +210,8 @@ def _view(
 
 
 def _reasoned(chunk: Chunk, decision: Decision) -> Chunk:
-    """The last chunk carries why this peer was chosen."""
+    """The last chunk carries why this peer was chosen (and so is encoded again, once); the
+    others pass through as they came."""
     if chunk.finish_reason is None:
         return chunk
-    return dataclasses.replace(chunk, routing_reason=decision.reason)
+    return dataclasses.replace(chunk, routing_reason=decision.reason, wire=None)

@@ -64,6 +64,9 @@ class Chunk:
     prompt_tokens: int = 0
     served_by: str = ""
     routing_reason: str = ""
+    # The wire message a relayed chunk arrived in: the door that speaks that wire sends it on
+    # as it is, instead of encoding the chunk again. Not part of what the chunk says.
+    wire: object = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,8 @@ def chunk_to_pb(chunk: Chunk) -> pb.GenerateChunk:
     )
 
 
-def chunk_from_pb(message: pb.GenerateChunk) -> Chunk:
-    """A Chunk from the wire."""
+def chunk_from_pb(message: pb.GenerateChunk, *, relayed: bool = False) -> Chunk:
+    """A Chunk from the wire; a relayed one keeps its message, to be sent on as it is."""
     return Chunk(
         text=message.text,
         tokens=message.tokens,
@@ -100,6 +100,7 @@ def chunk_from_pb(message: pb.GenerateChunk) -> Chunk:
         prompt_tokens=message.prompt_tokens,
         served_by=message.served_by,
         routing_reason=message.routing_reason,
+        wire=message if relayed else None,
     )
 
 

@@ -25,7 +25,7 @@ class GrpcLink:
         call: Any = stub.Generate(convert.request_to_pb(request))
         try:
             async for message in call:
-                yield convert.chunk_from_pb(message)
+                yield convert.chunk_from_pb(message, relayed=True)
         except (grpc.RpcError, aio.AioRpcError) as exc:
             raise error_from_rpc(exc, address) from None
         finally:

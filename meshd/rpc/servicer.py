@@ -45,6 +45,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         stream = self.mesh.generate(convert.request_from_pb(request))
         async with contextlib.aclosing(stream) as chunks:
             async for chunk in chunks:
+                if isinstance(chunk.wire, pb.GenerateChunk):  # relayed: sent on as it came
+                    yield chunk.wire
+                    continue
                 message = convert.chunk_to_pb(chunk)
                 if not message.served_by:
                     message.served_by = self.peer_id

@@ -5,6 +5,7 @@ run over real gRPC between real daemons in tests/integration/test_mesh_loopback.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -207,3 +208,16 @@ def test_warm_at_the_hop_limit_stays_here() -> None:
     with pytest.raises(ModelNotFound, match="here"):
         asyncio.run(mesh.warm("m", lease=0, wait=False, replicas=1, hops=MAX_HOPS))
     assert link.calls == []
+
+
+def test_a_relay_passes_messages_through_and_notes_only_the_last() -> None:
+    messages = [object(), object(), object()]
+    script: Script = [
+        dataclasses.replace(chunk, wire=message)
+        for chunk, message in zip(answer("a", "b", "c"), messages, strict=True)
+    ]
+    mesh, _ = router({"b:1": True}, {"b:1": script})
+    chunks = run(mesh, REQUEST)
+    assert [c.wire for c in chunks[:-1]] == messages[:-1], "sent on as they came"
+    assert chunks[-1].wire is None, "the last one carries the routing note, encoded once"
+    assert chunks[-1].routing_reason.startswith("warm on peer-b")
