@@ -204,18 +204,7 @@ def status_from_pb(m: pb.PeerStatusReply) -> PeerStatus:
         peer_id=m.peer_id,
         version=m.version,
         uptime=m.uptime_seconds,
-        load=tuple(
-            PeerModel(
-                x.model,
-                _STATE_FROM_PB.get(x.state, ModelState.COLD),
-                x.active,
-                x.queued,
-                x.slots,
-                x.service_seconds,
-                x.memory_bytes,
-            )
-            for x in m.load
-        ),
+        load=tuple(_peer_model_from_pb(x, x.model) for x in m.load),
         memory_total=m.memory_total_bytes,
         memory_available=m.memory_available_bytes,
         memory_budget=m.memory_budget_bytes,
@@ -256,18 +245,7 @@ def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
         mesh_id=m.mesh_id,
         version=m.version,
         address=m.address,
-        models=tuple(
-            PeerModel(
-                x.name,
-                _STATE_FROM_PB.get(x.state, ModelState.COLD),
-                x.active,
-                x.queued,
-                x.slots,
-                x.service_seconds,
-                x.memory_bytes,
-            )
-            for x in m.models
-        ),
+        models=tuple(_peer_model_from_pb(x, x.name) for x in m.models),
         memory_free=m.memory_free_bytes,
         known_addresses=tuple(m.known_addresses),
         certificate_expires=m.certificate_expires_unix,
@@ -307,3 +285,9 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
         ),
         recent=tuple(RoutingRecord(r.at_unix, r.model, r.peer_id, r.reason) for r in m.recent),
     )
+
+
+def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
+    """A model's state and load, from a heartbeat's PeerModel or a status reply's ModelLoad."""
+    state = _STATE_FROM_PB.get(x.state, ModelState.COLD)
+    return PeerModel(name, state, x.active, x.queued, x.slots, x.service_seconds, x.memory_bytes)
