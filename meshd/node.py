@@ -17,6 +17,7 @@ from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
+from meshd.homelock import HomeLock
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
 from meshd.rpc.access import AdminServicer, JoinDesk
@@ -48,6 +49,8 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.lock = HomeLock(settings.home)
+        self.lock.acquire()  # one daemon per home, before anything in it is touched
         self.keyring = Keyring(settings.home)
         self.peer_id = self.keyring.peer_id()
         self.trust = Trust(self.keyring)
@@ -101,6 +104,14 @@ class Node:
         """Validate models, open the port, report SERVING, and write the daemon file."""
         if self.server is not None:
             return
+        self.lock.acquire()  # again after a stop
+        try:
+            await self._start()
+        except BaseException:
+            self.lock.release()
+            raise
+
+    async def _start(self) -> None:
         self._prepare_home()
         await self.engine.start()
         guard = Guard(lambda: self.trust.revocations, allow_plaintext=self.settings.insecure_dev)
@@ -178,6 +189,7 @@ class Node:
         await self.membership.close()
         await self.pool.close()
         await self.engine.close()
+        self.lock.release()
 
     async def _start_discovery(self) -> None:
         """Announce on the LAN and hand found addresses to the peer table."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -130,6 +132,8 @@ def test_a_daemon_killed_with_sigkill_takes_its_runners_along(
         while not all(_gone(pid) for pid in pids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert all(_gone(pid) for pid in pids), "no orphaned runner keeps the model mapped"
+    with DaemonProcess(tmp_path / "home", models) as again, MeshClient(again.socket) as mesh:
+        assert mesh.health(), "a killed daemon leaves its home unlocked"
 
 
 def test_sigterm_with_a_hung_runner_exits_within_the_drain(
@@ -165,3 +169,27 @@ def test_sigterm_with_a_hung_runner_exits_within_the_drain(
         thread.join(10)
     assert isinstance(received[-1], MeshdError)
     assert all(_gone(pid) for pid in pids)
+
+
+def test_a_second_daemon_on_the_same_home_is_refused_and_removes_nothing(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    home = tmp_path / "home"
+    with DaemonProcess(home, [f"tiny={tiny_model}"]) as first:
+        assert first.proc is not None
+        second = subprocess.run(
+            [sys.executable, "-m", "meshd.cli", "serve", "--home", str(home),
+             "--listen", "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert second.returncode == 1
+        assert f"another meshd daemon (pid {first.proc.pid}) already serves {home}" in (
+            second.stderr
+        )
+        assert "Traceback" not in second.stderr
+        with MeshClient(first.socket) as mesh:  # the first daemon's socket is untouched
+            assert mesh.health()
+        assert (home / "daemon.json").exists()
+    # Once the first has stopped (or died), the home is free again.
+    with DaemonProcess(home, [f"tiny={tiny_model}"]) as again, MeshClient(again.socket) as mesh:
+        assert mesh.health()
