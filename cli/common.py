@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from meshd.addresses import local_connect_address
-from meshd.config import DEFAULT_LISTEN, load_settings
+from meshd.config import load_settings
 from meshd.daemonfile import running_daemon_address, running_daemon_socket
 from meshd.errors import ConfigError, MeshdError, PeerUnavailable
 
@@ -46,18 +45,18 @@ JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table."
 
 
 def resolve_address(addr: str | None, home: Path | None) -> str:
-    """--addr if given, else the Unix socket of the daemon running from home, else the
-    configured listen address."""
+    """--addr if given, else the Unix socket of the daemon running from home; a clear error
+    when none runs there (and when the home's meshd.toml is broken, as the daemon would)."""
     if addr:
         return addr
-    try:
-        settings = load_settings(home)
-    except ConfigError:
-        return DEFAULT_LISTEN
+    settings = load_settings(home)
     running = running_daemon_socket(settings.home) or running_daemon_address(settings.home)
     if running:
         return running
-    return local_connect_address(settings.listen)
+    raise PeerUnavailable(
+        f"no meshd daemon is running from {settings.home}: start one with `meshd serve` "
+        "(or `meshd service install`), or ask another with --addr HOST:PORT"
+    )
 
 
 def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClient:

@@ -1,5 +1,5 @@
 """This machine's addresses, in one place: which listen hosts are loopback or wildcard, the LAN
-addresses friends can reach, the ones mDNS announces, and where a local command connects."""
+addresses friends can reach, and the ones mDNS announces."""
 
 from __future__ import annotations
 
@@ -50,9 +50,3 @@ def announce_addresses(listen_host: str) -> list[str]:
     if not is_wildcard(listen_host):
         return [socket.gethostbyname(listen_host)]
     return lan_ipv4()
-
-
-def local_connect_address(listen: str) -> str:
-    """Where a command on this machine reaches a listener: loopback for a wildcard."""
-    host, _, port = listen.rpartition(":")
-    return f"{'127.0.0.1' if is_wildcard(host) else host}:{port}"

@@ -112,3 +112,20 @@ def test_service_status_says_what_is_missing(
     record = json.loads(out.stdout)
     assert record["installed"] is False and record["path"].startswith(str(tmp_path / "cfg"))
     assert "meshd service install" in meshd("service", "status", home=tmp_path).stdout
+
+
+def test_no_daemon_says_so_and_how_to_start_one(tmp_path: Path) -> None:
+    for command in (["health"], ["status"], ["models"], ["warm", "tiny"]):
+        out = meshd(*command, home=tmp_path)
+        assert out.returncode == 1
+        assert out.stderr.strip() == (
+            f"error: no meshd daemon is running from {tmp_path}: start one with `meshd serve` "
+            "(or `meshd service install`), or ask another with --addr HOST:PORT"
+        )
+
+
+def test_client_commands_read_the_same_config_and_fail_on_a_broken_one(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text("slots = [unclosed\n")
+    out = meshd("status", home=tmp_path)
+    assert out.returncode == 1 and "cannot read" in out.stderr and "meshd.toml" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,4 +1,4 @@
-"""meshd/addresses.py: loopback and wildcard hosts, and where friends and commands connect."""
+"""meshd/addresses.py: loopback and wildcard hosts, and where friends connect."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from meshd.addresses import (
     is_loopback,
     is_wildcard,
     lan_ipv4,
-    local_connect_address,
     reachable_hosts,
 )
 
@@ -39,9 +38,3 @@ def test_a_wildcard_is_reached_at_the_lan_addresses() -> None:
     assert all(not is_loopback(a) for a in lan)
     assert reachable_hosts("0.0.0.0", limit=2) == (lan[:2] or ["127.0.0.1"])
     assert announce_addresses("0.0.0.0") == lan
-
-
-def test_a_command_on_this_machine_connects_to_loopback_for_a_wildcard() -> None:
-    assert local_connect_address("0.0.0.0:7070") == "127.0.0.1:7070"
-    assert local_connect_address("[::]:7070") == "127.0.0.1:7070"
-    assert local_connect_address("10.0.0.5:7070") == "10.0.0.5:7070"
