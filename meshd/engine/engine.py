@@ -256,10 +256,10 @@ class Engine:
     def _rewarm_pins(self) -> None:
         """A pinned model whose runner failed is started again, as its backoff allows."""
         for host in self.hosts.values():
-            if host.pinned and host.state is not ModelState.WARM and host.retryable:
-                loading = host.loading is not None and not host.loading.done()
-                if not loading and host.check_retry_quietly():
-                    self._loading_task(host)
+            loading = host.loading is not None and not host.loading.done()
+            idle = host.pinned and host.state is not ModelState.WARM and not loading
+            if idle and host.may_start_now:
+                self._loading_task(host)
 
     # -- reporting -------------------------------------------------------------------------
 

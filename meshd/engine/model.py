@@ -132,8 +132,12 @@ class ModelHost:
         """Whether a request may still start this model here (it is not given up on)."""
         if self.file_refused:
             return False  # the file itself is refused until it changes
-        verdict, _ = failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
-        return verdict is not Verdict.GIVEN_UP
+        return self._verdict()[0] is not Verdict.GIVEN_UP
+
+    @property
+    def may_start_now(self) -> bool:
+        """Whether a runner may be started for this model now, as its backoff allows."""
+        return not self.file_refused and self._verdict()[0] is Verdict.TRY
 
     def warm_until(self, keep_alive: float) -> float:
         return warm_until(self.last_used, keep_alive, self.lease_until, self.pinned)
@@ -148,11 +152,14 @@ class ModelHost:
 
     # -- failures --------------------------------------------------------------------------
 
+    def _verdict(self) -> tuple[Verdict, float]:
+        if not self.failures.failures:
+            return Verdict.TRY, 0.0
+        return failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
+
     def check_retry(self) -> None:
         """Raise ModelUnavailable while a failed model must not be started again yet."""
-        if not self.failures.failures:
-            return
-        verdict, wait = failures.next_attempt(self.failures, time.monotonic(), self.file_stamp())
+        verdict, wait = self._verdict()
         if verdict is Verdict.GIVEN_UP:
             raise ModelUnavailable(
                 f"model {self.name!r} failed to load {self.failures.load_failures} times in a "
@@ -163,14 +170,6 @@ class ModelHost:
             raise ModelUnavailable(
                 f"model {self.name!r} failed ({self.error}); trying again in {wait:.1f} s"
             )
-
-    def check_retry_quietly(self) -> bool:
-        """Whether the model may be started again now."""
-        try:
-            self.check_retry()
-        except ModelUnavailable:
-            return False
-        return True
 
     def forgive(self) -> None:
         """Someone asked for this model explicitly: try it again now, whatever failed before."""
