@@ -21,6 +21,7 @@ import grpc
 from grpc import aio
 
 from meshd.errors import InvalidRequest
+from meshd.rpc.status import wrap_behavior
 from meshd.security import pki
 from meshd.security.revocation import RevocationList
 
@@ -63,14 +64,10 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
         handler = await continuation(details)
-        if handler is None:
-            return None
         method: str = details.method
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=self._wrap(handler.unary_unary, method))
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=self._wrap(handler.unary_stream, method))
-        raise RuntimeError(f"{method}: client-streaming methods are not guarded")
+        if handler is not None and handler.unary_unary is None and handler.unary_stream is None:
+            raise RuntimeError(f"{method}: client-streaming methods are not guarded")
+        return wrap_behavior(handler, lambda behavior: self._wrap(behavior, method))
 
     def _wrap(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         if inspect.isasyncgenfunction(behavior):

@@ -111,16 +111,21 @@ class ErrorsAsStatus(aio.ServerInterceptor):  # type: ignore[type-arg]
     async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        handler = await continuation(details)
-        if handler is None:
-            return None
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_unary(handler.unary_unary))
-        if handler.unary_stream is not None:
-            behavior = handler.unary_stream  # a generator, or a coroutine that writes (health)
-            wrap = _stream if inspect.isasyncgenfunction(behavior) else _unary
-            return handler._replace(unary_stream=wrap(behavior))
-        return handler
+        return wrap_behavior(await continuation(details), _mapped)
+
+
+def wrap_behavior(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
+    """A server interceptor's handler with its unary-unary or unary-stream behavior wrapped."""
+    if handler is not None and handler.unary_unary is not None:
+        return handler._replace(unary_unary=wrap(handler.unary_unary))
+    if handler is not None and handler.unary_stream is not None:
+        return handler._replace(unary_stream=wrap(handler.unary_stream))
+    return handler
+
+
+def _mapped(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    # A stream's behavior is a generator, or a coroutine that writes (the health Watch).
+    return _stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(behavior)
 
 
 def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
