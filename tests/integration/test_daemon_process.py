@@ -21,13 +21,15 @@ from meshd.types import Chunk, FinishReason
 SLOW_ARGS = ["--context", "4096", "--threads", "1"]
 
 
-def _stream_in_background(address: str, max_tokens: int) -> tuple[threading.Thread, list]:
+def _stream_in_background(
+    address: str, max_tokens: int, model: str = "tiny"
+) -> tuple[threading.Thread, list]:
     received: list[Chunk | Exception] = []
 
     def run() -> None:
         try:
             with MeshClient(address) as mesh:
-                received.extend(mesh.generate("tiny", "Once", max_tokens=max_tokens, temperature=0))
+                received.extend(mesh.generate(model, "Once", max_tokens=max_tokens, temperature=0))
         except MeshdError as exc:
             received.append(exc)
 
@@ -147,17 +149,7 @@ def test_sigterm_with_a_hung_runner_exits_within_the_drain(
         env={"MESHD_DRAIN_SECONDS": str(drain)},
     ) as daemon:
         pids = _runner_pids(daemon.address)
-        received: list[Chunk | Exception] = []
-
-        def run() -> None:
-            try:
-                with MeshClient(daemon.address) as mesh:
-                    received.extend(mesh.generate("a", "Once", max_tokens=4000))
-            except MeshdError as exc:
-                received.append(exc)
-
-        thread = threading.Thread(target=run)
-        thread.start()
+        thread, received = _stream_in_background(daemon.address, 4000, model="a")
         while not received:
             time.sleep(0.005)
         os.kill(pids[0], signal.SIGSTOP)  # the runner hangs mid-stream
