@@ -32,14 +32,20 @@ class Joined:
     addresses: tuple[str, ...]
 
 
+# The inviter's join listener closes when its last code is used or expires.
+LISTENER_GONE = (
+    "the inviter listens only while a code is open: ask for a new code if this one was used "
+    "or has expired"
+)
+
+
 def verified_ca(address: str, fingerprint: bytes) -> bytes:
     """The CA certificate the inviter presents, if its sha256 matches the code."""
     try:
         pem = channels.fetch_unverified_certificate(address)
     except (OSError, ValueError) as exc:
         raise PeerUnavailable(
-            f"cannot reach the inviter at {address} ({exc}); the inviter listens only while "
-            "a code is open: ask for a new code if this one was used or has expired"
+            f"cannot reach the inviter at {address} ({exc}); {LISTENER_GONE}"
         ) from None
     if not hmac.compare_digest(pki.fingerprint(pki.load_cert(pem)), fingerprint):
         raise AccessDenied(
@@ -73,7 +79,10 @@ def _join_at(keyring: Keyring, address: str, fingerprint: bytes, secret: bytes) 
     try:
         reply = channels.join_stub(channel).Join(request, timeout=JOIN_TIMEOUT_S)
     except grpc.RpcError as exc:
-        raise error_from_rpc(exc, address) from None
+        error = error_from_rpc(exc, address)
+        if isinstance(error, PeerUnavailable):  # it closed between the certificate and the call
+            raise PeerUnavailable(f"{error}; {LISTENER_GONE}") from None
+        raise error from None
     finally:
         channel.close()
     cert = pki.load_cert(reply.certificate)
