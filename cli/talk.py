@@ -231,6 +231,9 @@ def status(
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
     decisions: int = typer.Option(5, help="How many recent routing decisions to show."),
+    addresses: bool = typer.Option(
+        False, "--addresses", help="List every address this peer dials, and who named it."
+    ),
 ) -> None:
     """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
     with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
@@ -268,3 +271,24 @@ def status(
             f"[dim]{human_ago(record.at)}: {record.model} → {record.peer_id}: {record.reason}[/]",
             highlight=False,
         )
+    _print_dialling(seen, every=addresses)
+
+
+def _print_dialling(seen: MeshStatus, every: bool) -> None:
+    """A line on the addresses this peer dials (a table of them with every=True)."""
+    failing = [a for a in seen.addresses if a.failures]
+    console.print(
+        f"[dim]dialling {len(seen.addresses)} address(es), {len(failing)} backing off; "
+        f"{seen.dials} dials since start[/]",
+        highlight=False,
+    )
+    if not every:
+        return
+    table = Table(box=box.SIMPLE_HEAD)
+    for name in ("address", "named by", "answered", "dials", "failing", "next dial"):
+        table.add_column(name)
+    for a in seen.addresses:
+        next_dial = f"in {a.next_dial_in:.0f} s" if a.next_dial_in >= 1 else "now"
+        answered = "yes" if a.answered else "never"
+        table.add_row(a.address, a.teller, answered, str(a.dials), str(a.failures), next_dial)
+    console.print(table)

@@ -97,8 +97,12 @@ class Mesh:
     def status(self) -> MeshStatus:
         """Every known peer (this one first) and recent routing decisions."""
         me = MeshPeer(self.local_info(), True, 0.0, time.time(), local=True)
-        peers = (me, *self.table.known(time.monotonic()))
-        return MeshStatus(self.peer_id, self.mesh_id, peers, tuple(self.recent))
+        now = time.monotonic()
+        peers = (me, *self.table.known(now))
+        addresses = tuple(self.table.addresses(now))
+        return MeshStatus(
+            self.peer_id, self.mesh_id, peers, tuple(self.recent), addresses, self.table.dials
+        )
 
     # -- generate --------------------------------------------------------------------------
 

@@ -11,8 +11,8 @@ import time
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from meshd import __version__
-from meshd.addresses import is_loopback, reachable_hosts
+from meshd import __version__, gossip
+from meshd.addresses import is_loopback, is_wildcard, reachable_hosts
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
@@ -137,6 +137,7 @@ class Node:
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
         self.mesh.address = self.settings.advertise or self._advertised_address()
+        self.table.set_own(self._own_addresses())
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer)
         self.membership.start()
@@ -150,6 +151,15 @@ class Node:
         if not self.port:
             return ""
         return f"{reachable_hosts(self.host)[0]}:{self.port}"
+
+    def _own_addresses(self) -> list[str]:
+        """Every address that reaches this daemon, so that nobody can make it dial itself."""
+        if not self.port:
+            return [self.mesh.address] if self.mesh.address else []
+        hosts = reachable_hosts(self.host, limit=64)
+        if is_loopback(self.host) or is_wildcard(self.host):
+            hosts += ["127.0.0.1", "localhost", "[::1]"]
+        return [self.mesh.address, *(f"{host}:{self.port}" for host in hosts)]
 
     def _prepare_home(self) -> None:
         """The home holds keys and the CLI socket: only this user may enter it."""
@@ -203,13 +213,16 @@ class Node:
             host,
             self.port,
             txt_record(self.peer_id, self.mesh.mesh_id, __version__, self.port),
-            lambda address, peer_id: self.table.add(address, peer_id),
+            self._found_by_mdns,
         )
         try:
             await self.discovery.start()
         except OSError as exc:  # no multicast here: static peers still work
             log.warning("mDNS discovery is off: %s", exc)
             self.discovery = None
+
+    def _found_by_mdns(self, address: str, peer_id: str) -> None:
+        self.table.add(address, peer_id, teller=gossip.MDNS)
 
     async def run_until_signalled(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain; a second signal exits at once."""

@@ -1,9 +1,10 @@
-"""The peer table and the heartbeat that keeps it true.
+"""The peer table: every address this peer dials, what answered there, and when to dial again.
 
-Addresses come from static config, from mDNS, from other peers' heartbeats (gossip) and from
-peers that heartbeat us. Only a successful gRPC heartbeat makes a peer live; one that has not
-answered for `dead_after` seconds leaves routing, and one good heartbeat brings it back.
-mDNS TTLs play no part in liveness.
+Addresses come from settings and joins (permanent), from mDNS, and from other peers (the
+addresses their heartbeats list, and their own address when they heartbeat us): meshd.gossip
+decides which of those are taken, how often a failing one is dialled, and when it is forgotten.
+Only a successful gRPC heartbeat makes a peer live; one that has not answered for `dead_after`
+seconds leaves routing, and one good heartbeat brings it back. mDNS TTLs play no part in liveness.
 """
 
 from __future__ import annotations
@@ -11,10 +12,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from meshd.types import MeshPeer, PeerInfo
+from meshd import gossip
+from meshd.types import KnownAddress, MeshPeer, PeerInfo
 
 log = logging.getLogger("meshd.peers")
 RTT_SMOOTHING = 0.3  # weight of the newest sample in the RTT average
@@ -27,13 +29,18 @@ def is_alive(last_ok: float, now: float, dead_after: float) -> bool:
 
 @dataclass
 class PeerEntry:
-    """What this peer knows of another one."""
+    """What this peer knows of an address, and of the peer that answered there."""
 
     address: str
-    info: PeerInfo | None = None
+    teller: str = gossip.PERMANENT  # a peer id, gossip.MDNS or gossip.PERMANENT
+    info: PeerInfo | None = None  # set by the first good heartbeat
     last_ok: float = -math.inf  # monotonic time of the last good heartbeat
     last_seen_unix: float = 0.0
     rtt: float = 0.0
+    dials: int = 0
+    failures: int = 0  # failed dials in a row
+    failing_since: float = 0.0  # monotonic time of the first of them
+    next_dial: float = -math.inf  # monotonic time
 
 
 class PeerTable:
@@ -42,45 +49,127 @@ class PeerTable:
     def __init__(self, self_id: str, mesh_id: str, dead_after: float) -> None:
         self.self_id, self.mesh_id, self.dead_after = self_id, mesh_id, dead_after
         self.entries: dict[str, PeerEntry] = {}
-        self.ignored: set[str] = set()  # addresses that turned out to be us or another mesh
+        self.ignored: dict[str, None] = {}  # this peer or another mesh; oldest first
+        self.forgotten: dict[str, float] = {}  # learned addresses given up on, until when
+        self.own: frozenset[str] = frozenset()  # this peer's own addresses
+        self.dials = 0  # every dial since start, forgotten addresses included
         self.on_new: Callable[[str], None] | None = None  # told of each new address
+        self.on_forget: Callable[[str], None] | None = None  # told of each forgotten one
         self.refused: Callable[[str], bool] = lambda peer_id: False  # revoked peer ids
 
-    def add(self, address: str, peer_id: str = "") -> None:
-        """Remember an address to heartbeat; a new one, or one that now announces another
-        peer id (a restarted daemon), is heartbeaten at once."""
-        if not address or address in self.ignored:
-            return
+    def set_own(self, addresses: Iterable[str]) -> None:
+        """The addresses this peer answers at: never dialled, whoever names them."""
+        self.own = frozenset(a for a in map(gossip.peer_address, addresses) if a)
+
+    def add(
+        self,
+        address: str,
+        peer_id: str = "",
+        teller: str = gossip.PERMANENT,
+        teller_local: bool = False,
+        now: float | None = None,
+    ) -> bool:
+        """Take an address to heartbeat, if meshd.gossip accepts it from this teller; a new one,
+        or one that now announces another peer id (a restarted daemon), is dialled at once."""
+        normal = gossip.peer_address(address)
+        if normal is None or normal in self.ignored:
+            return False
+        entry = self.entries.get(normal)
+        now = time.monotonic() if now is None else now
+        if entry is None and teller != gossip.PERMANENT and self._still_forgotten(normal, now):
+            return False
+        if entry is None:
+            told = gossip.Told(normal, teller, teller_local)
+            why = gossip.refusal(told, self.own, *self._unanswered_counts(teller))
+            if why is not None:
+                log.debug("not dialling %s (from %s): %s", normal, teller, why)
+                return False
+            self.entries[normal] = PeerEntry(normal, teller)
+        else:
+            if teller == gossip.PERMANENT:
+                entry.teller = teller  # settings outrank gossip
+            if not (peer_id and entry.info and entry.info.peer_id != peer_id):
+                return True
+        if self.on_new is not None:
+            self.on_new(normal)
+        return True
+
+    def _unanswered_counts(self, teller: str) -> tuple[int, int]:
+        unanswered = [e for e in self.entries.values() if e.info is None]
+        learned = [e for e in unanswered if e.teller != gossip.PERMANENT]
+        return sum(e.teller == teller for e in learned), len(learned)
+
+    def _still_forgotten(self, address: str, now: float) -> bool:
+        """Whether a learned address was given up on less than FORGET_AFTER ago: told again
+        and again, it is not dialled again and again."""
+        until = self.forgotten.get(address)
+        if until is not None and until <= now:
+            del self.forgotten[address]
+            return False
+        return until is not None
+
+    def due(self, now: float) -> list[str]:
+        """Addresses whose next dial is due."""
+        return [e.address for e in self.entries.values() if e.next_dial <= now]
+
+    def dialling(self, address: str) -> None:
+        """Count a dial (status shows the counts)."""
+        self.dials += 1
+        entry = self.entries.get(address)
+        if entry is not None:
+            entry.dials += 1
+
+    def record_failure(self, address: str, now: float, interval: float) -> None:
+        """A dial failed: back off, or forget the address when meshd.gossip says so."""
         entry = self.entries.get(address)
         if entry is None:
-            self.entries[address] = PeerEntry(address)
-        elif not (peer_id and entry.info and entry.info.peer_id != peer_id):
             return
-        if self.on_new is not None:
-            self.on_new(address)
+        if entry.failures == 0:
+            entry.failing_since = now
+        entry.failures += 1
+        answered = entry.info is not None
+        if gossip.forgotten(entry.teller, entry.failures, now - entry.failing_since, answered):
+            log.info("forgetting %s: no answer in %d dials", address, entry.failures)
+            self._drop(address)
+            self.forgotten[address] = now + gossip.FORGET_AFTER
+            while len(self.forgotten) > gossip.MAX_IGNORED:
+                del self.forgotten[next(iter(self.forgotten))]
+            return
+        entry.next_dial = now + gossip.retry_delay(entry.failures, interval, answered)
 
     def record_ok(self, address: str, info: PeerInfo, rtt: float, now: float) -> None:
         """A heartbeat answered: the peer is live, with this state."""
         if self.refused(info.peer_id):
-            self.entries.pop(address, None)
+            self._drop(address)
             return
         if info.peer_id == self.self_id or info.mesh_id != self.mesh_id:
-            self.entries.pop(address, None)
-            self.ignored.add(address)
+            self._drop(address)
+            self._ignore(address)
             if info.mesh_id != self.mesh_id:
                 log.info("ignoring %s: it belongs to mesh %r", address, info.mesh_id)
             return
         entry = self.entries.setdefault(address, PeerEntry(address))
         for other in list(self.entries.values()):  # one entry per peer id
             if other is not entry and other.info and other.info.peer_id == info.peer_id:
-                del self.entries[other.address]
+                self._drop(other.address)
         entry.rtt = (
             rtt if entry.info is None else (1 - RTT_SMOOTHING) * entry.rtt + RTT_SMOOTHING * rtt
         )
         entry.info, entry.last_ok, entry.last_seen_unix = info, now, time.time()
+        entry.failures, entry.next_dial = 0, -math.inf
+
+    def _ignore(self, address: str) -> None:
+        self.ignored[address] = None
+        while len(self.ignored) > gossip.MAX_IGNORED:
+            del self.ignored[next(iter(self.ignored))]
+
+    def _drop(self, address: str) -> None:
+        if self.entries.pop(address, None) is not None and self.on_forget is not None:
+            self.on_forget(address)
 
     def forget_refused(self) -> None:
-        """Drop every peer whose certificate is now revoked."""
+        """Drop every peer whose certificate is now revoked, and every address only a revoked
+        peer vouched for (one that answered has vouched for itself)."""
         for entry in list(self.entries.values()):
             if entry.info is not None and self.refused(entry.info.peer_id):
                 log.info(
@@ -88,7 +177,9 @@ class PeerTable:
                     entry.address,
                     entry.info.peer_id,
                 )
-                del self.entries[entry.address]
+                self._drop(entry.address)
+            elif entry.info is None and self.refused(entry.teller):
+                self._drop(entry.address)
 
     def live(self, now: float) -> list[PeerEntry]:
         """Peers whose last heartbeat is recent enough to route to."""
@@ -104,4 +195,18 @@ class PeerTable:
             MeshPeer(e.info, is_alive(e.last_ok, now, self.dead_after), e.rtt, e.last_seen_unix)
             for e in self.entries.values()
             if e.info is not None
+        ]
+
+    def addresses(self, now: float) -> list[KnownAddress]:
+        """Every address dialled, with who told it and how dialling it goes, for status."""
+        return [
+            KnownAddress(
+                e.address,
+                e.teller,
+                e.dials,
+                e.failures,
+                max(e.next_dial - now, 0.0),
+                e.info is not None,
+            )
+            for e in self.entries.values()
         ]

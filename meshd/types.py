@@ -157,6 +157,18 @@ class MeshPeer:
 
 
 @dataclass(frozen=True)
+class KnownAddress:
+    """An address this peer dials: who told it, and how dialling it goes."""
+
+    address: str
+    teller: str  # a peer id, "mdns" or "settings"
+    dials: int
+    failures: int  # in a row
+    next_dial_in: float  # seconds
+    answered: bool  # a peer of this mesh answered there at least once
+
+
+@dataclass(frozen=True)
 class RoutingRecord:
     """One routing decision: when, which model, which peer, why."""
 
@@ -174,3 +186,5 @@ class MeshStatus:
     mesh_id: str
     peers: tuple[MeshPeer, ...]
     recent: tuple[RoutingRecord, ...] = ()
+    addresses: tuple[KnownAddress, ...] = ()
+    dials: int = 0  # heartbeat dials since the daemon started

@@ -119,3 +119,13 @@ def start_node(tmp_path: Path, tiny_model: Path) -> Iterator[Callable[..., NodeT
     yield start
     for node in started:
         node.stop()
+
+
+@pytest.fixture
+def start_peer(start_node: Callable[..., NodeThread]) -> Callable[..., NodeThread]:
+    """start_peer(name, models) -> a NodeThread serving mutual TLS from tmp_path/name."""
+
+    def start(name: str, models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
+        return start_node(models, name=name, insecure_dev=False, **flags)
+
+    return start

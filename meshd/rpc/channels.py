@@ -8,6 +8,7 @@ Three transports:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import ssl
@@ -188,6 +189,7 @@ class ChannelPool:
     def __init__(self, credentials: TlsCredentials | None = None) -> None:
         self.credentials = credentials
         self._channels: dict[str, aio.Channel] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: str) -> aio.Channel:
         """The channel to address, opened on first use (inside the running loop)."""
@@ -196,8 +198,17 @@ class ChannelPool:
             channel = self._channels[address] = open_aio_channel(address, self.credentials)
         return channel
 
+    def discard(self, address: str) -> None:
+        """Close the channel to an address no longer dialled (in the background)."""
+        channel = self._channels.pop(address, None)
+        if channel is not None:
+            task = asyncio.get_running_loop().create_task(channel.close(None))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
         """Close every channel (idempotent)."""
+        await asyncio.gather(*self._closing, return_exceptions=True)
         channels, self._channels = list(self._channels.values()), {}
         for channel in channels:
             await channel.close(None)

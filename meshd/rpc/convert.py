@@ -7,6 +7,7 @@ from meshd.types import (
     Chunk,
     FinishReason,
     GenerateRequest,
+    KnownAddress,
     MeshPeer,
     MeshStatus,
     ModelInfo,
@@ -271,6 +272,18 @@ def mesh_status_to_pb(status: MeshStatus) -> pb.MeshStatusReply:
             pb.RoutingDecision(at_unix=r.at, model=r.model, peer_id=r.peer_id, reason=r.reason)
             for r in status.recent
         ],
+        addresses=[
+            pb.KnownAddress(
+                address=a.address,
+                teller=a.teller,
+                dials=a.dials,
+                failures=a.failures,
+                next_dial_seconds=a.next_dial_in,
+                answered=a.answered,
+            )
+            for a in status.addresses
+        ],
+        dials=status.dials,
     )
 
 
@@ -284,6 +297,11 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
             for p in m.peers
         ),
         recent=tuple(RoutingRecord(r.at_unix, r.model, r.peer_id, r.reason) for r in m.recent),
+        addresses=tuple(
+            KnownAddress(a.address, a.teller, a.dials, a.failures, a.next_dial_seconds, a.answered)
+            for a in m.addresses
+        ),
+        dials=m.dials,
     )
 
 

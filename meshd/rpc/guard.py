@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from meshd.addresses import is_loopback
 from meshd.errors import InvalidRequest
 from meshd.rpc.status import wrap_behavior
 from meshd.security import pki
@@ -126,6 +127,14 @@ def certified_caller(context: aio.ServicerContext[Any, Any]) -> Caller | None:
     """The caller's mesh certificate as a Caller, or None (Unix socket, plaintext)."""
     pem = b"".join(context.auth_context().get("x509_pem_cert", []))
     return _caller_of(pem) if pem else None
+
+
+def calls_from_here(context: aio.ServicerContext[Any, Any]) -> bool:
+    """Whether the caller is on this machine: the Unix socket or a loopback TCP address."""
+    kind, _, rest = context.peer().partition(":")
+    if kind == "unix":
+        return True
+    return kind in ("ipv4", "ipv6") and is_loopback(rest.rpartition(":")[0])
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

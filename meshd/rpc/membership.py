@@ -1,5 +1,6 @@
-"""The heartbeat over gRPC: every known address on a fixed cadence, learning addresses from the
-replies. Only a good heartbeat makes a peer live in the table (meshd.peers)."""
+"""The heartbeat over gRPC: every address that is due, on a fixed cadence, learning addresses
+from the replies. Only a good heartbeat makes a peer live in the table (meshd.peers); which
+learned addresses are taken and how often a failing one is dialled is meshd.gossip's to say."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from collections.abc import Callable
 import grpc
 from grpc import aio
 
+from meshd.addresses import is_loopback
+from meshd.gossip import MAX_PER_TELLER, host_of
 from meshd.peers import PeerTable
 from meshd.rpc import channels, convert
 from meshd.security.trust import Trust
@@ -39,6 +42,7 @@ class Membership:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="meshd-heartbeat")
             self.table.on_new = self._beat_now
+            self.table.on_forget = self.pool.discard
 
     def _beat_now(self, address: str) -> None:
         task = asyncio.get_running_loop().create_task(self.beat(address, self._request()))
@@ -49,6 +53,7 @@ class Membership:
         """Stop heartbeating (idempotent)."""
         task, self._task = self._task, None
         self.table.on_new = None
+        self.table.on_forget = None
         for first in list(self._first_beats):
             first.cancel()
         await asyncio.gather(*self._first_beats, return_exceptions=True)
@@ -60,7 +65,7 @@ class Membership:
     async def _run(self) -> None:
         next_round = time.monotonic()
         while True:
-            addresses = list(self.table.entries)
+            addresses = self.table.due(time.monotonic())
             if addresses:
                 request = self._request()
                 await asyncio.gather(*(self.beat(a, request) for a in addresses))
@@ -74,16 +79,23 @@ class Membership:
         )
 
     async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:
-        """One heartbeat; a failure just leaves the peer's last good time where it was."""
+        """One heartbeat; a failure leaves the peer's last good time where it was and backs off."""
+        if address not in self.table.entries:
+            return  # forgotten meanwhile
         stub = channels.aio_mesh_stub(self.pool.get(address))
+        self.table.dialling(address)
         started = time.monotonic()
         try:
             reply = await stub.Heartbeat(request, timeout=self.interval * 0.8)
         except (grpc.RpcError, aio.AioRpcError):
+            self.table.record_failure(address, time.monotonic(), self.interval)
             return
         now = time.monotonic()
         self.trust.adopt(reply.revocations)
         info = convert.peer_info_from_pb(reply.peer)
         self.table.record_ok(address, info, now - started, now)
-        for learned in info.known_addresses:
-            self.table.add(learned)
+        if address not in self.table.entries:
+            return  # itself, another mesh or revoked: nothing it says is taken
+        local = is_loopback(host_of(address))
+        for learned in info.known_addresses[: 2 * MAX_PER_TELLER]:
+            self.table.add(learned, teller=info.peer_id, teller_local=local)

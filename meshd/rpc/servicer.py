@@ -18,7 +18,7 @@ from meshd import __version__
 from meshd.errors import AccessDenied
 from meshd.links import Router
 from meshd.rpc import convert
-from meshd.rpc.guard import certified_caller
+from meshd.rpc.guard import calls_from_here, certified_caller
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.types import PeerStatus as PeerStatusInfo
@@ -72,7 +72,11 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         if caller is not None and caller.name != request.sender.peer_id:
             raise AccessDenied(f"{caller.name} may only speak for itself")
         self.trust.adopt(request.revocations)
-        self.mesh.table.add(request.sender.address)  # heartbeat it back
+        teller = caller.name if caller is not None else request.sender.peer_id
+        if not self.trust.refuses_peer(teller):  # heartbeat it back
+            self.mesh.table.add(
+                request.sender.address, teller=teller, teller_local=calls_from_here(context)
+            )
         return pb.HeartbeatReply(
             peer=convert.peer_info_to_pb(self.mesh.local_info()),
             revocations=self.trust.revocations_wire,

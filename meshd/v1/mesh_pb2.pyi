@@ -835,12 +835,20 @@ class MeshStatusReply(_message.Message):
     MESH_ID_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     RECENT_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    DIALS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
+    dials: _builtins.int
+    """heartbeat dials since the daemon started"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___MeshPeer]: ...
     @_builtins.property
     def recent(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoutingDecision]: ...
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownAddress]:
+        """every address this peer dials"""
+
     def __init__(
         self,
         *,
@@ -848,11 +856,50 @@ class MeshStatusReply(_message.Message):
         mesh_id: _builtins.str = ...,
         peers: _abc.Iterable[Global___MeshPeer] | None = ...,
         recent: _abc.Iterable[Global___RoutingDecision] | None = ...,
+        addresses: _abc.Iterable[Global___KnownAddress] | None = ...,
+        dials: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mesh_id", b"mesh_id", "peer_id", b"peer_id", "peers", b"peers", "recent", b"recent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "dials", b"dials", "mesh_id", b"mesh_id", "peer_id", b"peer_id", "peers", b"peers", "recent", b"recent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeshStatusReply: _TypeAlias = MeshStatusReply  # noqa: Y015
+
+@_typing.final
+class KnownAddress(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    TELLER_FIELD_NUMBER: _builtins.int
+    DIALS_FIELD_NUMBER: _builtins.int
+    FAILURES_FIELD_NUMBER: _builtins.int
+    NEXT_DIAL_SECONDS_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    teller: _builtins.str
+    """the peer id that named it, "mdns" or "settings" """
+    dials: _builtins.int
+    failures: _builtins.int
+    """failed dials in a row"""
+    next_dial_seconds: _builtins.float
+    answered: _builtins.bool
+    """a peer of this mesh answered there at least once"""
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        teller: _builtins.str = ...,
+        dials: _builtins.int = ...,
+        failures: _builtins.int = ...,
+        next_dial_seconds: _builtins.float = ...,
+        answered: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "answered", b"answered", "dials", b"dials", "failures", b"failures", "next_dial_seconds", b"next_dial_seconds", "teller", b"teller"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KnownAddress: _TypeAlias = KnownAddress  # noqa: Y015

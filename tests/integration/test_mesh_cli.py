@@ -55,6 +55,9 @@ def test_found_invite_join_revoke_and_leave(tmp_path: Path, tiny_model: Path) ->
                 return sum(p["alive"] for p in json.loads(out)["peers"]) == 2
 
             eventually(both_live, timeout=15)
+            dialled = meshd("status", "--addresses", home=friend).stdout
+            assert "dials since start" in dialled
+            assert re.search(rf"{re.escape(a.address)}\s+settings\s+yes", dialled), dialled
             doctor = json.loads(meshd("doctor", "--json", home=friend).stdout)
             outcomes = {c["name"]: c["outcome"] for c in doctor}
             assert outcomes["mesh identity"] == outcomes["certificate"] == "ok"

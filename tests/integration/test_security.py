@@ -20,6 +20,7 @@ import pytest
 from conftest import NodeThread
 from grpc_health.v1 import health_pb2
 from helpers import eventually
+from meshes import Start, admin, credentials_of, founder, invite_code, joined
 
 from meshd.client import MeshClient
 from meshd.errors import AccessDenied, ModelNotFound, Overloaded, PeerUnavailable
@@ -28,50 +29,11 @@ from meshd.pull import LocalSource, PeerSource, pull
 from meshd.rpc import channels
 from meshd.rpc.join import join_mesh
 from meshd.security import pki
-from meshd.security.credentials import TlsCredentials
 from meshd.security.invite import InviteCode, decode_invite
 from meshd.security.keyring import Keyring, load_bundle
 from meshd.store import ModelStore
 from meshd.types import ModelState
 from meshd.v1 import access_pb2 as apb, mesh_pb2 as pb
-
-Start = Callable[..., NodeThread]
-
-
-@pytest.fixture
-def start_peer(start_node: Start) -> Start:
-    """start_peer(name, models) -> a NodeThread serving mutual TLS from tmp_path/name."""
-
-    def start(name: str, models: dict[str, Path] | None = None, **flags: Any) -> NodeThread:
-        return start_node(models, name=name, insecure_dev=False, **flags)
-
-    return start
-
-
-def admin(node: NodeThread) -> Any:
-    """The Admin stub over the node's Unix socket."""
-    assert node.node is not None
-    return channels.admin_stub(channels.open_channel(f"unix:{node.node.socket}"))
-
-
-def invite_code(node: NodeThread, ttl: float = 60.0) -> str:
-    return str(admin(node).CreateInvite(apb.CreateInviteRequest(ttl_seconds=ttl)).code)
-
-
-def founder(tmp_path: Path, start: Start, name: str = "a", **kw: Any) -> NodeThread:
-    Keyring(tmp_path / name).init_mesh("friends")
-    return start(name, **kw)
-
-
-def joined(tmp_path: Path, start: Start, inviter: NodeThread, name: str, **kw: Any) -> NodeThread:
-    join_mesh(tmp_path / name, invite_code(inviter))
-    return start(name, **kw)
-
-
-def credentials_of(home: Path) -> TlsCredentials:
-    found = Keyring(home).credentials()
-    assert found is not None
-    return found
 
 
 def test_a_joined_peer_serves_the_mesh_over_mutual_tls(tmp_path: Path, start_peer: Start) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshd import gossip
 from meshd.peers import PeerTable, is_alive
 from meshd.types import PeerInfo
 
@@ -22,3 +23,68 @@ def test_liveness_and_the_table() -> None:
     assert "other:1" not in table.entries
     table.record_ok("a2:1", PeerInfo("pa", "mesh", "1", "a2:1"), rtt=0.01, now=104.0)
     assert list(table.entries) == ["a2:1"], "one entry per peer id"
+
+
+def _table() -> PeerTable:
+    table = PeerTable("me", "mesh", dead_after=2.5)
+    table.set_own(["10.0.0.1:7070"])
+    return table
+
+
+def test_gossip_is_bounded_per_teller_and_in_total() -> None:
+    table = _table()
+    taken = [table.add(f"10.1.0.{i}:7070", teller="peer-a") for i in range(100)]
+    assert sum(taken) == gossip.MAX_PER_TELLER
+    for teller in range(20):
+        for i in range(gossip.MAX_PER_TELLER):
+            table.add(f"10.2.{teller}.{i}:7070", teller=f"peer-{teller}")
+    learned = [e for e in table.entries.values() if e.teller != gossip.PERMANENT]
+    assert len(learned) == gossip.MAX_LEARNED
+    assert table.add("10.9.9.9:7070"), "settings are not bounded by gossip"
+
+
+def test_never_unix_paths_never_itself_never_others_loopback() -> None:
+    table = _table()
+    assert not table.add("unix:/tmp/victim.sock", teller="peer-a")
+    assert not table.add("10.0.0.1:7070", teller="peer-a")
+    assert not table.add("127.0.0.1:22", teller="peer-a")
+    assert table.add("127.0.0.1:7071", teller="peer-b", teller_local=True)
+    assert list(table.entries) == ["127.0.0.1:7071"]
+
+
+def test_failing_addresses_back_off_then_are_forgotten() -> None:
+    table = _table()
+    forgotten: list[str] = []
+    table.on_forget = forgotten.append
+    table.add("10.1.0.1:7070", teller="peer-a")
+    table.add("10.1.0.2:7070")  # from settings
+    now = 0.0
+    for _ in range(gossip.NEVER_ANSWERED_TRIES):
+        for address in table.due(now):
+            table.dialling(address)
+            table.record_failure(address, now, interval=1.0)
+        now += gossip.MAX_BACKOFF
+    assert forgotten == ["10.1.0.1:7070"]
+    assert list(table.entries) == ["10.1.0.2:7070"]
+    kept = table.entries["10.1.0.2:7070"]
+    assert kept.dials == gossip.NEVER_ANSWERED_TRIES
+    assert table.due(kept.next_dial - 0.1) == []
+    assert table.due(kept.next_dial) == ["10.1.0.2:7070"]
+    assert table.dials == 2 * gossip.NEVER_ANSWERED_TRIES
+    assert not table.add("10.1.0.1:7070", teller="peer-b", now=now), "told again: not redialled"
+    assert table.add("10.1.0.1:7070", teller="peer-b", now=now + gossip.FORGET_AFTER)
+
+
+def test_what_a_revoked_peer_told_is_forgotten() -> None:
+    table = _table()
+    revoked: set[str] = set()
+    table.refused = revoked.__contains__
+    table.add("10.1.0.1:7070", teller="peer-a")
+    table.add("10.1.0.2:7070", teller="peer-a")
+    table.record_ok("10.1.0.2:7070", PeerInfo("pb", "mesh", "1", "10.1.0.2:7070"), 0.01, 1.0)
+    table.add("10.1.0.3:7070", teller="peer-c")
+    revoked.add("peer-a")
+    table.forget_refused()
+    assert sorted(table.entries) == ["10.1.0.2:7070", "10.1.0.3:7070"], (
+        "an address that answered vouches for itself"
+    )

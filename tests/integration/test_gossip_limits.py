@@ -1,0 +1,103 @@
+"""A mesh peer that gossips hostile addresses: bounded, backed off, forgotten, never a Unix
+socket, and forgotten with the peer's revocation. The peer is real: it joined with an invite and
+serves gRPC with its mesh certificate; only its heartbeat replies are its own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import eventually
+from meshes import Start, admin, founder, invite_code
+from rogue import RoguePeer
+
+from meshd import gossip
+from meshd.client import MeshClient
+from meshd.rpc.join import join_mesh
+from meshd.v1 import access_pb2 as apb
+
+
+class UnixVictim:
+    """A Unix socket of the rogue's choosing; counts who connects to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.connections = path, 0
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Iterator[UnixVictim]:
+    found = UnixVictim(tmp_path / "victim.sock")
+    yield found
+    found.sock.close()
+
+
+def hostile_gossip(victim: Path, count: int = 300) -> list[str]:
+    """Unix paths, junk, and made-up loopback addresses where nothing listens."""
+    unix = [f"unix:{victim}", f"unix://{victim}", f"unix:{victim}:1"]
+    junk = ["x" * 10_000, "http://127.0.0.1:1/", "127.0.0.1:0", ""]
+    return unix + junk + [f"127.0.0.2:{40_000 + i}" for i in range(count)]
+
+
+def learned_from(node: object, teller: str) -> list[str]:
+    table = node.node.table  # type: ignore[attr-defined]
+    return [e.address for e in list(table.entries.values()) if e.teller == teller]
+
+
+def test_a_flood_of_gossip_is_bounded_backed_off_and_forgotten(
+    tmp_path: Path, start_peer: Start, victim: UnixVictim
+) -> None:
+    a = founder(tmp_path, start_peer, models={}, heartbeat_interval=0.2, dead_after=1.0)
+    join_mesh(tmp_path / "m", invite_code(a))
+    with RoguePeer(tmp_path / "m", hostile_gossip(victim.path)) as rogue:
+        rogue.announce_to(a.address)
+        rogue.announce_to(a.address, claimed_address=f"unix:{victim.path}")
+        eventually(lambda: len(learned_from(a, rogue.peer_id)) >= gossip.MAX_PER_TELLER)
+        time.sleep(1.0)
+        assert len(learned_from(a, rogue.peer_id)) <= gossip.MAX_PER_TELLER + 1  # + its own
+        assert all(address.startswith("127.0.0.") for address in learned_from(a, rogue.peer_id))
+        with MeshClient(f"unix:{a.node.socket}") as mesh:  # type: ignore[union-attr]
+            seen = mesh.mesh_status()
+        assert seen.dials > 0
+        backing_off = [k for k in seen.addresses if k.teller == rogue.peer_id and k.failures]
+        assert backing_off and max(k.next_dial_in for k in backing_off) > 0.2
+        # Every made-up address is given up on, and gossiping it again does not bring it back.
+        eventually(lambda: learned_from(a, rogue.peer_id) == [rogue.address], timeout=40)
+        dials = a.node.table.dials  # type: ignore[union-attr]
+        time.sleep(2.0)
+        assert a.node.table.dials - dials <= 2 / 0.2 + 2  # type: ignore[union-attr]
+    # The rogue read at most 2 × MAX_PER_TELLER of its list, each dialled a bounded number of times.
+    assert dials <= 2 * gossip.MAX_PER_TELLER * gossip.NEVER_ANSWERED_TRIES + rogue.heartbeats
+    assert victim.connections == 0
+
+
+def test_what_a_revoked_peer_gossiped_is_forgotten_with_it(
+    tmp_path: Path, start_peer: Start, victim: UnixVictim
+) -> None:
+    a = founder(tmp_path, start_peer, models={}, heartbeat_interval=0.2, dead_after=1.0)
+    join_mesh(tmp_path / "m", invite_code(a))
+    with RoguePeer(tmp_path / "m", hostile_gossip(victim.path)) as rogue:
+        rogue.announce_to(a.address)
+        eventually(lambda: len(learned_from(a, rogue.peer_id)) >= gossip.MAX_PER_TELLER)
+        admin(a).Revoke(apb.RevokeRequest(name=rogue.peer_id))
+        eventually(lambda: learned_from(a, rogue.peer_id) == [])
+        assert rogue.address not in a.node.table.entries  # type: ignore[union-attr]
+        beats = rogue.heartbeats
+        time.sleep(1.0)
+        assert rogue.heartbeats == beats, "a revoked peer is not dialled any more"
