@@ -49,6 +49,8 @@ class Settings:
     max_prompt_bytes: int = 256 * 1024
     max_message_bytes: int = 1024 * 1024
     drain_seconds: float = 10.0
+    # Concurrent TCP connections (peers and apps); at most half the open-file limit.
+    max_connections: int = 256
     use_mmap: bool = True
     # A model's runner that sends nothing for this long while serving a request is killed.
     runner_stall_timeout: float = 60.0
@@ -189,6 +191,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_prompt_bytes": parse_size,
     "max_message_bytes": parse_size,
     "drain_seconds": parse_duration,
+    "max_connections": _positive_int,
     "use_mmap": _boolean,
     "runner_stall_timeout": parse_duration,
     "spare_runner": _boolean,

@@ -17,6 +17,7 @@ from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
+from meshd.fdlimit import connection_cap, raise_open_file_limit
 from meshd.homelock import HomeLock
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
@@ -71,8 +72,11 @@ class Node:
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.desk = JoinDesk(self.trust, self.host, self.reachable_at)
+        self.guard = Guard(lambda: self.trust.revocations, allow_plaintext=settings.insecure_dev)
+        self.servicer = MeshServicer(self.mesh, self.store, self.trust)
+        self.admin = AdminServicer(self.trust, self.desk)
         self.discovery: Discovery | None = None
-        self.server: aio.Server | None = None
+        self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
         self.socket = socket_path(settings.home)
         self.port = 0
 
@@ -102,7 +106,7 @@ class Node:
 
     async def start(self) -> None:
         """Validate models, open the port, report SERVING, and write the daemon file."""
-        if self.server is not None:
+        if self.servers:
             return
         self.lock.acquire()  # again after a stop
         try:
@@ -113,26 +117,27 @@ class Node:
 
     async def _start(self) -> None:
         self._prepare_home()
+        open_files = raise_open_file_limit()
         await self.engine.start()
-        guard = Guard(lambda: self.trust.revocations, allow_plaintext=self.settings.insecure_dev)
-        server = aio.server(
-            options=server_options(self.settings.max_message_bytes),
-            interceptors=[guard, ErrorsAsStatus()],
-        )
-        add_to_server(MeshServicer(self.mesh, self.store, self.trust), server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        access_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.trust, self.desk), server)
+        local = self._grpc_server(max_connections=0)
+        tcp = None
+        if self.serves_tcp:
+            cap = connection_cap(self.settings.max_connections, open_files)
+            log.info("open files: up to %d; TCP connections: up to %d", open_files, cap)
+            tcp = self._grpc_server(max_connections=cap)
+        servers = [s for s in (tcp, local) if s is not None]
         try:
-            socket = bind_socket(server, self.socket)
-            if self.serves_tcp:
-                self.port = bind(server, self.settings.listen, self.credentials)
-            await server.start()
+            socket = bind_socket(local, self.socket)
+            if tcp is not None:
+                self.port = bind(tcp, self.settings.listen, self.credentials)
+            for server in servers:
+                await server.start()
             restrict_socket(self.socket)
         except BaseException:
-            await server.stop(0)
+            await asyncio.gather(*(server.stop(0) for server in servers))
             await self.engine.close()
             raise
-        self.server = server
+        self.servers = servers
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
@@ -145,6 +150,18 @@ class Node:
             await self._start_discovery()
         write_daemon_file(self.settings.home, self.address, self.peer_id, socket)  # last: up
         self._say_how_reachable()
+
+    def _grpc_server(self, max_connections: int) -> aio.Server:
+        """A server with every service; the TCP one (max_connections > 0) has a connection
+        cap of its own, so that nothing on TCP can keep the Unix socket from answering."""
+        server = aio.server(
+            options=server_options(self.settings.max_message_bytes, max_connections),
+            interceptors=[self.guard, ErrorsAsStatus()],
+        )
+        add_to_server(self.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        access_pb2_grpc.add_AdminServicer_to_server(self.admin, server)
+        return server
 
     def _advertised_address(self) -> str:
         """What other peers should call this one: a wildcard listener names a LAN address."""
@@ -187,12 +204,13 @@ class Node:
 
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let in-flight streams finish within grace, then free the models."""
-        server, self.server = self.server, None
-        if server is not None:
+        servers, self.servers = self.servers, []
+        if servers:
             await self.health.enter_graceful_shutdown()
             if self.discovery is not None:
                 await self.discovery.close()  # the mDNS goodbye
-            await server.stop(self.settings.drain_seconds if grace is None else grace)
+            drain = self.settings.drain_seconds if grace is None else grace
+            await asyncio.gather(*(server.stop(drain) for server in servers))
             remove_daemon_file(self.settings.home)
             self.socket.unlink(missing_ok=True)
         await self.desk.close()

@@ -14,6 +14,8 @@ from grpc import aio
 
 from meshd.addresses import reachable_hosts
 from meshd.errors import AccessDenied, ConfigError, InvalidRequest, Overloaded
+from meshd.logthrottle import Throttle, source_of
+from meshd.rpc.channels import server_options
 from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
 from meshd.security.invite import DEFAULT_TTL_S, InviteCode, check_host
@@ -21,6 +23,8 @@ from meshd.security.trust import Trust
 from meshd.v1 import access_pb2 as apb, access_pb2_grpc
 
 log = logging.getLogger("meshd.access")
+JOIN_MESSAGE_BYTES = 64 * 1024  # a secret and a CSR
+JOIN_CONNECTIONS = 16  # anyone on the network may connect while an invite is open
 
 
 class JoinServicer(access_pb2_grpc.JoinServicer):
@@ -28,6 +32,7 @@ class JoinServicer(access_pb2_grpc.JoinServicer):
 
     def __init__(self, trust: Trust, addresses: Callable[[], list[str]]) -> None:
         self.trust, self.addresses = trust, addresses
+        self._throttle = Throttle()
 
     async def Join(
         self, request: apb.JoinRequest, context: aio.ServicerContext[Any, Any]
@@ -35,7 +40,10 @@ class JoinServicer(access_pb2_grpc.JoinServicer):
         try:
             cert = self.trust.sign_joiner(request.secret, request.csr)
         except (InvalidRequest, Overloaded) as error:
-            log.warning("refused a join from %s: %s", context.peer(), error)
+            source = source_of(context.peer())
+            self._throttle.log(
+                log, logging.WARNING, source, "refused a join from %s: %s", source, error
+            )
             if isinstance(error, Overloaded):
                 raise
             raise AccessDenied(str(error)) from None
@@ -66,7 +74,10 @@ class JoinDesk:
             # The CA certificate is the server certificate here: a joining peer fetches it
             # unverified, checks its fingerprint against the code, then trusts it for this call.
             tls = grpc.ssl_server_credentials([(pki.key_pem(ca_key), pki.cert_pem(ca))])
-            server = aio.server(interceptors=[ErrorsAsStatus()])
+            server = aio.server(
+                options=server_options(JOIN_MESSAGE_BYTES, JOIN_CONNECTIONS),
+                interceptors=[ErrorsAsStatus()],
+            )
             access_pb2_grpc.add_JoinServicer_to_server(self.servicer, server)
             self.port = server.add_secure_port(f"{self.host}:0", tls)
             await server.start()

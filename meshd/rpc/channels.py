@@ -50,15 +50,30 @@ _BULK = [
 MAX_SEND_BYTES = 4 * 2**20
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Options for a daemon's server: message-size limit and keep-alive policy."""
-    return [
+# A TCP connection that has not finished its TLS handshake by then is closed.
+HANDSHAKE_TIMEOUT_MS = 5_000
+# A connection with no call for this long is closed (a client reconnects when it needs to).
+IDLE_TIMEOUT_MS = 15 * 60_000
+
+
+def server_options(max_message_bytes: int, max_connections: int = 0) -> list[tuple[str, int]]:
+    """Options for a daemon's server: message-size limit and keep-alive policy; for a TCP
+    server (max_connections > 0) also a connection cap and handshake and idle timeouts. The
+    cap is per server: the CLI's Unix socket has a server of its own, so it always answers."""
+    options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max(max_message_bytes, MAX_SEND_BYTES)),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
         ("grpc.http2.bdp_probe", 0),
     ]
+    if max_connections:
+        options += [
+            ("grpc.max_allowed_incoming_connections", max_connections),
+            ("grpc.server_handshake_timeout_ms", HANDSHAKE_TIMEOUT_MS),
+            ("grpc.max_connection_idle_ms", IDLE_TIMEOUT_MS),
+        ]
+    return options
 
 
 def bind(server: aio.Server, address: str, credentials: TlsCredentials | None) -> int:

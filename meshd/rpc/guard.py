@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-import math
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +20,7 @@ from grpc import aio
 
 from meshd.addresses import is_loopback
 from meshd.errors import InvalidRequest
+from meshd.logthrottle import Throttle, source_of
 from meshd.rpc.status import wrap_behavior
 from meshd.security import pki
 from meshd.security.revocation import RevocationList
@@ -31,7 +30,6 @@ log = logging.getLogger("meshd.guard")
 PEER_ONLY = frozenset({"/meshd.v1.Mesh/FetchModel", "/meshd.v1.Mesh/Heartbeat"})
 LOCAL_ONLY_SERVICE = "/meshd.v1.Admin/"
 _CACHE_SIZE = 256
-_WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -59,7 +57,7 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def __init__(self, revocations: Callable[[], RevocationList], allow_plaintext: bool) -> None:
         self.revocations, self.allow_plaintext = revocations, allow_plaintext
-        self._warned: dict[tuple[str, ...], float] = {}
+        self._throttle = Throttle()
 
     async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -88,11 +86,7 @@ class Guard(aio.ServerInterceptor):  # type: ignore[type-arg]
 
     def _warn(self, message: str, *args: object) -> None:
         """Log a refusal once a minute per message and caller: a revoked peer retries forever."""
-        key = (message, *map(str, args[1:]))
-        now = time.monotonic()
-        if now - self._warned.get(key, -math.inf) >= _WARN_EVERY_S:
-            self._warned[key] = now
-            log.warning(message, *args)
+        self._throttle.log(log, logging.WARNING, (message, *map(str, args[1:])), message, *args)
 
     async def check(self, context: aio.ServicerContext[Any, Any], method: str) -> None:
         """Abort the call unless the caller may make it."""
@@ -131,10 +125,8 @@ def certified_caller(context: aio.ServicerContext[Any, Any]) -> Caller | None:
 
 def calls_from_here(context: aio.ServicerContext[Any, Any]) -> bool:
     """Whether the caller is on this machine: the Unix socket or a loopback TCP address."""
-    kind, _, rest = context.peer().partition(":")
-    if kind == "unix":
-        return True
-    return kind in ("ipv4", "ipv6") and is_loopback(rest.rpartition(":")[0])
+    kind, _, host = source_of(context.peer()).partition(":")
+    return kind == "unix" or (kind in ("ipv4", "ipv6") and is_loopback(host))
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)

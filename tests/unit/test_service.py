@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meshd.errors import ConfigError
+from meshd.fdlimit import MACOS_OPEN_MAX
 from meshd.service import LABEL, render_plist, render_unit, service_file
 
 MAC_HOME = Path("/Users/ann & bo/Library/Application Support/meshd")
@@ -38,6 +39,9 @@ def test_the_launch_agent_parses_with_the_right_keys_and_types() -> None:
         == str(MAC_HOME / "logs" / "meshd.log")
     )
     assert plist["WorkingDirectory"] == str(MAC_HOME)
+    # Above macOS's 256 for a LaunchAgent, within its OPEN_MAX.
+    soft, hard = (plist[k]["NumberOfFiles"] for k in ("SoftResourceLimits", "HardResourceLimits"))
+    assert 256 < soft <= hard <= MACOS_OPEN_MAX
 
 
 def test_the_systemd_unit_runs_serve_in_the_foreground_and_restarts() -> None:
@@ -50,6 +54,8 @@ def test_the_systemd_unit_runs_serve_in_the_foreground_and_restarts() -> None:
     assert service["Environment"] == f"MESHD_HOME={home}"
     assert service["Restart"] == "on-failure" and service["KillSignal"] == "SIGTERM"
     assert unit["Install"]["WantedBy"] == "default.target"
+    soft, hard = map(int, service["LimitNOFILE"].split(":"))
+    assert 1024 < soft <= hard
 
 
 def test_a_path_systemd_cannot_hold_is_refused() -> None:
