@@ -71,8 +71,24 @@ class AccessDenied(MeshdError):
     """The caller's certificate or invite is missing, wrong, revoked, or does not allow this."""
 
 
+class InternalError(MeshdError):
+    """A fault of the serving peer, not of the request; its log has the details."""
+
+
 class ConfigError(MeshdError):
     """The configuration (file, environment or flags) is invalid."""
+
+
+QUOTE_CHARS = 40
+
+
+def quoted(text: object, limit: int = QUOTE_CHARS) -> str:
+    """Caller input for an error message: repr of at most `limit` characters, so that an error
+    never echoes a huge or hostile value back."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text)} characters)"
 
 
 def error_types() -> dict[str, type[MeshdError]]:

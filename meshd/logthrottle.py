@@ -38,7 +38,7 @@ class Throttle:
     ) -> None:
         """logger.log(level, msg, *args), unless this key was logged within `every` seconds."""
         if self.allow(key):
-            logger.log(level, msg, *args)
+            logger.log(level, msg, *args, stacklevel=2)
 
 
 def source_of(peer: str) -> str:

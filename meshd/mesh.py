@@ -16,10 +16,12 @@ from collections.abc import AsyncGenerator
 
 from meshd import __version__
 from meshd.engine import Engine
+from meshd.engine.validate import validate_warm
 from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
 from meshd.links import PeerLink
 from meshd.peers import PeerTable
 from meshd.routing import MAX_HOPS, Decision, PeerView, choose, warm_targets
+from meshd.store import parse_name
 from meshd.types import (
     Chunk,
     GenerateRequest,
@@ -108,6 +110,7 @@ class Mesh:
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """Serve here or on the best peer; retry elsewhere only before the first token."""
+        parse_name(request.model, field="model")
         await self.engine.refresh()
         if request.hops >= MAX_HOPS:
             async for chunk in self.engine.generate(request):
@@ -183,6 +186,8 @@ class Mesh:
         self, model: str, lease: float, wait: bool, replicas: int, hops: int
     ) -> WarmResult:
         """Warm model on the best peer(s) of the mesh and hold it there for the lease."""
+        parse_name(model, field="model")
+        validate_warm(lease, replicas)
         await self.engine.refresh()
         targets = warm_targets(self.views(), model, replicas)
         if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):

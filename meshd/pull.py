@@ -175,8 +175,8 @@ class PeerSource:
         self.label = f"peer {address}"
         self._probe: Probe | None = None
 
-    def _call(self, offset: int) -> Iterator[pb.FetchModelChunk]:
-        request = pb.FetchModelRequest(offset=offset)
+    def _call(self, offset: int, manifest_only: bool = False) -> Iterator[pb.FetchModelChunk]:
+        request = pb.FetchModelRequest(offset=offset, manifest_only=manifest_only)
         if self.wanted.startswith("sha256:"):
             request.digest = parse_digest(self.wanted)
         else:
@@ -193,7 +193,7 @@ class PeerSource:
 
     def probe(self) -> Probe:
         if self._probe is None:
-            first = next(iter(self._call(2**62)), None)  # past the end: the manifest only
+            first = next(iter(self._call(0, manifest_only=True)), None)
             if first is None or not first.HasField("manifest"):
                 raise errors.DownloadFailed(f"{self.label} sent no manifest")
             digest = parse_digest(first.manifest.digest)

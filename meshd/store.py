@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.config import MODEL_NAME
-from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound
+from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, quoted
 from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file
 from meshd.ggufcheck import inspect_gguf
 
@@ -35,15 +35,15 @@ STORE_DIR = "store"
 def parse_digest(text: str) -> str:
     """A digest as `sha256:` + 64 lowercase hex digits, or InvalidRequest."""
     if not isinstance(text, str) or not DIGEST.match(text):
-        raise InvalidRequest(f"not a digest (sha256: + 64 lowercase hex): {text!r}", "digest")
+        raise InvalidRequest(f"not a digest (sha256: + 64 lowercase hex): {quoted(text)}", "digest")
     return text
 
 
-def parse_name(text: str) -> str:
+def parse_name(text: str, field: str = "name") -> str:
     """A model name that is safe as a manifest key and never a path."""
     if not MODEL_NAME.match(text) or text in {".", ".."}:
         raise InvalidRequest(
-            f"bad model name {text!r}: letters, digits, '.', '_' or '-', 64 at most", "name"
+            f"bad model name {quoted(text)}: letters, digits, '.', '_' or '-', 64 at most", field
         )
     return text
 
@@ -233,7 +233,7 @@ class ModelStore:
     def partial_file(self, key: str) -> Iterator[Path]:
         """The partial file for a download key, held exclusively: one download per key."""
         if not re.fullmatch(r"[0-9a-f]{64}", key):
-            raise InvalidRequest(f"bad download key {key!r}", "digest")
+            raise InvalidRequest(f"bad download key {quoted(key)}", "digest")
         self.partial.mkdir(parents=True, exist_ok=True)
         with (self.partial / f"{key}.lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from meshd.errors import InvalidRequest
+from meshd.errors import InvalidRequest, quoted
 from meshd.types import GenerateRequest
 
+MAX_LEASE_S = 7 * 86400.0  # a warm lease of up to a week
+MAX_REPLICAS = 16
 CHAT_ROLES = frozenset({"system", "user", "assistant", "tool"})
 MAX_STOP_SEQUENCES = 8
 MAX_STOP_BYTES = 256
@@ -59,7 +61,7 @@ def _check_input(request: GenerateRequest, limits: Limits) -> None:
             if message.role not in CHAT_ROLES:
                 raise InvalidRequest(
                     f"messages[{i}].role must be one of {', '.join(sorted(CHAT_ROLES))}, "
-                    f"got {message.role!r}",
+                    f"got {quoted(message.role)}",
                     field="messages",
                 )
         size = sum(len(m.content.encode()) for m in request.messages)
@@ -72,4 +74,19 @@ def _check_input(request: GenerateRequest, limits: Limits) -> None:
         raise InvalidRequest(
             f"{field} is {size} bytes; this peer accepts at most {limits.max_prompt_bytes}",
             field=field,
+        )
+
+
+def validate_warm(lease: float, replicas: int) -> None:
+    """Raise InvalidRequest unless the lease is 0 (the peer's keep-alive) or a finite number of
+    seconds up to MAX_LEASE_S, and replicas is at most MAX_REPLICAS."""
+    if not (lease == 0 or (math.isfinite(lease) and 0 < lease <= MAX_LEASE_S)):
+        raise InvalidRequest(
+            f"lease_seconds must be 0 (the peer's keep-alive) or in (0, {MAX_LEASE_S:.0f}], "
+            f"got {lease}",
+            field="lease_seconds",
+        )
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise InvalidRequest(
+            f"replicas must be between 0 and {MAX_REPLICAS}, got {replicas}", field="replicas"
         )

@@ -15,7 +15,7 @@ import psutil
 from grpc import aio
 
 from meshd import __version__
-from meshd.errors import AccessDenied
+from meshd.errors import AccessDenied, InvalidRequest
 from meshd.links import Router
 from meshd.rpc import convert
 from meshd.rpc.guard import calls_from_here, certified_caller
@@ -26,6 +26,7 @@ from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
 TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message
+LEGACY_MANIFEST_PROBE = 2**62  # how earlier builds asked for the manifest alone
 
 
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
@@ -104,8 +105,16 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> AsyncIterator[pb.FetchModelChunk]:
         wanted = request.digest if request.WhichOneof("model") == "digest" else request.name
         model = await asyncio.to_thread(self.store.find, wanted)
-        path = await asyncio.to_thread(self.store.checked_path, model.name)
         manifest = pb.ModelManifest(name=model.name, digest=model.digest, size=model.size)
+        if request.manifest_only or request.offset == LEGACY_MANIFEST_PROBE:
+            yield pb.FetchModelChunk(manifest=manifest)
+            return
+        if request.offset > model.size:
+            raise InvalidRequest(
+                f"offset {request.offset} is past the end of {model.name} ({model.size} bytes)",
+                field="offset",
+            )
+        path = await asyncio.to_thread(self.store.checked_path, model.name)
         yield pb.FetchModelChunk(manifest=manifest)
         async for block in read_blocks(path, request.offset):
             yield pb.FetchModelChunk(data=block)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc import aio
 
 from meshd import errors
+from meshd.logthrottle import Throttle
+
+log = logging.getLogger("meshd.rpc")
 
 # The error's class name travels in trailing metadata so the client raises the same type.
 ERROR_KIND_KEY = "meshd-error"
@@ -34,6 +39,7 @@ STATUS_OF: dict[type[errors.MeshdError], grpc.StatusCode] = {
     errors.DownloadFailed: grpc.StatusCode.UNAVAILABLE,
     errors.InsufficientSpace: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.IntegrityError: grpc.StatusCode.DATA_LOSS,
+    errors.InternalError: grpc.StatusCode.INTERNAL,
 }
 
 # For a status that carries no meshd metadata (raised by gRPC itself, or by a foreign server).
@@ -46,6 +52,7 @@ ERROR_OF: dict[grpc.StatusCode, type[errors.MeshdError]] = {
     grpc.StatusCode.CANCELLED: errors.Cancelled,
     grpc.StatusCode.UNAUTHENTICATED: errors.AccessDenied,
     grpc.StatusCode.PERMISSION_DENIED: errors.AccessDenied,
+    grpc.StatusCode.INTERNAL: errors.InternalError,
 }
 
 
@@ -105,13 +112,59 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: errors.Meshd
 
 
 class ErrorsAsStatus(aio.ServerInterceptor):  # type: ignore[type-arg]
-    """The server side's one place where a MeshdError becomes a gRPC status: every handler of
-    a server with this interceptor just raises."""
+    """The server side's one place where an error becomes a gRPC status: every handler of a
+    server with this interceptor just raises. A MeshdError gets its own status; a request
+    that is not a valid message gets INVALID_ARGUMENT; anything else (a bug) gets INTERNAL
+    and its traceback in the log, once a minute per method and error type."""
+
+    def __init__(self) -> None:
+        self.throttle = Throttle()
 
     async def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
     ) -> Any:
-        return wrap_behavior(await continuation(details), _mapped)
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        handler = handler._replace(
+            request_deserializer=_lenient(handler.request_deserializer, method)
+        )
+        return wrap_behavior(handler, lambda behavior: self._mapped(behavior, method))
+
+    def _mapped(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+        # A stream's behavior is a generator, or a coroutine that writes (the health Watch).
+        if inspect.isasyncgenfunction(behavior):
+            return _stream(behavior, lambda exc: self._unexpected(exc, method))
+        return _unary(behavior, lambda exc: self._unexpected(exc, method))
+
+    def _unexpected(self, exc: Exception, method: str) -> errors.MeshdError:
+        key = (method, type(exc).__name__)
+        if self.throttle.allow(key):
+            log.error("%s failed unexpectedly", method, exc_info=exc)
+        return errors.InternalError(f"{method} failed: {type(exc).__name__} (see the peer's log)")
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What a request that failed to parse becomes, so the handler can refuse it cleanly."""
+
+    message: str
+
+
+def _lenient(
+    deserializer: Callable[[bytes], Any] | None, method: str
+) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, invalid UTF-8, anything protobuf refuses
+            return Malformed(f"{method}: the request is not a valid message ({exc})"[:200])
+
+    return parse
 
 
 def wrap_behavior(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Any:
@@ -123,27 +176,38 @@ def wrap_behavior(handler: Any, wrap: Callable[[Callable[..., Any]], Callable[..
     return handler
 
 
-def _mapped(behavior: Callable[..., Any]) -> Callable[..., Any]:
-    # A stream's behavior is a generator, or a coroutine that writes (the health Watch).
-    return _stream(behavior) if inspect.isasyncgenfunction(behavior) else _unary(behavior)
-
-
-def _unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _unary(
+    behavior: Callable[..., Any], unexpected: Callable[[Exception], errors.MeshdError]
+) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if isinstance(request, Malformed):
+                raise errors.InvalidRequest(request.message)
             return await behavior(request, context)
         except errors.MeshdError as error:
             await abort_with(context, error)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, unexpected(exc))
 
     return call
 
 
-def _stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+def _stream(
+    behavior: Callable[..., Any], unexpected: Callable[[Exception], errors.MeshdError]
+) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
+            if isinstance(request, Malformed):
+                raise errors.InvalidRequest(request.message)
             async for item in behavior(request, context):
                 yield item
         except errors.MeshdError as error:
             await abort_with(context, error)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_with(context, unexpected(exc))
 
     return call

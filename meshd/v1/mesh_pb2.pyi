@@ -546,21 +546,25 @@ class FetchModelRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    MANIFEST_ONLY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     digest: _builtins.str
     """"sha256:" + 64 lowercase hex digits"""
     offset: _builtins.int
-    """resume from this byte"""
+    """resume from this byte; at most the file's size"""
+    manifest_only: _builtins.bool
+    """just the manifest (size and digest), no data"""
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         digest: _builtins.str = ...,
         offset: _builtins.int = ...,
+        manifest_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "model", b"model", "name", b"name"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "model", b"model", "name", b"name", "offset", b"offset"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "manifest_only", b"manifest_only", "model", b"model", "name", b"name", "offset", b"offset"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_model: _TypeAlias = _typing.Literal["name", "digest"]  # noqa: Y015
     _WhichOneofArgType_model: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015

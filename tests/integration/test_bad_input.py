@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,4 +122,28 @@ def test_a_file_corrupted_after_start_is_refused_at_load(
     with MeshClient(node.address) as mesh:
         with pytest.raises(ModelUnavailable, match=r"later\.gguf"):
             mesh.complete("later", "Hello", max_tokens=3)
+        _still_serves(mesh)
+
+
+@pytest.mark.parametrize("lease", [math.nan, math.inf, -math.inf, -1.0, 1e308, 8 * 86400.0])
+def test_a_lease_out_of_range_is_invalid(start_node: Callable, lease: float) -> None:
+    node = start_node()
+    with MeshClient(node.address) as mesh:
+        with pytest.raises(InvalidRequest) as caught:
+            mesh.warm("tiny", lease=lease)
+        assert caught.value.field == "lease_seconds"
+        assert mesh.warm("tiny", lease=3600).warm_until < time.time() + 3601
+        _still_serves(mesh)
+
+
+def test_a_huge_model_name_is_invalid_and_not_echoed(start_node: Callable) -> None:
+    node = start_node()
+    with MeshClient(node.address) as mesh:
+        for call in (
+            lambda: mesh.complete("x" * 100_000, "Hello", max_tokens=2),
+            lambda: mesh.warm("x" * 100_000),
+        ):
+            with pytest.raises(InvalidRequest) as caught:
+                call()
+            assert caught.value.field == "model" and len(str(caught.value)) < 200
         _still_serves(mesh)

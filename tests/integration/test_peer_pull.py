@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from grpc import aio
 
 from meshd import errors
 from meshd.client import MeshClient
 from meshd.pull import LocalSource, PeerSource, pull
+from meshd.rpc import channels
 from meshd.store import ModelStore
 from meshd.types import ModelState
 from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
@@ -179,3 +181,21 @@ def test_a_pull_never_disturbs_a_model_being_served(
         parts.extend(chunk.text for chunk in stream)
         assert "".join(parts) == expected
         assert {m.name for m in mesh.models()} == {"served", "again", "other"}
+
+
+@pytest.mark.parametrize("offset", [10**9, 2**63 - 1, 2**63, 2**64 - 1])
+def test_an_offset_past_the_end_is_invalid(
+    start_node: Callable, tiny_model: Path, tmp_path: Path, offset: int
+) -> None:
+    peer = _stored_peer(start_node, tiny_model, tmp_path)
+    channel = channels.open_channel(peer.address)
+    chunks = channels.mesh_stub(channel).FetchModel(
+        pb.FetchModelRequest(name="tiny", offset=offset), timeout=10
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        list(chunks)
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "past the end" in str(caught.value.details())
+    size = tiny_model.stat().st_size
+    at_end = channels.mesh_stub(channel).FetchModel(pb.FetchModelRequest(name="tiny", offset=size))
+    assert [c.WhichOneof("part") for c in at_end] == ["manifest"]
