@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
 from meshd import __version__
 from meshd.config import load_settings
-from meshd.errors import ConfigError, PeerUnavailable
+from meshd.errors import MeshdError, PeerUnavailable
 
 from . import doctor, mesh, service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 app = typer.Typer(
     name="meshd",
@@ -37,6 +41,12 @@ def _root(
     ),
 ) -> None:
     """meshd: a mesh of warm LLM peers. Start with `meshd serve --model NAME=FILE.gguf`."""
+
+
+def _log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
 
 
 @app.command()
@@ -65,7 +75,9 @@ def serve(
         "--insecure-dev",
         help="Outside a mesh, serve plaintext TCP with no authentication (local experiments).",
     ),
-    log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    log_level: str = typer.Option(
+        "info", help="debug, info, warning or error.", callback=_log_level
+    ),
 ) -> None:
     """Run a peer in the foreground (what launchd or systemd runs)."""
     logging.basicConfig(
@@ -137,9 +149,21 @@ app.add_typer(service.app, name="service")
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: every failure is one line on stderr and exit 1; the
+    traceback of an unexpected one only with MESHD_DEBUG=1."""
     try:
         app()
-    except ConfigError as error:  # raised while parsing options outside a command body
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False)
-        sys.exit(1)
+    except MeshdError as error:  # raised outside a command's errors_as_exit
+        _fail(str(error))
+    except OSError as error:  # the environment: a file, a folder, a socket
+        where = f": {error.filename}" if error.filename else ""
+        _fail(f"{error.strerror or error}{where}")
+    except Exception as error:
+        if os.environ.get("MESHD_DEBUG"):
+            raise
+        _fail(f"unexpected {type(error).__name__}: {error} (MESHD_DEBUG=1 shows where)")
+
+
+def _fail(message: str) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(1)

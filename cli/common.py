@@ -18,7 +18,7 @@ from rich.console import Console
 
 from meshd.config import load_settings
 from meshd.daemonfile import running_daemon_address, running_daemon_socket
-from meshd.errors import ConfigError, MeshdError, PeerUnavailable
+from meshd.errors import ConfigError, MeshdError, PeerUnavailable, quoted
 
 if TYPE_CHECKING:  # the CLI imports what a command uses when it runs it
     from meshd.client import MeshClient
@@ -48,6 +48,10 @@ def resolve_address(addr: str | None, home: Path | None) -> str:
     """--addr if given, else the Unix socket of the daemon running from home; a clear error
     when none runs there (and when the home's meshd.toml is broken, as the daemon would)."""
     if addr:
+        from meshd.gossip import peer_address
+
+        if not addr.startswith("unix:") and peer_address(addr) is None:
+            raise ConfigError(f"--addr must be host:port or unix:PATH, got {quoted(addr)}")
         return addr
     settings = load_settings(home)
     running = running_daemon_socket(settings.home) or running_daemon_address(settings.home)

@@ -21,7 +21,7 @@ from rich.table import Table
 from meshd.client import MeshClient
 from meshd.config import default_home
 from meshd.demo_model import DEMO_MODEL_NAME, demo_model_path
-from meshd.errors import PeerUnavailable
+from meshd.errors import InvalidRequest, PeerUnavailable
 from meshd.process import DaemonProcess
 from meshd.rpc.join import join_mesh
 from meshd.security.keyring import Keyring
@@ -30,6 +30,8 @@ from meshd.v1 import access_pb2 as apb
 
 from .common import console
 from .mesh import admin_call
+
+DEMO_MAX_TOKENS = 4096  # the daemon's default cap
 
 PROMPT = "The capital of France is"
 STORY_PROMPT = "Once upon a time, in a small village by the sea,"
@@ -152,6 +154,11 @@ def _stream(mesh: MeshClient, max_tokens: int, asked: str) -> None:
 
 def run_demo(home: Path | None, max_tokens: int) -> None:
     """Prepare the model, time the scenarios, print the table, stream an answer."""
+    if not 1 <= max_tokens <= DEMO_MAX_TOKENS:
+        raise InvalidRequest(
+            f"--max-tokens must be between 1 and {DEMO_MAX_TOKENS}, got {max_tokens}",
+            field="max_tokens",
+        )
     root = home or default_home() / "demo"
     with console.status("preparing the demo model (verifying sha256)…"):
         model_path = demo_model_path(root / "models")

@@ -54,6 +54,7 @@ def invite(
     home: Path | None = HomeOption,
 ) -> None:
     """Print a one-time code for a friend's `meshd join`, or (--client) write an app bundle."""
+    from meshd.security.invite import MAX_TTL_S
     from meshd.v1 import access_pb2 as apb
 
     with errors_as_exit():
@@ -61,11 +62,13 @@ def invite(
             _client_bundle(name, out, address, home)
             return
         seconds = parse_duration(ttl)
-        if seconds <= 0:
-            raise ConfigError("--ttl must be longer than 0 (try 10m or 1h)")
+        if not 0 < seconds <= MAX_TTL_S:
+            raise ConfigError("--ttl must be longer than 0 and at most 7d (try 10m or 1h)")
         request = apb.CreateInviteRequest(ttl_seconds=seconds, addresses=address)
         reply = admin_call(home, lambda stub: stub.CreateInvite(request, timeout=10))
-    expires = dt.datetime.fromtimestamp(reply.expires_unix).strftime("%H:%M")
+    expires = dt.datetime.fromtimestamp(reply.expires_unix).strftime(
+        "%H:%M" if seconds < 12 * 3600 else "%a %d %b %H:%M"
+    )
     console.print(f"on your friend's machine, before {expires} (works once):\n")
     console.print(f"    meshd join {reply.code}\n", highlight=False, soft_wrap=True)
 

@@ -27,6 +27,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def private_dir(path: Path) -> Path:
+    """Make path (and its parents) if needed, and let only this user enter it (0700)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write data to path through a synced temporary file in the same folder and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from meshd.errors import ConfigError
+from meshd.fsutil import private_dir
 
 LOCK_FILE = "meshd.lock"
 
@@ -25,7 +26,7 @@ class HomeLock:
         """Take the lock, or raise ConfigError naming the process that holds it."""
         if self.fd is not None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(self.path.parent)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

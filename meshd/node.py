@@ -18,6 +18,7 @@ from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
 from meshd.engine import Engine
 from meshd.fdlimit import connection_cap, raise_open_file_limit
+from meshd.fsutil import private_dir
 from meshd.homelock import HomeLock
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
@@ -180,8 +181,7 @@ class Node:
 
     def _prepare_home(self) -> None:
         """The home holds keys and the CLI socket: only this user may enter it."""
-        self.settings.home.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.settings.home, 0o700)
+        private_dir(self.settings.home)
 
     def _say_how_reachable(self) -> None:
         mesh = self.mesh.mesh_id

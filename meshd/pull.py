@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
 import shutil
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import grpc
 
 from meshd import errors
 from meshd.fsutil import fsync_file
+from meshd.gossip import peer_address
 from meshd.rpc import channels
 from meshd.rpc.status import error_from_rpc
 from meshd.security.credentials import TlsCredentials
@@ -65,8 +68,16 @@ class LocalSource:
     def __init__(self, path: Path) -> None:
         self.path = path.expanduser().resolve()
         self.label = str(self.path)
-        if not self.path.is_file():
+        if not self.path.exists():
             raise errors.InvalidRequest(f"no such file: {self.path}", "source")
+        if self.path.is_dir():
+            raise errors.InvalidRequest(f"{self.path} is a folder, not a model file", "source")
+        if not self.path.is_file():
+            raise errors.InvalidRequest(
+                f"{self.path} is not a regular file (a pipe or a device?)", "source"
+            )
+        if not os.access(self.path, os.R_OK):
+            raise errors.InvalidRequest(f"cannot read {self.path}: permission denied", "source")
 
     def probe(self) -> Probe:
         return Probe(self.path.stat().st_size, None)
@@ -214,10 +225,21 @@ def open_source(
 ) -> Source:
     """The Source a `meshd pull` argument names; credentials are for pulling from a peer."""
     if from_peer:
+        if peer_address(from_peer) is None:
+            raise errors.InvalidRequest(
+                f"--from must be a peer's host:port, got {errors.quoted(from_peer)}", "from"
+            )
         return PeerSource(from_peer, source, credentials=credentials)
     if source.startswith("hf://"):
         return HttpSource(hf_url(source))
     if source.startswith(("http://", "https://")):
+        try:
+            parsed = urllib.parse.urlsplit(source)
+            parsed.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise errors.InvalidRequest(f"not a URL: {errors.quoted(source)} ({exc})") from None
+        if not parsed.hostname:
+            raise errors.InvalidRequest(f"not a URL: {errors.quoted(source)} (no host)")
         return HttpSource(source)
     return LocalSource(Path(source))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from meshd.config import MODEL_NAME
 from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, quoted
-from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file
+from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file, private_dir
 from meshd.ggufcheck import inspect_gguf
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -216,12 +216,19 @@ class ModelStore:
             return {}
         except (OSError, ValueError) as exc:
             raise InvalidModelFile(f"the store manifest is unreadable: {exc}") from None
-        return {name: StoredModel(**entry) for name, entry in raw.get("models", {}).items()}
+        try:
+            return {name: StoredModel(**entry) for name, entry in raw.get("models", {}).items()}
+        except (TypeError, AttributeError) as exc:
+            raise InvalidModelFile(
+                f"the store manifest {self.manifest_path} is damaged ({type(exc).__name__}: "
+                f"{exc}); move it aside and pull the models again"
+            ) from None
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[dict[str, StoredModel]]:
         """The manifest, held under an exclusive lock; written back atomically on success."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_dir(self.root.parent)  # the home: this user's only
+        self.root.mkdir(exist_ok=True)
         with (self.root / ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             manifest = self._read()

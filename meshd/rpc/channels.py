@@ -9,9 +9,11 @@ Three transports:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import ssl
+import stat
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 
+from meshd.errors import ConfigError
 from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME, TlsCredentials
 from meshd.v1 import access_pb2_grpc, mesh_pb2_grpc
 
@@ -107,9 +110,29 @@ def socket_path(home: Path) -> Path:
     if len(str(path)) <= _MAX_SOCKET_PATH:
         return path
     private = Path(tempfile.gettempdir()) / f"meshd-{os.getuid()}"
-    private.mkdir(mode=0o700, exist_ok=True)
-    os.chmod(private, 0o700)
+    with contextlib.suppress(FileExistsError):
+        private.mkdir(mode=0o700)
+        os.chmod(private, 0o700)  # whatever the umask
+    check_private_folder(private)
     return private / (hashlib.sha256(str(home).encode()).hexdigest()[:16] + ".sock")
+
+
+def check_private_folder(path: Path) -> None:
+    """Refuse a folder (in a shared place like /tmp) that another user could have made first,
+    or that is a link, or that others may enter: they could take or watch the socket."""
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise ConfigError(f"{path} should be a folder of this user's, but it is not a folder")
+    if info.st_uid != os.getuid():
+        raise ConfigError(
+            f"{path} belongs to another user (uid {info.st_uid}); remove it, or use a home "
+            "with a shorter path"
+        )
+    if info.st_mode & 0o077:
+        raise ConfigError(
+            f"{path} is open to other users (mode {stat.S_IMODE(info.st_mode):o}); "
+            f"`chmod 700 {path}` or remove it"
+        )
 
 
 def bind_socket(server: aio.Server, path: Path) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from meshd.errors import InvalidRequest
 from meshd.types import (
     ChatMessage,
     Chunk,
@@ -37,16 +38,30 @@ _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 _DEFAULT = Sampling()
 
 
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def _fits(value: int, field: str, low: int, high: int, what: str) -> int:
+    """value, or InvalidRequest before it reaches the wire (whose types would raise)."""
+    if not low <= value <= high:
+        raise InvalidRequest(f"{field} must {what}, got {value}", field=field)
+    return value
+
+
 def request_to_pb(request: GenerateRequest) -> pb.GenerateRequest:
-    """Wire form of a GenerateRequest."""
+    """Wire form of a GenerateRequest; InvalidRequest for a number the wire cannot carry."""
     s = request.sampling
     sampling = pb.Sampling(
-        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, stop=list(s.stop)
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=_fits(s.top_k, "top_k", *_INT32, "fit in 32 bits"),
+        stop=list(s.stop),
     )
     if s.seed is not None:
-        sampling.seed = s.seed
+        sampling.seed = _fits(s.seed, "seed", 0, 2**32 - 1, "be between 0 and 2^32 - 1")
+    max_tokens = _fits(request.max_tokens, "max_tokens", *_INT32, "fit in 32 bits")
     message = pb.GenerateRequest(
-        model=request.model, max_tokens=request.max_tokens, sampling=sampling, hops=request.hops
+        model=request.model, max_tokens=max_tokens, sampling=sampling, hops=request.hops
     )
     if request.messages:
         message.chat.messages.extend(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import hashlib
 import hmac
 import ipaddress
@@ -17,7 +18,7 @@ import re
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from meshd.errors import InvalidRequest, Overloaded
@@ -26,6 +27,7 @@ VERSION = 1
 SECRET_BYTES = 16
 FINGERPRINT_BYTES = 32
 DEFAULT_TTL_S = 3600.0
+MAX_TTL_S = 7 * 86400.0  # a code that works for a week at most
 WRONG_SECRETS_PER_MINUTE = 5
 _PREFIX = "MESHD-"
 _IP_SIZES = {4: 4, 6: 16}  # the tag of an IP address is its version
@@ -129,14 +131,29 @@ class InviteBook:
 
     def create(self, ttl: float = DEFAULT_TTL_S, role: str = "peer") -> bytes:
         """A new one-time secret, valid for ttl seconds."""
-        if ttl <= 0:
-            raise InvalidRequest("an invite must be valid for some time", field="ttl")
+        if not 0 < ttl <= MAX_TTL_S:
+            raise InvalidRequest(
+                f"an invite is valid for some time, up to {MAX_TTL_S / 86400:.0f} days",
+                field="ttl",
+            )
         secret = secrets.token_bytes(SECRET_BYTES)
         self.pending[_digest(secret)] = _Pending(self.clock() + ttl, role)
         return secret
 
     def redeem(self, secret: bytes) -> str:
         """Use up a secret and return the role it grants, or refuse (rate-limited)."""
+        with self.redeeming(secret) as role:
+            return role
+
+    @contextlib.contextmanager
+    def redeeming(self, secret: bytes) -> Iterator[str]:
+        """The role a secret grants (or a refusal, rate-limited); the secret is used up only
+        when the block succeeds, so a join that fails after the secret matched can retry."""
+        role = self._role_of(secret)
+        yield role
+        self.pending.pop(_digest(secret), None)
+
+    def _role_of(self, secret: bytes) -> str:
         now = self.clock()
         while self.wrong and now - self.wrong[0] > 60:
             self.wrong.popleft()
@@ -148,7 +165,7 @@ class InviteBook:
         if match is None:
             self.wrong.append(now)
             raise InvalidRequest("this invite code is wrong, used or expired: ask for a new one")
-        return self.pending.pop(match).role
+        return self.pending[match].role
 
     def expire(self) -> None:
         """Forget expired invites."""

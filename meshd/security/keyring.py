@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshd.errors import ConfigError
-from meshd.fsutil import atomic_write_bytes
+from meshd.errors import ConfigError, quoted
+from meshd.fsutil import atomic_write_bytes, private_dir
 from meshd.security import pki
 from meshd.security.credentials import TlsCredentials
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
@@ -42,8 +41,8 @@ class Keyring:
         return self.dir / name
 
     def _write(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(self.dir, 0o700)
+        private_dir(self.dir.parent)  # the home: keys now, the CLI socket later
+        private_dir(self.dir)
         atomic_write_bytes(self._path(name), data, mode)
 
     def _read(self, name: str) -> bytes | None:
@@ -132,7 +131,8 @@ class Keyring:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.dir.parent)
+        private_dir(self.dir)
         with (self.dir / ".lock").open("w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
@@ -169,7 +169,7 @@ class Keyring:
             ]
             if not matches:
                 known = sorted({r["name"] for r in self.issued()})
-                raise ConfigError(f"no certificate was issued to {name!r} (known: {known})")
+                raise ConfigError(f"no certificate was issued to {quoted(name)} (known: {known})")
             if name == self.peer_id():
                 raise ConfigError("the founder cannot revoke itself; use `meshd leave`")
             revocations = self.revocations().with_revoked(ca_key, matches)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshd.errors import InvalidRequest
+from meshd.errors import InvalidRequest, quoted
 from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME
 
 Role = Literal["peer", "client"]
@@ -93,8 +93,22 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+MAX_MESH_NAME = 48  # "meshd CA " + the name fits a certificate's 64-character common name
+
+
+def check_mesh_name(name: str) -> str:
+    """A mesh name: 1 to MAX_MESH_NAME printable characters, not only spaces."""
+    if not name.strip() or len(name) > MAX_MESH_NAME or not name.isprintable():
+        raise InvalidRequest(
+            f"a mesh name is 1 to {MAX_MESH_NAME} printable characters, got {quoted(name)}",
+            field="name",
+        )
+    return name
+
+
 def create_ca(mesh_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A new mesh CA: key and self-signed certificate, valid ten years."""
+    check_mesh_name(mesh_name)
     key = new_key()
     subject = _name(f"meshd CA {mesh_name}")
     now = _now()

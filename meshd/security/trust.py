@@ -58,13 +58,17 @@ class Trust:
         return any(r.name == peer_id for r in self.revocations.revoked)
 
     def sign_joiner(self, secret: bytes, csr_der: bytes) -> bytes:
-        """Founder: redeem an invite secret, and sign the joining peer's certificate (PEM)."""
-        role = self.invites.redeem(secret)
-        ca_key = self.keyring.ca_key()
-        assert self.ca is not None
-        public_key = pki.requested_key(csr_der)
-        name = pki.peer_id_of(public_key)  # the id is the key's hash, whatever the CSR says
-        cert = pki.issue(ca_key, self.ca, public_key, "peer" if role == "peer" else "client", name)
-        self.keyring.record_issued(cert)
+        """Founder: redeem an invite secret, and sign the joining peer's certificate (PEM).
+        The secret is used up only when a certificate was issued: a malformed request with
+        the right secret leaves the invite open."""
+        with self.invites.redeeming(secret) as role:
+            ca_key = self.keyring.ca_key()
+            assert self.ca is not None
+            public_key = pki.requested_key(csr_der)
+            name = pki.peer_id_of(public_key)  # the id is the key's hash, whatever the CSR says
+            cert = pki.issue(
+                ca_key, self.ca, public_key, "peer" if role == "peer" else "client", name
+            )
+            self.keyring.record_issued(cert)
         log.info("signed a certificate for %s (%s) after an invite", name, role)
         return pki.cert_pem(cert)

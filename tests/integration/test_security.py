@@ -335,3 +335,21 @@ def test_a_peer_cannot_heartbeat_in_another_peers_name(tmp_path: Path, start_pee
         sender.peer_id = Keyring(tmp_path / "b").peer_id()
         sender.address = ""  # its own name is fine
         assert stub.Heartbeat(pb.HeartbeatRequest(sender=sender)).peer.peer_id
+
+
+def test_the_right_secret_with_a_malformed_request_leaves_the_invite_open(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    a = founder(tmp_path, start_peer, models={})
+    assert a.node is not None and a.node.trust.ca is not None
+    code = invite_code(a)
+    invite = decode_invite(code)
+    channel = channels.open_join_channel(invite.addresses[0], pki.cert_pem(a.node.trust.ca))
+    request = apb.JoinRequest(secret=invite.secret, csr=b"not a certificate request")
+    with pytest.raises(grpc.RpcError) as caught:
+        channels.join_stub(channel).Join(request, timeout=10)
+    assert "not DER" in str(caught.value.details())
+    join_mesh(tmp_path / "b", code)  # the invite still works, once
+    assert Keyring(tmp_path / "b").ca() is not None
+    with pytest.raises(AccessDenied, match="used or expired"):
+        join_mesh(tmp_path / "c", code)

@@ -4,6 +4,7 @@ rule at its limit and one past it, with exact messages."""
 from __future__ import annotations
 
 import base64
+import math
 import os
 import time
 
@@ -11,6 +12,7 @@ import pytest
 
 from meshd.errors import InvalidRequest, Overloaded
 from meshd.security.invite import (
+    MAX_TTL_S,
     SECRET_BYTES,
     InviteBook,
     InviteCode,
@@ -128,11 +130,26 @@ class TestBook:
     def test_a_secret_has_its_full_length(self) -> None:
         assert len(InviteBook().create()) == SECRET_BYTES == 16
 
-    def test_no_time_to_live_is_refused(self) -> None:
+    @pytest.mark.parametrize("ttl", [0.0, -1.0, math.nan, math.inf, MAX_TTL_S + 1])
+    def test_no_time_to_live_or_too_long_is_refused(self, ttl: float) -> None:
+        book = InviteBook()
         with pytest.raises(InvalidRequest) as caught:
-            InviteBook().create(ttl=0)
-        assert str(caught.value) == "an invite must be valid for some time"
-        assert caught.value.field == "ttl"
+            book.create(ttl=ttl)
+        assert str(caught.value) == "an invite is valid for some time, up to 7 days"
+        assert caught.value.field == "ttl" and book.pending == {}
+        assert book.create(ttl=MAX_TTL_S)
+
+    def test_a_secret_is_used_up_only_when_the_join_succeeds(self) -> None:
+        book = InviteBook()
+        secret = book.create(ttl=60)
+        with pytest.raises(ValueError), book.redeeming(secret):
+            raise ValueError("a malformed certificate request")
+        with book.redeeming(secret) as role:
+            assert role == "peer"
+        with pytest.raises(InvalidRequest, match="used or expired"):
+            book.redeem(secret)
+
+    def test_the_shortest_time_to_live_still_makes_a_secret(self) -> None:
         assert len(InviteBook().create(ttl=0.001)) == 16
 
     def test_a_secret_expires_exactly_at_its_time(self) -> None:
