@@ -21,7 +21,15 @@ if TYPE_CHECKING:
     from meshd.pull import PullResult
 
 
-from .common import HomeOption, JsonOption, console, err_console, errors_as_exit, print_json
+from .common import (
+    HomeOption,
+    JsonOption,
+    console,
+    err_console,
+    errors_as_exit,
+    human_bytes,
+    print_json,
+)
 
 
 def _progress_bar() -> Progress:
@@ -76,6 +84,7 @@ def pull(
                 progress=advance,
                 memory_budget=budget,
                 strict=strict,
+                max_bytes=settings.max_pull_bytes,
             )
         finally:
             if bar.live.is_started:
@@ -96,6 +105,21 @@ def _report(result: PullResult, json_out: bool) -> None:
         f"{model.architecture} {model.quantization})",
         highlight=False,
     )
+
+
+def gc(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
+    """Remove files in the store that no model name points to, and say what that freed."""
+    from meshd.store import ModelStore
+
+    with errors_as_exit():
+        removed = ModelStore(load_settings(home).home).collect_garbage()
+    if json_out:
+        print_json([{"path": str(path), "bytes": size} for path, size in removed])
+        return
+    for path, size in removed:
+        console.print(f"removed {path} ({human_bytes(size)})", highlight=False)
+    freed = human_bytes(sum(size for _, size in removed))
+    console.print(f"{len(removed)} file(s) removed, {freed} freed", highlight=False)
 
 
 def rm(

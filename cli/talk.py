@@ -213,17 +213,27 @@ def _verify_store(home: Path | None) -> None:
 
     with errors_as_exit():
         store = ModelStore(load_settings(home).home)
+        models, orphans = store.models(), store.orphans()
     bad = []
-    for model in store.models():
+    for model in models:
         try:
             store.verify(model.name)
         except InvalidModelFile as error:
             bad.append(str(error))
     for line in bad:
         err_console.print(f"[bold red]error:[/] {line}", highlight=False)
+    if orphans:
+        size = sum(p.stat().st_size for p in orphans if p.is_file())
+        err_console.print(
+            f"[yellow]{len(orphans)} file(s) in the store belong to no model "
+            f"({human_bytes(size)}): remove them with `meshd gc`[/]",
+            highlight=False,
+        )
+        for path in orphans:
+            err_console.print(f"  {path}", highlight=False)
     if bad:
         raise typer.Exit(1)
-    err_console.print(f"verified {len(store.models())} stored model(s)", highlight=False)
+    err_console.print(f"verified {len(models)} stored model(s)", highlight=False)
 
 
 def status(

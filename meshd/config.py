@@ -49,6 +49,8 @@ class Settings:
     max_prompt_bytes: int = 256 * 1024
     max_message_bytes: int = 1024 * 1024
     drain_seconds: float = 10.0
+    # The largest model file a pull takes when the source does not say its size.
+    max_pull_bytes: int = 256 * 2**30
     # Concurrent TCP connections (peers and apps); at most half the open-file limit.
     max_connections: int = 256
     use_mmap: bool = True
@@ -192,6 +194,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_message_bytes": parse_size,
     "drain_seconds": parse_duration,
     "max_connections": _positive_int,
+    "max_pull_bytes": parse_size,
     "use_mmap": _boolean,
     "runner_stall_timeout": parse_duration,
     "spare_runner": _boolean,

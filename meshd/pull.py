@@ -32,6 +32,7 @@ from meshd.v1 import mesh_pb2 as pb
 
 Progress = Callable[[int, int | None], None]
 READ_CHUNK = 1024 * 1024
+DEFAULT_MAX_PULL_BYTES = 256 * 2**30  # a file of unknown size: the largest GGUF a peer takes
 STALL_TIMEOUT_S = 30.0
 SPACE_MARGIN = 64 * 2**20  # leave this much free beyond the file
 
@@ -285,8 +286,10 @@ def pull(
     progress: Progress | None = None,
     memory_budget: int | None = None,
     strict: bool = False,
+    max_bytes: int = DEFAULT_MAX_PULL_BYTES,
 ) -> PullResult:
-    """Bring source into the store under name; resumes an interrupted download of it."""
+    """Bring source into the store under name; resumes an interrupted download of it. A file
+    is never larger than its announced size, nor than max_bytes when none was announced."""
     name = parse_name(source.default_name() if name is None else name)
     probe = source.probe()
     expected = parse_digest(digest) if digest else probe.digest
@@ -297,7 +300,12 @@ def pull(
     with store.partial_file(key) as part:
         if expected and store.has(expected):  # another pull finished while we waited
             return PullResult(_rename(store, expected, name), 0, True, warnings)
-        hasher, downloaded = _download(store, source, part, probe.size, progress)
+        limit = probe.size if probe.size is not None else max_bytes
+        try:
+            hasher, downloaded = _download(store, source, part, probe.size, limit, progress)
+        except errors.IntegrityError:
+            part.unlink(missing_ok=True)
+            raise
         actual = "sha256:" + hasher.hexdigest()
         size = part.stat().st_size
         if (expected and actual != expected) or (probe.size is not None and size != probe.size):
@@ -323,11 +331,17 @@ def _rename(store: ModelStore, digest: str, name: str) -> StoredModel:
 
 
 def _download(
-    store: ModelStore, source: Source, part: Path, size: int | None, progress: Progress | None
+    store: ModelStore,
+    source: Source,
+    part: Path,
+    size: int | None,
+    limit: int,
+    progress: Progress | None,
 ) -> tuple[hashlib._Hash, int]:
-    """Append the rest of the file to part; returns the hash of all of it and bytes fetched."""
+    """Append the rest of the file (size bytes, when known) to part, never past limit bytes;
+    returns the hash of all of it and the bytes fetched."""
     offset = part.stat().st_size if part.exists() else 0
-    if size is not None and offset > size:
+    if offset > limit:
         offset = 0  # longer than the file: not ours to trust; start again
     _check_space(store, (size or 0) - offset)
     with part.open("r+b" if part.exists() else "wb") as out:
@@ -337,6 +351,11 @@ def _download(
         fetched = 0
         try:
             for block in source.read(offset):
+                if offset + fetched + len(block) > limit:
+                    raise errors.IntegrityError(
+                        f"{source.label} sent more than {limit} bytes, the most this pull "
+                        "takes (its announced size, else the max_pull_bytes setting)"
+                    )
                 out.write(block)
                 hasher.update(block)
                 fetched += len(block)

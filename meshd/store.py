@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 from meshd.config import MODEL_NAME
 from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, quoted
 from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file, private_dir
-from meshd.ggufcheck import inspect_gguf
+from meshd.ggufcheck import GGUFFacts, inspect_gguf
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 HASH_CHUNK = 4 * 2**20
@@ -173,9 +174,16 @@ class ModelStore:
         with partial.open("rb") as handle:
             fsync_file(handle.fileno())
         self.blobs.mkdir(parents=True, exist_ok=True)
-        os.replace(partial, target)
-        fsync_dir(self.blobs)
-        model = StoredModel(
+        with self._locked() as manifest:  # a blob appears with its name: gc never sees it alone
+            os.replace(partial, target)
+            fsync_dir(self.blobs)
+            model = self._stored(name, digest, source, facts, target)
+            self._set_name(manifest, model)
+        return model
+
+    @staticmethod
+    def _stored(name: str, digest: str, source: str, facts: GGUFFacts, target: Path) -> StoredModel:
+        return StoredModel(
             name=name,
             digest=digest,
             size=facts.file_size,
@@ -186,16 +194,46 @@ class ModelStore:
             context_length=facts.context_length,
             checked_mtime_ns=target.stat().st_mtime_ns,
         )
-        with self._locked() as manifest:
-            manifest[name] = model
-        return model
 
     def add_name(self, name: str, model: StoredModel) -> StoredModel:
         """Give an already stored file another name."""
         named = dataclasses.replace(model, name=parse_name(name))
         with self._locked() as manifest:
-            manifest[named.name] = named
+            self._set_name(manifest, named)
         return named
+
+    def _set_name(self, manifest: dict[str, StoredModel], model: StoredModel) -> None:
+        """Point a name at a model; the file the name pointed at before goes when no other
+        name uses it (a runner that has it mapped keeps its pages)."""
+        before = manifest.get(model.name)
+        manifest[model.name] = model
+        if before is not None and all(m.digest != before.digest for m in manifest.values()):
+            self.blob_path(before.digest).unlink(missing_ok=True)
+
+    def orphans(self) -> list[Path]:
+        """Files in the blob folder that no name points to (left by a crash or an older
+        meshd); `meshd gc` removes them."""
+        with self._locked() as manifest:
+            return self._orphans(manifest)
+
+    def _orphans(self, manifest: dict[str, StoredModel]) -> list[Path]:
+        named = {self.blob_path(m.digest).name for m in manifest.values()}
+        if not self.blobs.is_dir():
+            return []
+        return sorted(p for p in self.blobs.iterdir() if p.name not in named)
+
+    def collect_garbage(self) -> list[tuple[Path, int]]:
+        """Remove every orphaned file; returns each with its size."""
+        removed = []
+        with self._locked() as manifest:
+            for path in self._orphans(manifest):
+                size = path.stat().st_size if path.is_file() else 0
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append((path, size))
+        return removed
 
     def remove(self, name: str) -> StoredModel:
         """Forget a name; delete its file when no other name uses it."""

@@ -93,6 +93,10 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     ) -> pb.ListModelsReply:
         await self.engine.refresh()
         models = [convert.model_to_pb(m) for m in self.engine.models()]
+        caller = certified_caller(context)
+        if caller is not None and caller.kind == "client":
+            for model in models:  # an app has no business with this machine's file system
+                model.ClearField("path")
         return pb.ListModelsReply(peer_id=self.peer_id, models=models)
 
     async def PeerStatus(

@@ -124,3 +124,30 @@ def test_disk_full_mid_download_is_clear_and_leaves_no_final_file(
     store = ModelStore(small_disk)
     assert store.models() == []
     assert_store_consistent(store)
+
+
+def test_a_name_pulled_again_leaves_no_orphan_and_gc_removes_old_ones(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from tinygguf import write_tiny_gguf
+
+    home = tmp_path / "home"
+    other = write_tiny_gguf(tmp_path / "other.gguf", seed=7)
+    assert meshd("pull", str(tiny_model), "--name", "m", home=home).returncode == 0
+    first = ModelStore(home).get("m")
+    assert meshd("pull", str(other), "--name", "m", home=home).returncode == 0
+    store = ModelStore(home)
+    assert store.get("m").digest != first.digest
+    assert not store.blob_path(first.digest).exists(), "the file no name points to is gone"
+    assert store.orphans() == []
+    # An orphan left by a crash (or an older meshd): listed by --verify, removed by gc.
+    stray = store.blobs / ("sha256-" + "0" * 64)
+    stray.write_bytes(b"x" * 1000)
+    verified = meshd("models", "--verify", home=home)
+    assert "meshd gc" in verified.stderr and str(stray) in verified.stderr  # then: no daemon
+    collected = meshd("gc", "--json", home=home)
+    assert collected.returncode == 0
+    assert json.loads(collected.stdout) == [{"path": str(stray), "bytes": 1000}]
+    assert not stray.exists() and store.get("m").digest != first.digest
+    assert "0 file(s) removed" in meshd("gc", home=home).stdout
+    assert_store_consistent(store)

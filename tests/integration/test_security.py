@@ -134,8 +134,10 @@ def test_an_app_credential_cannot_call_peer_only_methods(tmp_path: Path, start_p
     with MeshClient.from_bundle(bundle) as mesh:
         mesh.warm("tiny", wait=True)
         assert mesh.complete("tiny", "Hi", max_tokens=3).tokens == 3
-        assert [m.name for m in mesh.models()] == ["tiny"]
+        assert [(m.name, m.path) for m in mesh.models()] == [("tiny", "")], "no local paths"
         assert mesh.health()
+    with MeshClient(f"unix:{a.node.socket}") as local:  # type: ignore[union-attr]
+        assert local.models()[0].path.endswith("tiny.gguf")
     credentials, _ = load_bundle(bundle)
     with channels.open_channel(a.address, credentials) as channel:
         methods = _every_method(channel)

@@ -13,7 +13,7 @@ from httpserver import FileServer
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshd import errors
-from meshd.pull import HttpSource, LocalSource, PullResult, hf_url, pull
+from meshd.pull import HttpSource, LocalSource, Probe, PullResult, hf_url, pull
 from meshd.store import ModelStore, parse_digest
 
 FIXTURES_OK = [HealthCheck.function_scoped_fixture]
@@ -239,3 +239,30 @@ def test_a_model_larger_than_the_memory_budget_warns_or_is_refused(
     assert store.models() == []
     result = pull(store, LocalSource(tiny_model), name="t", memory_budget=1000)
     assert result.warnings and "memory budget" in result.warnings[0]
+
+
+def test_a_download_of_unknown_size_is_capped(
+    tmp_path: Path, server: FileServer, tiny_model: Path
+) -> None:
+    server.behaviour.no_length = server.behaviour.ignore_range = True  # no size, anywhere
+    store = ModelStore(tmp_path / "home")
+    size = tiny_model.stat().st_size
+    with pytest.raises(errors.IntegrityError, match=f"more than {size // 2} bytes"):
+        pull(store, HttpSource(server.url), name="tiny", max_bytes=size // 2)
+    assert store.models() == []
+    assert not any(p.suffix == ".part" for p in store.partial.iterdir())
+    assert pull(store, HttpSource(server.url), name="tiny", max_bytes=size).model.size == size
+    assert_store_consistent(store)
+
+
+def test_a_server_sending_more_than_it_announced_is_cut_off(
+    tmp_path: Path, server: FileServer, tiny_model: Path
+) -> None:
+    store = ModelStore(tmp_path / "home")
+    probe_size = tiny_model.stat().st_size
+    server.content = tiny_model.read_bytes() + b"\0" * 4096  # longer than the size it probed
+    source = HttpSource(server.url)
+    source.probe = lambda: Probe(probe_size, None)  # type: ignore[method-assign]
+    with pytest.raises(errors.IntegrityError, match=f"more than {probe_size} bytes"):
+        pull(store, source, name="tiny")
+    assert store.models() == []
