@@ -28,6 +28,7 @@ def test_found_invite_join_revoke_and_leave(tmp_path: Path, tiny_model: Path) ->
     founder, friend = tmp_path / "founder", tmp_path / "friend"
     created = meshd("init", "--name", "friends", home=founder)
     assert created.returncode == 0 and "created mesh friends" in created.stdout
+    assert oct(founder.stat().st_mode & 0o777) == "0o700", "keys live here: private at once"
     assert meshd("init", "--name", "again", home=founder).returncode == 1
     assert "no meshd daemon is running" in meshd("invite", home=founder).stderr
     with _daemon(founder, f"tiny={tiny_model}") as a:
@@ -39,6 +40,7 @@ def test_found_invite_join_revoke_and_leave(tmp_path: Path, tiny_model: Path) ->
         assert invited.returncode == 0 and code, invited.stdout
         joined = meshd("join", code.group(0), "--no-service", home=friend)
         assert joined.returncode == 0 and "joined mesh friends" in joined.stdout, joined.stderr
+        assert oct(friend.stat().st_mode & 0o777) == "0o700"
 
         def refused_by_a_closed_listener() -> bool:
             again = meshd("join", code.group(0), "--no-service", home=tmp_path / "late")
