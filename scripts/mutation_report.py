@@ -20,6 +20,15 @@ EQUIVALENT: dict[str, str] = {
     "meshd.security.invite.x__pack_address__mutmut_8": (
         'strip("XX[]XX") for strip("[]"): an IP address never starts or ends with X'
     ),
+    "meshd.gossip.x_retry_delay__mutmut_3": (
+        "failures <= 1 for <= 0: after one failure the doubling starts at 2**0, the interval"
+    ),
+    "meshd.gossip.x_retry_delay__mutmut_5": (
+        "failures < GRACE for <=: at GRACE failures the doubling starts at 2**0, the interval"
+    ),
+    "meshd.gossip.x_retry_delay__mutmut_22": (
+        "min(steps, 31) for 30: either way the delay is past MAX_BACKOFF and capped there"
+    ),
 }
 
 

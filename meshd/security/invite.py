@@ -27,7 +27,8 @@ VERSION = 1
 SECRET_BYTES = 16
 FINGERPRINT_BYTES = 32
 DEFAULT_TTL_S = 3600.0
-MAX_TTL_S = 7 * 86400.0  # a code that works for a week at most
+MAX_TTL_DAYS = 7  # a code works for a week at most
+MAX_TTL_S = MAX_TTL_DAYS * 86400.0
 WRONG_SECRETS_PER_MINUTE = 5
 _PREFIX = "MESHD-"
 _IP_SIZES = {4: 4, 6: 16}  # the tag of an IP address is its version
@@ -133,7 +134,7 @@ class InviteBook:
         """A new one-time secret, valid for ttl seconds."""
         if not 0 < ttl <= MAX_TTL_S:
             raise InvalidRequest(
-                f"an invite is valid for some time, up to {MAX_TTL_S / 86400:.0f} days",
+                f"an invite is valid for some time, up to {MAX_TTL_DAYS} days",
                 field="ttl",
             )
         secret = secrets.token_bytes(SECRET_BYTES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from meshd import gossip
-from meshd.gossip import Told, forgotten, peer_address, refusal, retry_delay
+from meshd.gossip import Told, forgotten, host_of, peer_address, refusal, retry_delay
 
 
 @pytest.mark.parametrize(
@@ -42,17 +42,33 @@ def test_peer_addresses_are_taken_in_a_normal_form(text: str, normal: str) -> No
         "é.local:1",
         "a" * 250 + ".b:1",
         "x" * 300,
+        "a:\uff11\uff12",  # full-width digits: int() would take them
+        "\u0430.local:1",  # a Cyrillic a
     ],
 )
 def test_anything_but_host_port_is_refused(text: str) -> None:
     assert peer_address(text) is None
 
 
+def test_an_address_is_at_most_255_characters() -> None:
+    host = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 58])  # 250 characters
+    assert peer_address(f"{host}:7070") == f"{host}:7070"  # 255
+    assert peer_address(f"{host}d:7070") is None  # 256
+
+
+def test_the_host_of_an_address() -> None:
+    assert host_of("[::1]:7070") == "::1"
+    assert host_of("10.0.0.2:7070") == "10.0.0.2"
+    assert host_of("Xbox:1") == "Xbox"
+
+
 def test_refusal_reasons() -> None:
     own = frozenset({"10.0.0.1:7070"})
     assert refusal(Told("10.0.0.1:7070", gossip.PERMANENT), own, 0, 0) == "it is this peer"
     assert refusal(Told("10.0.0.2:7070", "peer-a"), own, 0, 0) is None
-    assert refusal(Told("127.0.0.1:7070", "peer-a"), own, 0, 0) is not None
+    assert refusal(Told("127.0.0.1:7070", "peer-a"), own, 0, 0) == (
+        "a loopback address from a teller on another machine"
+    )
     assert refusal(Told("127.0.0.1:7070", "peer-a", teller_local=True), own, 0, 0) is None
     assert refusal(Told("127.0.0.1:7070", gossip.PERMANENT), own, 0, 0) is None
     full = gossip.MAX_PER_TELLER
