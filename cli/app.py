@@ -70,6 +70,10 @@ def serve(
     ),
     advertise: str | None = typer.Option(None, help="host:port other peers use for this one."),
     no_discovery: bool = typer.Option(False, "--no-discovery", help="No mDNS on the LAN."),
+    http_listen: str | None = typer.Option(
+        None, help="host:port of the HTTP (OpenAI-compatible) API [default: 127.0.0.1:7071]."
+    ),
+    no_http: bool = typer.Option(False, "--no-http", help="No HTTP API."),
     insecure_dev: bool = typer.Option(
         False,
         "--insecure-dev",
@@ -101,6 +105,8 @@ def serve(
         "advertise": advertise,
         "discovery": False if no_discovery else None,
         "insecure_dev": True if insecure_dev else None,
+        "http_listen": http_listen,
+        "http": False if no_http else None,
     }
     with errors_as_exit():
         settings = load_settings(home, flags)
@@ -136,6 +142,7 @@ app.command()(talk.warm)
 app.command()(talk.models)
 app.command()(talk.health)
 app.command()(talk.status)
+app.command(name="open")(talk.open_page)
 app.command()(store.pull)
 app.command()(store.rm)
 app.command()(store.gc)

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from meshd.v1.access_pb2_grpc import AdminStub
 
 
-from .common import HomeOption, console, errors_as_exit, local_socket
+from .common import HomeOption, console, err_console, errors_as_exit, local_socket
 
 Reply = TypeVar("Reply")
 
@@ -51,6 +51,9 @@ def invite(
     client: bool = typer.Option(False, "--client", help="An app credential bundle instead."),
     name: str | None = typer.Option(None, "--name", help="The app's name (with --client)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Bundle file [NAME.meshd.json]."),
+    api_key: bool = typer.Option(
+        False, "--api-key", help="With --client: print an HTTP API key instead of a bundle."
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Print a one-time code for a friend's `meshd join`, or (--client) write an app bundle."""
@@ -58,9 +61,14 @@ def invite(
     from meshd.v1 import access_pb2 as apb
 
     with errors_as_exit():
+        if client and api_key:
+            _api_key(name, home)
+            return
         if client:
             _client_bundle(name, out, address, home)
             return
+        if api_key:
+            raise ConfigError("--api-key goes with --client --name APP")
         seconds = parse_duration(ttl)
         if not 0 < seconds <= MAX_TTL_S:
             raise ConfigError("--ttl must be longer than 0 and at most 7d (try 10m or 1h)")
@@ -71,6 +79,21 @@ def invite(
     )
     console.print(f"on your friend's machine, before {expires} (works once):\n")
     console.print(f"    meshd join {reply.code}\n", highlight=False, soft_wrap=True)
+
+
+def _api_key(name: str | None, home: Path | None) -> None:
+    from meshd.security.keyring import Keyring
+
+    if not name or not MODEL_NAME.match(name):
+        raise ConfigError("--client needs --name: letters, digits, '.', '_' or '-'")
+    key = Keyring(load_settings(home).home).issue_api_key(name)
+    print(key)  # stdout alone, so that scripts can take it
+    err_console.print(
+        f"the API key of {name}: shown once, only its hash is kept; send it as "
+        "`Authorization: Bearer …` to any peer's HTTP API (revoke: `meshd revoke "
+        f"{name}`)",
+        highlight=False,
+    )
 
 
 def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: Path | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from dataclasses import asdict
@@ -13,6 +14,8 @@ from rich import box
 from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
+from meshd.daemonfile import running_daemon_http
+from meshd.errors import PeerUnavailable
 
 if TYPE_CHECKING:
     from meshd.types import Chunk, MeshStatus, ModelInfo
@@ -248,8 +251,9 @@ def status(
     """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
     with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
         seen = mesh.mesh_status()
+    http = None if addr else running_daemon_http(load_settings(home).home)
     if json_out:
-        print_json(seen)
+        print_json({**dataclasses.asdict(seen), "http": http})
         return
     versions = sorted({p.info.version for p in seen.peers})
     skew = len(versions) > 1  # a version column only when the peers differ
@@ -281,7 +285,33 @@ def status(
             f"[dim]{human_ago(record.at)}: {record.model} → {record.peer_id}: {record.reason}[/]",
             highlight=False,
         )
+    if http:
+        console.print(f"HTTP (OpenAI-compatible): {http}/v1 · chat page: {http}/", highlight=False)
     _print_dialling(seen, every=addresses)
+
+
+def open_page(
+    home: Path | None = HomeOption,
+    model: str | None = typer.Option(None, "--model", "-m", help="The model to warm and ask."),
+    print_only: bool = typer.Option(False, "--print", help="Print the address; open nothing."),
+) -> None:
+    """Open the chat page of this machine's daemon (it warms the model as it opens)."""
+    import urllib.parse
+
+    with errors_as_exit():
+        settings = load_settings(home)
+        base = running_daemon_http(settings.home)
+        if base is None:
+            raise PeerUnavailable(
+                f"no meshd daemon with HTTP is running from {settings.home}: start one with "
+                "`meshd serve` (HTTP is on unless --no-http)"
+            )
+    url = base + "/" + (f"?{urllib.parse.urlencode({'model': model})}" if model else "")
+    console.print(url, highlight=False, soft_wrap=True)
+    if not print_only:
+        import webbrowser
+
+        webbrowser.open(url)
 
 
 def _print_dialling(seen: MeshStatus, every: bool) -> None:

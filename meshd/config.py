@@ -65,6 +65,12 @@ class Settings:
     discovery: bool = True  # mDNS on the local network
     heartbeat_interval: float = 1.0
     dead_after: float = 2.5  # no good heartbeat for this long: out of routing
+    # The HTTP door (OpenAI-compatible API, warm endpoint, metrics, chat page). Loopback needs
+    # no key; any other address needs API keys (`meshd invite --client --api-key`).
+    http: bool = True
+    http_listen: str = "127.0.0.1:7071"
+    http_origins: tuple[str, ...] = ()  # browser origins allowed [default: localhost, apps]
+    http_hosts: tuple[str, ...] = ()  # Host names served keyless besides loopback ones
     # Plaintext TCP for a peer outside any mesh: local experiments, tests, benchmarks only.
     insecure_dev: bool = False
 
@@ -205,6 +211,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "heartbeat_interval": parse_duration,
     "dead_after": parse_duration,
     "insecure_dev": _boolean,
+    "http": _boolean,
+    "http_listen": parse_listen,
+    "http_origins": lambda v: tuple(str(o) for o in _list(v)),
+    "http_hosts": lambda v: tuple(str(h) for h in _list(v)),
 }
 
 

@@ -15,10 +15,16 @@ from meshd.fsutil import atomic_write_bytes
 DAEMON_FILE = "daemon.json"
 
 
-def write_daemon_file(home: Path, address: str, peer_id: str, socket: str) -> None:
-    """Record this process as the daemon of home: its TCP address ("" when it has none) and
-    its Unix socket address."""
-    record = {"pid": os.getpid(), "address": address, "peer_id": peer_id, "socket": socket}
+def write_daemon_file(home: Path, address: str, peer_id: str, socket: str, http: str = "") -> None:
+    """Record this process as the daemon of home: its TCP address ("" when it has none), its
+    Unix socket address and its HTTP address ("" when it has none)."""
+    record = {
+        "pid": os.getpid(),
+        "address": address,
+        "peer_id": peer_id,
+        "socket": socket,
+        "http": http,
+    }
     atomic_write_bytes(home / DAEMON_FILE, json.dumps(record).encode())
 
 
@@ -61,6 +67,13 @@ def running_daemon_address(home: Path) -> str | None:
     """The TCP address of the daemon of home, if it runs and listens on TCP."""
     record = running_daemon(home)
     return (record.get("address") or None) if record else None
+
+
+def running_daemon_http(home: Path) -> str | None:
+    """The HTTP base URL of the daemon of home, if it runs and serves HTTP."""
+    record = running_daemon(home)
+    address = record.get("http") if record else None
+    return f"http://{address}" if address else None
 
 
 def running_daemon_socket(home: Path) -> str | None:

@@ -124,8 +124,8 @@ class Mesh:
             try:
                 async with contextlib.aclosing(self._serve(decision, request)) as chunks:
                     async for chunk in chunks:
-                        started = True
-                        yield _reasoned(chunk, decision)
+                        first, started = not started, True
+                        yield _reasoned(chunk, decision, first)
                 return
             except RETRYABLE as error:
                 if started:  # text already went out: never start it again elsewhere
@@ -218,9 +218,9 @@ def _view(
     return PeerView(info.peer_id, address, local, rtt, info.memory_free, models)
 
 
-def _reasoned(chunk: Chunk, decision: Decision) -> Chunk:
-    """The last chunk carries why this peer was chosen (and so is encoded again, once); the
-    others pass through as they came."""
-    if chunk.finish_reason is None:
+def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:
+    """The first chunk (for a door that answers with headers) and the last one carry why this
+    peer was chosen, and so are encoded again; the others pass through as they came."""
+    if chunk.finish_reason is None and not first:
         return chunk
     return dataclasses.replace(chunk, routing_reason=decision.reason, wire=None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client.core import Metric
 
 from meshd import __version__, gossip
 from meshd.addresses import is_loopback, is_wildcard, reachable_hosts
@@ -20,6 +22,7 @@ from meshd.engine import Engine
 from meshd.fdlimit import connection_cap, raise_open_file_limit
 from meshd.fsutil import private_dir
 from meshd.homelock import HomeLock
+from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
 from meshd.rpc.access import AdminServicer, JoinDesk
@@ -40,6 +43,8 @@ from meshd.security import pki
 from meshd.security.keyring import Keyring
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
+from meshd.telemetry import Telemetry, gauge
+from meshd.types import ModelState
 from meshd.v1 import access_pb2_grpc
 
 log = logging.getLogger("meshd")
@@ -59,7 +64,8 @@ class Node:
         self.credentials = self.keyring.credentials()
         mesh_id = pki.mesh_id_of(self.trust.ca) if self.trust.ca else settings.mesh_id
         self.store = ModelStore(settings.home)
-        self.engine = Engine(settings, self.store)
+        self.telemetry = Telemetry()
+        self.engine = Engine(settings, self.store, self.telemetry)
         self.pool = ChannelPool(self.credentials)
         self.table = PeerTable(self.peer_id, mesh_id, settings.dead_after)
         self.table.refused = self.trust.refuses_peer
@@ -74,10 +80,12 @@ class Node:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.desk = JoinDesk(self.trust, self.host, self.reachable_at)
         self.guard = Guard(lambda: self.trust.revocations, allow_plaintext=settings.insecure_dev)
-        self.servicer = MeshServicer(self.mesh, self.store, self.trust)
+        self.servicer = MeshServicer(self.mesh, self.store, self.trust, self.telemetry)
         self.admin = AdminServicer(self.trust, self.desk)
         self.discovery: Discovery | None = None
         self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
+        self.http: HttpServer | None = None
+        self.telemetry.watch(self._gauges)
         self.socket = socket_path(settings.home)
         self.port = 0
 
@@ -139,6 +147,11 @@ class Node:
             await self.engine.close()
             raise
         self.servers = servers
+        try:
+            await self._start_http(open_files)
+        except BaseException:
+            await self.stop(0)
+            raise
         serving = health_pb2.HealthCheckResponse.SERVING
         await self.health.set("", serving)
         await self.health.set(SERVICE_NAME, serving)
@@ -149,8 +162,45 @@ class Node:
         self.membership.start()
         if self.settings.discovery and self.port:
             await self._start_discovery()
-        write_daemon_file(self.settings.home, self.address, self.peer_id, socket)  # last: up
+        http = (
+            f"{self.settings.http_listen.rpartition(':')[0]}:{self.http.port}" if self.http else ""
+        )
+        write_daemon_file(self.settings.home, self.address, self.peer_id, socket, http)  # last
         self._say_how_reachable()
+
+    def _gauges(self) -> list[Metric]:
+        """What /metrics reads at each scrape: models by state, live peers, runner restarts."""
+        models = self.engine.models()
+        states = collections.Counter(m.state.value for m in models)
+        return [
+            gauge(
+                "meshd:models",
+                "Models on this peer by state.",
+                ["state"],
+                [([s.value], states[s.value]) for s in ModelState],
+            ),
+            gauge(
+                "meshd:live_peers",
+                "Other peers answering heartbeats.",
+                [],
+                [([], len(self.table.live(time.monotonic())))],
+            ),
+            gauge(
+                "meshd:runner_restarts",
+                "Runners started again after a failure.",
+                ["model"],
+                [([m.name], m.restarts) for m in models],
+            ),
+        ]
+
+    async def _start_http(self, open_files: int) -> None:
+        """The HTTP door, through the same router as gRPC."""
+        if not self.settings.http:
+            return
+        cap = connection_cap(self.settings.max_connections, open_files)
+        self.http = http_door(self.settings, self.mesh, self.trust, self.telemetry, cap)
+        await self.http.start()
+        log.info("HTTP (OpenAI-compatible) on %s/v1", self.http.url)
 
     def _grpc_server(self, max_connections: int) -> aio.Server:
         """A server with every service; the TCP one (max_connections > 0) has a connection
@@ -210,7 +260,9 @@ class Node:
             if self.discovery is not None:
                 await self.discovery.close()  # the mDNS goodbye
             drain = self.settings.drain_seconds if grace is None else grace
-            await asyncio.gather(*(server.stop(drain) for server in servers))
+            http, self.http = self.http, None
+            closing = [server.stop(drain) for server in servers]
+            await asyncio.gather(*closing, *([http.close()] if http else []))
             remove_daemon_file(self.settings.home)
             self.socket.unlink(missing_ok=True)
         await self.desk.close()

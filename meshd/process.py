@@ -23,6 +23,7 @@ class DaemonProcess:
         models: Sequence[str] = (),
         *,
         listen: str = "127.0.0.1:0",
+        http_listen: str = "127.0.0.1:0",
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
         prefix: Sequence[str] = (),
@@ -38,6 +39,8 @@ class DaemonProcess:
             str(home),
             "--listen",
             listen,
+            "--http-listen",
+            http_listen,
             *(a for m in models for a in ("--model", m)),
             *extra_args,
         ]
@@ -45,6 +48,7 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.socket = ""
+        self.http = ""  # the HTTP base URL, once ready ("" without HTTP)
         self.log_path = home / "daemon.log"
 
     def start(self, timeout: float = 60.0) -> DaemonProcess:
@@ -70,6 +74,7 @@ class DaemonProcess:
             record = running_daemon(self.home)
             if record:
                 self.socket = record["socket"]
+                self.http = f"http://{record['http']}" if record.get("http") else ""
                 return record["address"] or record["socket"]
             time.sleep(0.01)
         raise PeerUnavailable(f"meshd serve did not start within {timeout:.0f}s")

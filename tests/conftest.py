@@ -97,6 +97,7 @@ def node_settings(home: Path, models: dict[str, Path], **flags: Any) -> Settings
         "context": 512,
         "threads": 1,
         "insecure_dev": True,
+        "http_listen": "127.0.0.1:0",
     }
     return load_settings(home, {**base, **flags}, environ={})
 

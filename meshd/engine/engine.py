@@ -24,6 +24,7 @@ from meshd.errors import (
     ModelUnavailable,
 )
 from meshd.store import ModelStore
+from meshd.telemetry import Telemetry
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel, WarmResult
 
 log = logging.getLogger("meshd.engine")
@@ -35,9 +36,15 @@ ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
 class Engine:
     """Loads, warms, serves and evicts the models in Settings; all methods run on one loop."""
 
-    def __init__(self, settings: Settings, store: ModelStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         settings = with_machine_defaults(settings)  # a no-op for load_settings' settings
         self.settings = settings
+        self.telemetry = telemetry or Telemetry()
         self.store = store
         self.keep_alive = settings.keep_alive
         self.memory_budget = settings.memory_budget
@@ -147,8 +154,11 @@ class Engine:
         await self.refresh()
         host = self.host(request.model)
         with host.admit():
+            start = "warm" if host.state is ModelState.WARM else "cold"
+            self.telemetry.starts.labels(host.name, start).inc()
             await self.ensure_warm(host)
-            async with contextlib.aclosing(host.stream(request)) as chunks:
+            waited = self.telemetry.queue.labels(host.name).observe
+            async with contextlib.aclosing(host.stream(request, waited)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 

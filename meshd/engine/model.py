@@ -8,7 +8,7 @@ import math
 import os
 import time
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,10 +256,16 @@ class ModelHost:
         finally:
             self.inflight -= 1
 
-    async def stream(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
-        """Run the request on the next free slot and yield its chunks; cancels it on exit."""
+    async def stream(
+        self, request: GenerateRequest, waited: Callable[[float], None] | None = None
+    ) -> AsyncGenerator[Chunk, None]:
+        """Run the request on the next free slot and yield its chunks; cancels it on exit.
+        `waited` is told how long the request waited for its slot."""
+        asked = time.monotonic()
         runner, slot = await self._take_slot()
         started = time.monotonic()
+        if waited is not None:
+            waited(started - asked)
         free = self.free
         completed = False
 

@@ -15,13 +15,14 @@ import psutil
 from grpc import aio
 
 from meshd import __version__
-from meshd.errors import AccessDenied, InvalidRequest
+from meshd.errors import AccessDenied, InvalidRequest, MeshdError
 from meshd.links import Router
 from meshd.rpc import convert
 from meshd.rpc.guard import calls_from_here, certified_caller
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
-from meshd.types import PeerStatus as PeerStatusInfo
+from meshd.telemetry import Telemetry, routing_kind
+from meshd.types import Chunk, PeerStatus as PeerStatusInfo
 from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
@@ -32,8 +33,8 @@ LEGACY_MANIFEST_PROBE = 2**62  # how earlier builds asked for the manifest alone
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """Serves one peer over gRPC: its Engine and store, and the mesh it routes into."""
 
-    def __init__(self, mesh: Router, store: ModelStore, trust: Trust) -> None:
-        self.mesh = mesh
+    def __init__(self, mesh: Router, store: ModelStore, trust: Trust, telemetry: Telemetry) -> None:
+        self.mesh, self.telemetry = mesh, telemetry
         self.trust = trust
         self.engine = mesh.engine
         self.store = store
@@ -44,17 +45,30 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateChunk]:
         stream = self.mesh.generate(convert.request_from_pb(request))
-        async with contextlib.aclosing(stream) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk.wire, pb.GenerateChunk):  # relayed: sent on as it came
-                    yield chunk.wire
-                    continue
-                message = convert.chunk_to_pb(chunk)
-                if not message.served_by:
-                    message.served_by = self.peer_id
-                if chunk.finish_reason is not None and not message.routing_reason:
-                    message.routing_reason = "local"
-                yield message
+        tracked = self.telemetry.track(request.model, "peer" if request.hops else "grpc")
+        try:
+            async with contextlib.aclosing(stream) as chunks:
+                async for chunk in chunks:
+                    tracked.token()
+                    if chunk.finish_reason is not None:
+                        local = chunk.served_by in ("", self.peer_id)
+                        kind = routing_kind(chunk.routing_reason or "local", local)
+                        tracked.done(chunk.prompt_tokens, chunk.tokens, kind)
+                    if isinstance(chunk.wire, pb.GenerateChunk):  # relayed: sent on as it came
+                        yield chunk.wire
+                        continue
+                    yield self._message(chunk)
+        except MeshdError as error:
+            tracked.failed(type(error).__name__)
+            raise
+
+    def _message(self, chunk: Chunk) -> pb.GenerateChunk:
+        message = convert.chunk_to_pb(chunk)
+        if not message.served_by:
+            message.served_by = self.peer_id
+        if chunk.finish_reason is not None and not message.routing_reason:
+            message.routing_reason = "local"
+        return message
 
     async def Warm(
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.errors import ConfigError, quoted
 from meshd.fsutil import atomic_write_bytes, private_dir
-from meshd.security import pki
+from meshd.security import apikeys, pki
 from meshd.security.credentials import TlsCredentials
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
@@ -145,9 +145,23 @@ class Keyring:
     def record_issued(self, cert: x509.Certificate) -> None:
         """Remember a certificate the CA signed, so it can be revoked by name."""
         holder = pki.holder_of(cert)
+        self._record({**vars(holder), "serial": str(holder.serial)})
+
+    def _record(self, record: dict[str, Any]) -> None:
         with self._locked():
-            records = [*self.issued(), {**vars(holder), "serial": str(holder.serial)}]
+            records = [*self.issued(), record]
             self._write("issued.json", json.dumps(records, indent=1).encode(), 0o600)
+
+    def issue_api_key(self, name: str) -> str:
+        """Founder: an API key for app `name`, signed by the CA; only its hash is kept."""
+        ca = self.ca()
+        assert ca is not None
+        if any(r["name"] == name for r in self.issued()):
+            raise ConfigError(f"a credential was already issued to {quoted(name)}; pick another")
+        key, serial = apikeys.issue_key(self.ca_key(), pki.mesh_id_of(ca), name)
+        record = {"role": "client", "name": name, "serial": str(serial), "kind": "api-key"}
+        self._record({**record, "key_sha256": apikeys.key_hash(key)})
+        return key
 
     def revocations(self) -> RevocationList:
         """The newest revocation list this peer has seen."""

@@ -276,7 +276,7 @@ async def _add_peer(node: NodeThread, address: str, peer_id: str) -> None:
     node.node.table.add(address, peer_id)
 
 
-def test_socket_audit_only_the_unix_socket_and_the_tls_port(
+def test_socket_audit_only_the_unix_socket_the_tls_port_and_loopback_http(
     tmp_path: Path, tiny_model: Path
 ) -> None:
     home = tmp_path / "audit"
@@ -289,8 +289,10 @@ def test_socket_audit_only_the_unix_socket_and_the_tls_port(
         listening = [
             c.laddr for c in process.net_connections("inet") if c.status == psutil.CONN_LISTEN
         ]
+        http_port = int(daemon.http.rpartition(":")[2])
         # gRPC binds a dual-stack socket: 127.0.0.1 shows as its IPv4-mapped form.
-        assert [(a.ip.removeprefix("::ffff:"), a.port) for a in listening] == [("127.0.0.1", port)]
+        found = sorted((a.ip.removeprefix("::ffff:"), a.port) for a in listening)
+        assert found == sorted([("127.0.0.1", port), ("127.0.0.1", http_port)])
         udp = [c for c in process.net_connections("udp")]
         assert udp == []
         unix = {c.laddr for c in process.net_connections("unix") if c.laddr}

@@ -117,7 +117,8 @@ def test_a_request_goes_to_the_warm_peer_one_hop_further() -> None:
     assert [c.text for c in chunks] == ["a", "b", "c"]
     assert link.calls == [("generate", "b:1", 1)]
     assert chunks[-1].routing_reason == "warm on peer-b, least expected wait 1 ms"
-    assert [c.routing_reason for c in chunks[:-1]] == ["", ""], "only the last chunk says why"
+    assert chunks[0].routing_reason == chunks[-1].routing_reason, "the first says why (headers)"
+    assert chunks[1].routing_reason == "", "the ones between pass through untouched"
     assert mesh.outstanding["peer-b"]["m"] == 0, "the forwarded request is no longer counted"
     assert [(r.model, r.peer_id) for r in mesh.recent] == [("m", "peer-b")]
 
@@ -210,7 +211,7 @@ def test_warm_at_the_hop_limit_stays_here() -> None:
     assert link.calls == []
 
 
-def test_a_relay_passes_messages_through_and_notes_only_the_last() -> None:
+def test_a_relay_passes_messages_through_and_notes_only_the_first_and_last() -> None:
     messages = [object(), object(), object()]
     script: Script = [
         dataclasses.replace(chunk, wire=message)
@@ -218,6 +219,7 @@ def test_a_relay_passes_messages_through_and_notes_only_the_last() -> None:
     ]
     mesh, _ = router({"b:1": True}, {"b:1": script})
     chunks = run(mesh, REQUEST)
-    assert [c.wire for c in chunks[:-1]] == messages[:-1], "sent on as they came"
-    assert chunks[-1].wire is None, "the last one carries the routing note, encoded once"
+    assert [c.wire for c in chunks[1:-1]] == messages[1:-1], "sent on as they came"
+    assert chunks[0].wire is None and chunks[-1].wire is None, "these carry the routing note"
+    assert chunks[0].routing_reason.startswith("warm on peer-b")
     assert chunks[-1].routing_reason.startswith("warm on peer-b")

@@ -1,0 +1,315 @@
+"""The HTTP door: an OpenAI-compatible API, warm-on-open for web pages, metrics and a chat page,
+all going through the same router as gRPC (meshd.links.Router)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from meshd import errors
+from meshd.http.gate import Gate
+from meshd.http.openai import (
+    Completion,
+    HttpError,
+    Shaper,
+    http_error,
+    parse_body,
+    parse_completion,
+    sse,
+)
+from meshd.links import Router
+from meshd.telemetry import Telemetry, routing_kind
+from meshd.types import Chunk, ModelState
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_WARM_LEASE_S = 300.0
+MESHD_HEADERS = "x-meshd-served-by, x-meshd-routing-reason"
+
+
+def error_response(error: HttpError) -> JSONResponse:
+    headers = {"retry-after": str(error.retry_after)} if error.retry_after else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _page(name: str) -> bytes:
+    return resources.files("meshd.http").joinpath("page", name).read_bytes()
+
+
+class Door:
+    """The routes; every request reaches the router as gRPC's do."""
+
+    def __init__(self, router: Router, telemetry: Telemetry, max_body: int) -> None:
+        self.router, self.telemetry, self.max_body = router, telemetry, max_body
+        self.index, self.script = _page("index.html"), _page("meshd-warm.js")
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/v1/chat/completions", self.chat, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/warm", self.warm, methods=["POST"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
+            Route("/meshd-warm.js", self.warm_script, methods=["GET"]),
+            Route("/", self.page, methods=["GET"]),
+        ]
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused (413) past max_body without reading the rest."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > self.max_body:
+            raise HttpError(413, f"the body is over {self.max_body} bytes", code="too_large")
+        data = bytearray()
+        async for piece in request.stream():
+            data += piece
+            if len(data) > self.max_body:
+                raise HttpError(413, f"the body is over {self.max_body} bytes", code="too_large")
+        return bytes(data)
+
+    async def chat(self, request: Request) -> Response:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: Request) -> Response:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: Request, chat: bool) -> Response:
+        asked = parse_completion(parse_body(await self._body(request)), chat)
+        tracked = self.telemetry.track(asked.request.model, "http")
+        stream = self.router.generate(asked.request)
+        try:
+            first = await anext(stream)
+        except StopAsyncIteration:
+            raise HttpError(500, "the model sent nothing", "server_error") from None
+        except errors.MeshdError as error:
+            await stream.aclose()
+            tracked.failed(type(error).__name__)
+            raise
+        tracked.token()
+        served_by = first.served_by or self.router.peer_id
+        headers = {
+            "x-meshd-served-by": served_by,
+            "x-meshd-routing-reason": first.routing_reason or "local",
+        }
+        if asked.stream:
+            events = self._events(asked, first, stream, served_by, tracked)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+        return await self._whole(asked, first, stream, headers, tracked)
+
+    async def _whole(
+        self,
+        asked: Completion,
+        first: Chunk,
+        stream: AsyncGenerator[Chunk, None],
+        headers: dict[str, str],
+        tracked: Any,
+    ) -> Response:
+        text, last = [first.text], first
+        async with contextlib.aclosing(stream) as rest:
+            try:
+                async for chunk in rest:
+                    text.append(chunk.text)
+                    last = chunk
+            except errors.MeshdError as error:
+                tracked.failed(type(error).__name__)
+                raise
+        body = Shaper(asked.request.model, asked.chat).whole("".join(text), last)
+        reason = last.routing_reason or headers["x-meshd-routing-reason"]
+        body["meshd"] = {"served_by": headers["x-meshd-served-by"], "routing_reason": reason}
+        self._finished(tracked, last, headers["x-meshd-served-by"], reason)
+        return JSONResponse(body, headers=headers)
+
+    def _finished(self, tracked: Any, last: Chunk, served_by: str, reason: str) -> None:
+        local = served_by == self.router.peer_id
+        tracked.done(last.prompt_tokens, last.tokens, routing_kind(reason, local))
+
+    async def _events(
+        self,
+        asked: Completion,
+        first: Chunk,
+        stream: AsyncGenerator[Chunk, None],
+        served_by: str,
+        tracked: Any,
+    ) -> AsyncIterator[bytes]:
+        """SSE: a chunk per piece of text, the finish, the usage when asked, [DONE]. A failure
+        after the first token is one `error` event, then the end: never repeated text."""
+        shaper = Shaper(asked.request.model, asked.chat)
+        async with contextlib.aclosing(stream) as rest:
+            chunk, is_first = first, True
+            try:
+                while True:
+                    yield self._event(shaper, chunk, is_first, served_by)
+                    if chunk.finish_reason is not None:
+                        break
+                    chunk, is_first = await anext(rest), False
+            except errors.MeshdError as error:
+                tracked.failed(type(error).__name__)
+                yield sse({"error": http_error(error).body()["error"]})
+                return
+            except StopAsyncIteration:
+                tracked.failed("truncated")
+                return
+        if asked.include_usage:
+            yield sse(shaper.usage_chunk(chunk))
+        self._finished(tracked, chunk, served_by, chunk.routing_reason)
+        yield sse("[DONE]")
+
+    @staticmethod
+    def _event(shaper: Shaper, chunk: Chunk, first: bool, served_by: str) -> bytes:
+        body = shaper.chunk(chunk.text, chunk.finish_reason, first)
+        if chunk.finish_reason is not None:
+            reason = chunk.routing_reason or "local"
+            body["meshd"] = {"served_by": served_by, "routing_reason": reason}
+        return sse(body)
+
+    async def models(self, request: Request) -> Response:
+        """Every model in the mesh: where it is warm, and its best state."""
+        seen = self.router.status()
+        order = [ModelState.WARM, ModelState.LOADING, ModelState.COLD, ModelState.FAILED]
+        found: dict[str, dict[str, Any]] = {}
+        for peer in seen.peers:
+            if not (peer.alive or peer.local):
+                continue
+            for m in peer.info.models:
+                entry = found.setdefault(
+                    m.name,
+                    {
+                        "id": m.name,
+                        "object": "model",
+                        "created": 0,
+                        "owned_by": "meshd",
+                        "state": m.state.value,
+                        "warm_on": [],
+                    },
+                )
+                if m.state is ModelState.WARM:
+                    entry["warm_on"].append(peer.info.peer_id)
+                if order.index(m.state) < order.index(ModelState(entry["state"])):
+                    entry["state"] = m.state.value
+        return JSONResponse(
+            {"object": "list", "data": sorted(found.values(), key=lambda e: e["id"])}
+        )
+
+    async def warm(self, request: Request) -> Response:
+        """Warm a model where it lives in the mesh; 202 at once. JSON, text/plain (what
+        navigator.sendBeacon sends) or a form."""
+        raw = await self._body(request)
+        kind = request.headers.get("content-type", "").split(";")[0].strip()
+        if kind == "application/x-www-form-urlencoded" and not raw.lstrip().startswith(b"{"):
+            form = parse_qs(raw.decode(errors="replace"))
+            fields: dict[str, Any] = {k: v[0] for k, v in form.items()}
+        else:  # JSON, whatever the label (sendBeacon's text/plain, curl -d's form type)
+            fields = dict(parse_body(raw))
+        model = fields.get("model")
+        if not isinstance(model, str) or not model:
+            raise HttpError(400, "model must be a non-empty string", param="model")
+        lease = fields.get("lease_seconds", DEFAULT_WARM_LEASE_S)
+        try:
+            lease = float(lease)
+        except (TypeError, ValueError):
+            raise HttpError(400, "lease_seconds must be a number", param="lease_seconds") from None
+        result = await self.router.warm(model, lease, False, 1, 0)
+        body = {
+            "model": result.model,
+            "state": result.state.value,
+            "ready_in_seconds": result.ready_in,
+            "warm_until": result.warm_until,
+            "served_by": result.served_by or self.router.peer_id,
+        }
+        return JSONResponse(body, status_code=202)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(self.telemetry.exposition(), media_type="text/plain; version=0.0.4")
+
+    async def warm_script(self, request: Request) -> Response:
+        return Response(
+            self.script, media_type="text/javascript", headers={"cache-control": "max-age=300"}
+        )
+
+    async def page(self, request: Request) -> Response:
+        return Response(self.index, media_type="text/html; charset=utf-8")
+
+
+class Guarded:
+    """ASGI middleware: the gate's checks before any route, CORS headers after, and every
+    error in OpenAI's shape."""
+
+    def __init__(self, app: ASGIApp, gate: Gate) -> None:
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        client = scope.get("client") or ("", 0)
+        try:
+            self.gate.check_host(headers.get("host", ""))
+            self.gate.check_origin(origin)
+            if scope["method"] == "OPTIONS":
+                await _cors(Response(status_code=204), origin, preflight=True)(scope, receive, send)
+                return
+            self.gate.authenticate(scope["path"], headers.get("authorization"), client[0])
+        except HttpError as error:
+            await error_response(error)(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start" and origin is not None:
+                extra = _cors_headers(origin, preflight=False)
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _cors_headers(origin: str, preflight: bool) -> list[tuple[bytes, bytes]]:
+    pairs = [
+        ("access-control-allow-origin", origin),
+        ("vary", "Origin"),
+        ("access-control-expose-headers", MESHD_HEADERS),
+    ]
+    if preflight:
+        pairs += [
+            ("access-control-allow-methods", "GET, POST, OPTIONS"),
+            ("access-control-allow-headers", "authorization, content-type"),
+            ("access-control-max-age", "600"),
+        ]
+    return [(k.encode(), v.encode()) for k, v in pairs]
+
+
+def _cors(response: Response, origin: str | None, preflight: bool) -> Response:
+    if origin is not None:
+        response.raw_headers.extend(_cors_headers(origin, preflight))
+    return response
+
+
+def create_app(router: Router, telemetry: Telemetry, gate: Gate, max_body: int) -> ASGIApp:
+    """The whole HTTP door as one ASGI app."""
+    door = Door(router, telemetry, max_body)
+    handlers: dict[Any, Any] = {
+        HttpError: _as_response,
+        errors.MeshdError: _as_response,
+        ClientDisconnect: _as_response,
+    }
+    return Guarded(Starlette(routes=door.routes(), exception_handlers=handlers), gate)
+
+
+async def _as_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, HttpError):
+        return error_response(exc)
+    if isinstance(exc, errors.MeshdError):
+        return error_response(http_error(exc))
+    return Response(status_code=499)  # the client went away: nobody reads this

@@ -1,0 +1,40 @@
+// meshd warm-on-open: include it and the model is warm before anyone asks.
+//   <script src="http://127.0.0.1:7071/meshd-warm.js" data-model="gemma3-270m"></script>
+// It warms the model when the page opens, and again when the page comes back into view
+// after most of the lease has passed. data-lease sets the lease in seconds (default 300).
+// window.meshdWarm(model) warms another model on demand.
+(function () {
+  "use strict";
+  var script = document.currentScript;
+  var base = script ? new URL(script.src, location.href).origin : location.origin;
+  var lease = Number((script && script.dataset.lease) || 300);
+  var warmed = {};
+
+  function warm(model) {
+    if (!model) return;
+    var body = JSON.stringify({ model: model, lease_seconds: lease });
+    var url = base + "/v1/warm";
+    // sendBeacon: sent even while the page is busy loading, and it needs no CORS preflight.
+    var sent = navigator.sendBeacon && navigator.sendBeacon(url, body);
+    if (!sent) {
+      fetch(url, { method: "POST", body: body, keepalive: true, mode: "no-cors" }).catch(
+        function () {}
+      );
+    }
+    warmed[model] = Date.now();
+  }
+
+  function again() {
+    var now = Date.now();
+    Object.keys(warmed).forEach(function (model) {
+      if (now - warmed[model] > lease * 800) warm(model); // 80% of the lease is gone
+    });
+  }
+
+  window.meshdWarm = warm;
+  window.addEventListener("focus", again);
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") again();
+  });
+  if (script && script.dataset.model) warm(script.dataset.model);
+})();

@@ -1,0 +1,133 @@
+"""uvicorn, created inside the daemon's running loop: the HTTP door beside the gRPC one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from meshd.addresses import is_loopback
+from meshd.config import Settings
+from meshd.errors import ConfigError
+from meshd.http.app import ASGIApp, create_app
+from meshd.http.gate import DEFAULT_ORIGINS, Gate
+from meshd.links import Router
+from meshd.security import pki
+from meshd.security.apikeys import KeyCheck
+from meshd.security.trust import Trust
+from meshd.telemetry import Telemetry
+
+log = logging.getLogger("meshd.http")
+KEEP_ALIVE_S = 5  # an idle HTTP/1.1 connection is closed after this
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the daemon owns SIGTERM and SIGINT, and stops this server itself
+
+
+def listening_socket(listen: str) -> socket.socket:
+    """A bound, listening TCP socket for host:port (port 0: any free one)."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class HttpServer:
+    """One HTTP listener; start() binds and serves, close() stops (both idempotent)."""
+
+    def __init__(self, app: ASGIApp, listen: str, max_connections: int) -> None:
+        self.app, self.listen, self.max_connections = app, listen, max_connections
+        self.port = 0
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        """host:port as bound."""
+        return f"{self.listen.rpartition(':')[0]}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}"
+
+    async def start(self) -> int:
+        """Bind and serve; returns the port."""
+        if self._task is not None:
+            return self.port
+        try:
+            sock = listening_socket(self.listen)
+        except OSError as exc:
+            raise OSError(f"HTTP on {self.listen}: {exc.strerror or exc}") from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            limit_concurrency=self.max_connections,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            timeout_graceful_shutdown=5,
+            server_header=False,
+        )
+        self._server = _Server(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="meshd-http")
+        # uvicorn says it started only through this flag
+        while not self._server.started and not self._task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        if self._task.done():
+            self._task.result()  # raises why it could not start
+        return self.port
+
+    async def close(self) -> None:
+        """Stop serving; open streams get a few seconds to end."""
+        server, task = self._server, self._task
+        self._server = self._task = None
+        if server is None or task is None:
+            return
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def http_door(
+    settings: Settings, router: Router, trust: Trust, telemetry: Telemetry, max_connections: int
+) -> HttpServer:
+    """The HTTP door of a daemon (not started): keyless on a loopback listener, API keys
+    signed by the mesh CA on any other."""
+    listen = settings.http_listen
+    keys_required = not is_loopback(listen.rpartition(":")[0])
+    keys = None
+    if trust.ca is not None:
+        public_key = trust.ca.public_key()
+        assert isinstance(public_key, ec.EllipticCurvePublicKey)
+        keys = KeyCheck(public_key, pki.mesh_id_of(trust.ca), lambda: trust.revocations)
+    if keys_required and keys is None:
+        raise ConfigError(
+            f"http_listen {listen} is not loopback, so it needs API keys, which a mesh signs: "
+            "run `meshd init` (or `meshd join`) first, or keep http_listen on 127.0.0.1"
+        )
+    gate = Gate(
+        keys_required=keys_required,
+        keys=keys,
+        hosts=settings.http_hosts,
+        origins=settings.http_origins or DEFAULT_ORIGINS,
+    )
+    app = create_app(router, telemetry, gate, settings.max_message_bytes)
+    return HttpServer(app, listen, max_connections)

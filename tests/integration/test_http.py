@@ -1,0 +1,337 @@
+"""The HTTP door with real clients: the official OpenAI SDK (sync, async, streaming), curl -N
+for the SSE framing, raw HTTP for every error, against real daemons."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import openai
+import pytest
+from conftest import NodeThread
+from helpers import eventually, meshd
+from meshes import founder, joined
+
+from meshd.client import MeshClient
+from meshd.process import DaemonProcess
+from meshd.types import ModelState
+
+
+def url_of(node: NodeThread) -> str:
+    assert node.node is not None and node.node.http is not None
+    return node.node.http.url
+
+
+def call(
+    base: str, method: str, path: str, body: bytes | str | None = None, **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP request: status, headers (lower-case), body."""
+    parts = urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        data = body.encode() if isinstance(body, str) else body
+        conn.request(
+            method, path, body=data, headers={k.replace("_", "-"): v for k, v in headers.items()}
+        )
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def post(base: str, path: str, payload: Any, **headers: str) -> tuple[int, dict[str, str], Any]:
+    status, got, body = call(
+        base, "POST", path, json.dumps(payload), content_type="application/json", **headers
+    )
+    return status, got, json.loads(body) if body else None
+
+
+@pytest.fixture
+def node(start_node: Callable[..., NodeThread]) -> NodeThread:
+    return start_node()
+
+
+def test_the_openai_sdk_works_unchanged(node: NodeThread) -> None:
+    sdk = openai.OpenAI(base_url=f"{url_of(node)}/v1", api_key="unused-on-loopback")
+    chat = sdk.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "Hello"}], max_tokens=5, seed=1
+    )
+    assert chat.object == "chat.completion" and chat.choices[0].finish_reason == "length"
+    assert chat.usage is not None and chat.usage.completion_tokens == 5
+    assert chat.choices[0].message.role == "assistant" and chat.choices[0].message.content
+    text = sdk.completions.create(model="tiny", prompt="Hello", max_tokens=4)
+    assert text.object == "text_completion" and text.usage and text.usage.completion_tokens == 4
+    stream = sdk.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        max_tokens=6,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage and chunks[-1].usage.completion_tokens == 6
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert [m.id for m in sdk.models.list()] == ["tiny"]
+
+    async def asynchronous() -> int:
+        client = openai.AsyncOpenAI(base_url=f"{url_of(node)}/v1", api_key="x")
+        answer = await client.completions.create(model="tiny", prompt="Hi", max_tokens=3)
+        stream = await client.completions.create(
+            model="tiny", prompt="Hi", max_tokens=3, stream=True
+        )
+        pieces = [c async for c in stream]
+        await client.close()
+        assert pieces[-1].choices[0].finish_reason == "length"
+        return answer.usage.completion_tokens if answer.usage else 0
+
+    assert asyncio.run(asynchronous()) == 3
+
+
+def test_sse_framing_with_curl(node: NodeThread) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 8, "stream": True})
+    out = subprocess.run(
+        [
+            curl,
+            "-sN",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            f"{url_of(node)}/v1/completions",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    head, _, events = out.partition("\n\n")  # (text mode: CRLF reads as LF)
+    assert events, out
+    assert "text/event-stream" in head and "x-meshd-served-by: peer-" in head
+    assert events.endswith("data: [DONE]\n\n")
+    frames = events.split("\n\n")[:-1]
+    assert all(f.startswith("data: ") for f in frames)
+    decoded = [json.loads(f[6:]) for f in frames[:-1]]
+    assert decoded[-1]["choices"][0]["finish_reason"] == "length"
+    assert decoded[-1]["meshd"]["served_by"].startswith("peer-")
+    assert sum(len(d["choices"][0]["text"]) for d in decoded) > 0
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "param"),
+    [
+        ({"model": "nope", "prompt": "x"}, 404, None),
+        ({"model": "tiny", "prompt": "x", "temperature": "hot"}, 400, "temperature"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": "5"}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
+        ({"model": "tiny", "prompt": "x", "n": 2}, 400, "n"),
+        ({"model": "tiny", "prompt": 5}, 400, "prompt"),
+        ({"prompt": "x"}, 400, "model"),
+        ({"model": "tiny", "prompt": "x", "stop": 3}, 400, "stop"),
+    ],
+)
+def test_errors_in_openai_shape(
+    node: NodeThread, payload: dict[str, Any], status: int, param: str | None
+) -> None:
+    got, _, body = post(url_of(node), "/v1/completions", payload)
+    assert got == status, body
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert body["error"]["param"] == param
+    if status == 404:
+        assert body["error"]["code"] == "model_not_found"
+
+
+def test_bodies_that_are_not_requests(node: NodeThread) -> None:
+    base = url_of(node)
+    status, _, body = call(
+        base, "POST", "/v1/chat/completions", "{not json", content_type="application/json"
+    )
+    assert status == 400 and b"not valid JSON" in body
+    status, _, body = call(
+        base, "POST", "/v1/chat/completions", "[1, 2]", content_type="application/json"
+    )
+    assert status == 400
+    status, _, body = call(
+        base, "POST", "/v1/chat/completions", b"x" * (2 * 2**20), content_type="application/json"
+    )
+    assert status == 413 and json.loads(body)["error"]["code"] == "too_large"
+    got, _, reply = post(base, "/v1/chat/completions", {"model": "tiny", "messages": "hi"})
+    assert got == 400 and reply["error"]["param"] == "messages"
+    assert MeshClient(node.address).health(), "the daemon lives on"
+
+
+def test_overloaded_is_429_with_retry_after(start_node: Callable[..., NodeThread]) -> None:
+    node = start_node(max_queue=0)
+    parts = urlsplit(url_of(node))
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 400, "stream": True})
+    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+    busy = conn.getresponse()
+    assert busy.status == 200 and busy.readline().startswith(b"data: ")  # the slot is taken
+    got, headers, reply = post(
+        url_of(node), "/v1/completions", {"model": "tiny", "prompt": "x", "max_tokens": 2}
+    )
+    conn.close()
+    assert got == 429 and headers["retry-after"] == "1"
+    assert reply["error"]["type"] == "rate_limit_error"
+
+
+def test_a_client_that_goes_away_frees_its_slot(node: NodeThread) -> None:
+    parts = urlsplit(url_of(node))
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny", wait=True)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        body = json.dumps(
+            {"model": "tiny", "prompt": "Hi", "max_tokens": 480, "stream": True, "temperature": 0}
+        )
+        conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        assert response.readline().startswith(b"data: ")
+        assert mesh.status().load[0].active == 1
+        conn.close()  # mid-stream
+        freed = eventually(lambda: mesh.status().load[0].active == 0, timeout=5)
+        tokens_later = mesh.complete("tiny", "Hi", max_tokens=480, temperature=0)
+    assert tokens_later.tokens > 100
+    assert freed < 1.0, "the slot is freed at the next token, not at the end of the answer"
+
+
+def test_host_and_origin_checks(node: NodeThread) -> None:
+    base = url_of(node)
+    status, _, body = call(base, "GET", "/v1/models", Host="evil.example:7071")
+    assert status == 403 and json.loads(body)["error"]["code"] == "host_not_allowed"
+    assert call(base, "GET", "/v1/models", Host="localhost:7071")[0] == 200
+    preflight = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    status, headers, _ = call(base, "OPTIONS", "/v1/chat/completions", **preflight)
+    assert status == 403 and "access-control-allow-origin" not in headers
+    good = {
+        **preflight,
+        "Origin": "http://localhost:3000",
+        "Access-Control-Request-Headers": "content-type",
+    }
+    status, headers, _ = call(base, "OPTIONS", "/v1/chat/completions", **good)
+    assert status == 204 and headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert "POST" in headers["access-control-allow-methods"]
+    status, headers, _ = call(base, "GET", "/v1/models", Origin="tauri://localhost")
+    assert status == 200 and headers["access-control-allow-origin"] == "tauri://localhost"
+    assert "x-meshd-served-by" in headers["access-control-expose-headers"]
+
+
+def test_warm_accepts_json_beacons_and_forms(node: NodeThread) -> None:
+    base = url_of(node)
+    status, _, body = call(
+        base,
+        "POST",
+        "/v1/warm",
+        json.dumps({"model": "tiny"}),
+        content_type="text/plain;charset=UTF-8",
+    )  # navigator.sendBeacon
+    assert status == 202 and json.loads(body)["model"] == "tiny"
+    eventually(lambda: node.engine.hosts["tiny"].state is ModelState.WARM)
+    status, _, body = call(
+        base,
+        "POST",
+        "/v1/warm",
+        "model=tiny&lease_seconds=600",
+        content_type="application/x-www-form-urlencoded",
+    )
+    assert status == 202 and json.loads(body)["warm_until"] > time.time() + 500
+    status, _, body = call(
+        base,
+        "POST",
+        "/v1/warm",
+        json.dumps({"model": "tiny", "lease_seconds": -1}),
+        content_type="application/json",
+    )
+    assert status == 400 and json.loads(body)["error"]["param"] == "lease_seconds"
+
+
+def test_metrics_count_what_happened(node: NodeThread) -> None:
+    base = url_of(node)
+    post(base, "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 3})
+    post(base, "/v1/completions", {"model": "tiny", "prompt": "Hi", "max_tokens": 3})
+    post(base, "/v1/completions", {"model": "nope", "prompt": "Hi"})
+    status, headers, body = call(base, "GET", "/metrics")
+    text = body.decode()
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert 'meshd:time_to_first_token_seconds_count{model="tiny"} 2.0' in text
+    assert 'meshd:model_starts_total{model="tiny",start="cold"} 1.0' in text
+    assert 'meshd:model_starts_total{model="tiny",start="warm"} 1.0' in text
+    assert 'meshd:requests_total{door="http",model="tiny",status="ok"} 2.0' in text
+    assert 'meshd:generation_tokens_total{model="tiny"} 6.0' in text
+    assert 'meshd:models{state="warm"} 1.0' in text
+    assert "meshd:request_queue_time_seconds_count" in text and "meshd:live_peers 0.0" in text
+
+
+def test_api_keys_off_loopback(tmp_path: Path, start_peer: Callable[..., NodeThread]) -> None:
+    a = founder(tmp_path, start_peer, http_listen="0.0.0.0:0")
+    base = f"http://127.0.0.1:{urlsplit(url_of(a)).port}"  # loopback only: traffic stays here
+    made = meshd("invite", "--client", "--name", "webapp", "--api-key", home=tmp_path / "a")
+    key = made.stdout.strip()
+    assert made.returncode == 0 and key.startswith("meshd_"), made.stderr
+    assert key not in (tmp_path / "a" / "tls" / "issued.json").read_text(), "only its hash"
+    status, _, body = call(base, "GET", "/v1/models")
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert call(base, "GET", "/v1/models", Authorization=f"Bearer {key}")[0] == 200
+    assert call(base, "GET", "/meshd-warm.js")[0] == 200, "the script holds nothing"
+    forged = key[:-4] + ("AAAA" if not key.endswith("AAAA") else "BBBB")
+    assert call(base, "GET", "/v1/models", Authorization=f"Bearer {forged}")[0] == 401
+    sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
+    assert sdk.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage
+    assert meshd("revoke", "webapp", home=tmp_path / "a").returncode == 0
+    status, _, body = call(base, "GET", "/v1/models", Authorization=f"Bearer {key}")
+    assert status == 401 and b"revoked" in body
+    for _ in range(10):
+        call(base, "GET", "/v1/models", Authorization="Bearer meshd_wrong.key")
+    assert call(base, "GET", "/v1/models", Authorization=f"Bearer {key}")[0] == 429
+
+
+def test_a_friend_peer_answers_with_the_founders_warm_model(
+    tmp_path: Path, start_peer: Callable[..., NodeThread]
+) -> None:
+    a = founder(tmp_path, start_peer)
+    b = joined(tmp_path, start_peer, a, "b", models={})
+    assert a.node is not None
+    with MeshClient(f"unix:{a.node.socket}") as mesh:
+        mesh.warm("tiny", wait=True)
+
+    def sees_it_warm_on_a() -> bool:
+        live = b.node.table.live(time.monotonic())  # type: ignore[union-attr]
+        return any(m.state is ModelState.WARM for e in live if e.info for m in e.info.models)
+
+    eventually(sees_it_warm_on_a)
+    status, headers, body = post(
+        url_of(b),
+        "/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4},
+    )
+    assert status == 200, body
+    assert headers["x-meshd-served-by"] == a.node.peer_id
+    assert headers["x-meshd-routing-reason"].startswith(f"warm on {a.node.peer_id}")
+    assert body["meshd"]["served_by"] == a.node.peer_id
+    listing = json.loads(call(url_of(b), "GET", "/v1/models")[2])
+    assert listing["data"][0]["warm_on"] == [a.node.peer_id]
+
+
+def test_meshd_open_and_status_name_the_http_address(tmp_path: Path, tiny_model: Path) -> None:
+    with DaemonProcess(tmp_path / "home", [f"tiny={tiny_model}"]) as daemon:
+        opened = meshd("open", "--print", "--model", "tiny", home=daemon.home)
+        assert opened.returncode == 0 and opened.stdout.strip() == f"{daemon.http}/?model=tiny"
+        status = meshd("status", home=daemon.home)
+        assert f"{daemon.http}/v1" in status.stdout
+        assert json.loads(meshd("status", "--json", home=daemon.home).stdout)["http"] == daemon.http
+    gone = meshd("open", "--print", home=tmp_path / "home")
+    assert gone.returncode == 1 and "no meshd daemon" in gone.stderr
