@@ -14,12 +14,19 @@ Prints tables and writes bench/results/http.json.
 
 from __future__ import annotations
 
-import argparse
+# ruff: noqa: E402 - the standard library's http is imported before this folder is on the path
+import sys
+
+# This file is bench/http.py: the standard library's `http` must be found before it.
+_BENCH = sys.path.pop(0)
 import http.client
+
+sys.path.insert(0, _BENCH)
+
+import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -68,6 +75,7 @@ def over_http(base: str, prompt: str, model: str) -> Timing:
             "max_tokens": MAX_TOKENS,
             "temperature": 0,
             "stream": True,
+            "stream_options": {"include_usage": True},
         }
     )
     started = time.perf_counter()
@@ -75,11 +83,13 @@ def over_http(base: str, prompt: str, model: str) -> Timing:
     conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
     response = conn.getresponse()
     first = last = 0.0
-    pieces = 0
+    pieces = tokens = 0
     for line in response:
         if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
             continue
         event = json.loads(line[6:])
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
         if event.get("choices") and event["choices"][0].get("text"):
             last = time.perf_counter()
             first = first or last
@@ -87,7 +97,7 @@ def over_http(base: str, prompt: str, model: str) -> Timing:
     conn.close()
     if not first:
         raise RuntimeError(f"{base} sent no text")
-    return Timing(first - started, max(pieces, 1), last - first)
+    return Timing(first - started, tokens or pieces, last - first)
 
 
 def over_grpc(mesh: MeshClient, prompt: str) -> Timing:
@@ -145,6 +155,10 @@ def llama_server(model: Path, threads: int, port: int) -> subprocess.Popen[bytes
         str(port),
         "--verbose",
         "False",
+        # By default it aborts the answer being streamed when another request arrives: quick
+        # first tokens under load, and cut answers. Off, it finishes every answer, like meshd.
+        "--interrupt_requests",
+        "False",
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
@@ -175,6 +189,7 @@ def summary(timings: list[Timing]) -> dict[str, float]:
         "ttft_p99_ms": 1000 * percentile(ttft, 99),
         "tok_s": percentile([t.tok_s for t in timings if t.tok_s], 50),
         "n": len(timings),
+        "whole_answers": sum(t.tokens >= MAX_TOKENS for t in timings) / len(timings),
     }
 
 
