@@ -291,9 +291,17 @@ def test_api_keys_off_loopback(tmp_path: Path, start_peer: Callable[..., NodeThr
     assert call(base, "GET", "/v1/models", Authorization=f"Bearer {forged}")[0] == 401
     sdk = openai.OpenAI(base_url=f"{base}/v1", api_key=key)
     assert sdk.completions.create(model="tiny", prompt="Hi", max_tokens=2).usage
+    # A friend's peer verifies the key offline, and learns of its revocation by heartbeat.
+    b = joined(tmp_path, start_peer, a, "b", models={}, http_listen="0.0.0.0:0")
+    friend = f"http://127.0.0.1:{urlsplit(url_of(b)).port}"
+    assert call(friend, "GET", "/v1/models", Authorization=f"Bearer {key}")[0] == 200
     assert meshd("revoke", "webapp", home=tmp_path / "a").returncode == 0
     status, _, body = call(base, "GET", "/v1/models", Authorization=f"Bearer {key}")
     assert status == 401 and b"revoked" in body
+    refused = eventually(
+        lambda: call(friend, "GET", "/v1/models", Authorization=f"Bearer {key}")[0] == 401
+    )
+    assert refused < 5, "refused mesh-wide within seconds"
     for _ in range(10):
         call(base, "GET", "/v1/models", Authorization="Bearer meshd_wrong.key")
     assert call(base, "GET", "/v1/models", Authorization=f"Bearer {key}")[0] == 429
