@@ -131,7 +131,11 @@ class Tracked:
             self.t.routed.labels(reason).inc()
 
     def failed(self, status: str) -> None:
+        """A request that ended in an error. Before its first token the model name is the
+        caller's word (it may name nothing), so it is not made a label: label values must
+        stay few, whatever callers send."""
         if self.ended:
             return
         self.ended = True
-        self.t.requests.labels(self.model, self.door, status).inc()
+        model = self.model if self.first is not None else ""
+        self.t.requests.labels(model, self.door, status).inc()

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -343,3 +345,22 @@ def test_meshd_open_and_status_name_the_http_address(tmp_path: Path, tiny_model:
         assert json.loads(meshd("status", "--json", home=daemon.home).stdout)["http"] == daemon.http
     gone = meshd("open", "--print", home=tmp_path / "home")
     assert gone.returncode == 1 and "no meshd daemon" in gone.stderr
+
+
+def test_a_failure_after_the_first_token_is_one_error_event(node: NodeThread) -> None:
+    parts = urlsplit(url_of(node))
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny", wait=True)
+        pid = mesh.models()[0].runner_pid
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 480, "stream": True})
+    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+    response = conn.getresponse()
+    assert response.readline().startswith(b"data: {")
+    os.kill(pid, signal.SIGKILL)  # the model's runner dies mid-answer
+    events = [line for line in response.read().split(b"\n") if line.startswith(b"data: ")]
+    conn.close()
+    last = json.loads(events[-1][6:])
+    assert set(last) == {"error"} and last["error"]["code"] == "no_peer_available"
+    assert "partial" in last["error"]["message"]
+    assert b"data: [DONE]" not in events, "the stream just ends: no text is repeated"
