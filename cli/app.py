@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import MeshdError, PeerUnavailable
 
-from . import doctor, mesh, service, store, talk
+from . import doctor, logs, mesh, service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -46,6 +45,14 @@ def _root(
 def _log_level(value: str) -> str:
     if value.lower() not in LOG_LEVELS:
         raise typer.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def _log_to(value: str) -> str:
+    from meshd.logfile import DESTINATIONS
+
+    if value not in DESTINATIONS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(DESTINATIONS)}")
     return value
 
 
@@ -82,13 +89,13 @@ def serve(
     log_level: str = typer.Option(
         "info", help="debug, info, warning or error.", callback=_log_level
     ),
+    log_to: str = typer.Option(
+        "both",
+        help="both, file (logs/meshd.log in the home, rotated) or stderr.",
+        callback=_log_to,
+    ),
 ) -> None:
     """Run a peer in the foreground (what launchd or systemd runs)."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
     flags = {
         "models": model or None,
         "listen": listen,
@@ -110,6 +117,11 @@ def serve(
     }
     with errors_as_exit():
         settings = load_settings(home, flags)
+        from meshd.logfile import setup_logging
+
+        setup_logging(
+            settings.home, log_level, log_to, settings.log_max_bytes, settings.log_backups
+        )
         if settings.insecure_dev:
             err_console.print(
                 "[bold red]INSECURE (--insecure-dev):[/] plaintext TCP without authentication;"
@@ -153,6 +165,7 @@ app.command()(mesh.join)
 app.command()(mesh.revoke)
 app.command()(mesh.leave)
 app.command()(doctor.doctor)
+app.command()(logs.logs)
 app.add_typer(service.app, name="service")
 
 

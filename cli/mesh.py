@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -121,6 +122,11 @@ def join(
     no_service: bool = typer.Option(
         False, "--no-service", help="Do not install and start the service."
     ),
+    at_boot: bool | None = typer.Option(
+        None,
+        "--at-boot/--at-login",
+        help="Start the service at boot, with nobody logged in, or at login [asked].",
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Join a friend's mesh: identity, signed certificate, config, and the service started."""
@@ -137,9 +143,16 @@ def join(
         if no_service:
             console.print("start serving with `meshd service install` or `meshd serve`")
             return
+        if at_boot is None:
+            at_boot = sys.stdin.isatty() and typer.confirm(
+                "Start meshd when this machine boots, even with nobody logged in? (a Mac mini "
+                "restarted by an update stays in the mesh)",
+                default=True,
+            )
         stop_daemon(settings.home, settings.drain_seconds + 5)  # it started outside the mesh
-        installed = service_files.install(settings.home)
-    console.print(f"installed and started the {installed.kind} service: {installed.path}")
+        installed = service_files.install(settings.home, at_boot=at_boot)
+    when = "at boot" if installed.at_boot else "at login"
+    console.print(f"installed and started the {installed.kind} service ({when}): {installed.path}")
 
 
 def revoke(

@@ -65,6 +65,12 @@ class Settings:
     discovery: bool = True  # mDNS on the local network
     heartbeat_interval: float = 1.0
     dead_after: float = 2.5  # no good heartbeat for this long: out of routing
+    # The daemon's log, logs/meshd.log in the home: rotated at this size, older ones kept.
+    log_max_bytes: int = 10 * 2**20
+    log_backups: int = 4
+    # Keep the machine from idle sleep: "always" (while the daemon runs), "while-warm" (while it
+    # holds a warm model or a lease) or "never". The display may always sleep.
+    keep_awake: str = "always"
     # The HTTP door (OpenAI-compatible API, warm endpoint, metrics, chat page). Loopback needs
     # no key; any other address needs API keys (`meshd invite --client --api-key`).
     http: bool = True
@@ -163,6 +169,15 @@ def _boolean(value: Any) -> bool:
     raise ConfigError(f"not a yes/no value: {value!r}")
 
 
+KEEP_AWAKE = ("always", "while-warm", "never")
+
+
+def _keep_awake(value: Any) -> str:
+    if str(value) not in KEEP_AWAKE:
+        raise ConfigError(f"keep_awake must be one of {', '.join(KEEP_AWAKE)}, got {value!r}")
+    return str(value)
+
+
 def _list(value: Any) -> list[str]:
     items = value.split(",") if isinstance(value, str) else list(value)
     return [str(item).strip() for item in items if str(item).strip()]
@@ -212,6 +227,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "dead_after": parse_duration,
     "insecure_dev": _boolean,
     "http": _boolean,
+    "log_max_bytes": parse_size,
+    "log_backups": _positive_int,
+    "keep_awake": _keep_awake,
     "http_listen": parse_listen,
     "http_origins": lambda v: tuple(str(o) for o in _list(v)),
     "http_hosts": lambda v: tuple(str(h) for h in _list(v)),

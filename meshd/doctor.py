@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import psutil
 
-from meshd import service
 from meshd.addresses import is_loopback
+from meshd.alwayson import always_on
+from meshd.checks import Check
 from meshd.client import MeshClient
 from meshd.config import Settings
 from meshd.daemonfile import running_daemon
@@ -24,32 +23,22 @@ from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
 from meshd.types import MeshStatus
 
-Outcome = Literal["ok", "warn", "fail", "skip"]
 CERT_WARN_DAYS = 30
 MAX_SKEW_S = 60.0  # certificates allow 5 minutes; complain well before that
 MIN_FREE_BYTES = 1 << 30
 PEER_TIMEOUT_S = 3.0
 
 
-@dataclass(frozen=True)
-class Check:
-    """One line of the report."""
-
-    name: str
-    outcome: Outcome
-    detail: str
-    fix: str = ""
-
-
 def run_checks(settings: Settings) -> list[Check]:
     """Every check, in the order a person would fix them."""
     keyring = Keyring(settings.home)
     record = running_daemon(settings.home)
-    checks = [_identity(keyring), _certificate(keyring), _service(settings)]
+    checks = [_identity(keyring), _certificate(keyring)]
     daemon_check, mesh = _daemon(record)
     checks += [daemon_check, _listening(settings, keyring, record), _multicast(settings)]
     checks += _peers(keyring, mesh)
     checks += [_store(settings), _memory(), _local_network_permission()]
+    checks += always_on(settings, int(record["pid"]) if record else None)
     return checks
 
 
@@ -73,14 +62,6 @@ def _certificate(keyring: Keyring) -> Check:
     if days < CERT_WARN_DAYS:
         return Check("certificate", "warn", f"expires in {days:.0f} days", fix)
     return Check("certificate", "ok", f"valid for {days:.0f} more days")
-
-
-def _service(settings: Settings) -> Check:
-    definition = service.service_file(settings.home)
-    if definition.path.exists():
-        return Check("service", "ok", f"{definition.kind}: {definition.path}")
-    fix = "run `meshd service install` so meshd starts at login"
-    return Check("service", "warn", f"no {definition.kind} service installed", fix)
 
 
 def _daemon(record: dict[str, str] | None) -> tuple[Check, MeshStatus | None]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import AsyncGenerator
@@ -33,6 +34,7 @@ from meshd.types import (
     WarmResult,
 )
 
+log = logging.getLogger("meshd.mesh")
 RECENT_DECISIONS = 50
 RETRYABLE = (PeerUnavailable, Overloaded)
 
@@ -150,6 +152,7 @@ class Mesh:
         self.recent.append(
             RoutingRecord(time.time(), model, decision.peer.peer_id, decision.reason)
         )
+        log.debug("%s → %s: %s", model, decision.peer.peer_id, decision.reason)
         return decision
 
     async def _serve(

@@ -15,6 +15,7 @@ from prometheus_client.core import Metric
 
 from meshd import __version__, gossip
 from meshd.addresses import is_loopback, is_wildcard, reachable_hosts
+from meshd.awake import KeepAwake
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
 from meshd.discovery import Discovery, txt_record
@@ -85,6 +86,7 @@ class Node:
         self.discovery: Discovery | None = None
         self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
         self.http: HttpServer | None = None
+        self.awake = KeepAwake(settings.keep_awake)
         self.telemetry.watch(self._gauges)
         self.socket = socket_path(settings.home)
         self.port = 0
@@ -160,6 +162,7 @@ class Node:
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer)
         self.membership.start()
+        self.awake.start(self.engine.holds_warm)
         if self.settings.discovery and self.port:
             await self._start_discovery()
         http = (
@@ -265,6 +268,7 @@ class Node:
             await asyncio.gather(*closing, *([http.close()] if http else []))
             remove_daemon_file(self.settings.home)
             self.socket.unlink(missing_ok=True)
+        await self.awake.close()
         await self.desk.close()
         await self.membership.close()
         await self.pool.close()

@@ -1,16 +1,29 @@
-"""Run `meshd serve` as a per-user service: a LaunchAgent on macOS, a systemd user unit on Linux.
+"""Run `meshd serve` as a service, at login or at boot.
 
-Rendering is pure (and tested by parsing what it renders); installing writes the file
-atomically and asks launchctl or systemctl to start it.
+- macOS, at login: a LaunchAgent in ~/Library/LaunchAgents (starts when the user logs in).
+- macOS, at boot: a LaunchDaemon in /Library/LaunchDaemons that runs as the user (`UserName`,
+  `GroupName`): a Mac mini restarted by an update at 3 am is back in the mesh with nobody
+  logged in. Writing it needs an administrator (sudo), asked for and explained.
+- Linux: a systemd user unit; at boot means lingering for the user (`loginctl enable-linger`),
+  so that the user's service manager, and meshd in it, starts at boot without a login. One unit
+  file either way, no root-owned unit that runs as someone else.
+
+Rendering is pure and tested by parsing what it renders. Installing writes the file atomically
+and asks launchctl, systemctl or loginctl; `root` and `run` let tests install into a fake root.
 """
 
 from __future__ import annotations
 
+import contextlib
+import getpass
+import grp
 import os
 import plistlib
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -20,31 +33,44 @@ from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
 
 LABEL = "com.meshd.agent"
+DAEMON_LABEL = "com.meshd.daemon"
 UNIT = "meshd.service"
+SERVICE_LOG = "service.log"  # what the service manager catches: crashes before logging starts
+LINGER_MARKER = "linger-by-meshd"  # in the home: meshd turned lingering on, so may turn it off
+
+Run = Callable[[Sequence[str]], None]
 
 
 @dataclass(frozen=True)
 class ServiceFile:
-    """Where the service definition goes on this platform, and what it holds."""
+    """Where a service definition goes, what it holds, and when it starts meshd."""
 
     path: Path
     content: bytes
-    kind: str  # "launchd" or "systemd"
+    kind: str  # "launch-agent", "launch-daemon" or "systemd-user"
+    at_boot: bool
 
 
 def _template(name: str) -> Template:
     return Template(files("meshd.launchd").joinpath(name).read_text())
 
 
-def render_plist(home: Path, python: str, path_env: str) -> bytes:
-    """The LaunchAgent plist for a meshd home."""
-    log = home / "logs" / "meshd.log"
-    text = _template(f"{LABEL}.plist").substitute(
-        label=LABEL,
+def _xml(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def render_plist(home: Path, python: str, path_env: str, user: str = "", group: str = "") -> bytes:
+    """The LaunchAgent plist for a meshd home, or with a user, the LaunchDaemon that runs as
+    that user from boot."""
+    name = f"{DAEMON_LABEL}.plist" if user else f"{LABEL}.plist"
+    text = _template(name).substitute(
+        label=DAEMON_LABEL if user else LABEL,
         python=_xml(python),
         home=_xml(str(home)),
         path=_xml(path_env),
-        log=_xml(str(log)),
+        log=_xml(str(home / "logs" / SERVICE_LOG)),
+        user=_xml(user),
+        group=_xml(group),
     )
     plistlib.loads(text.encode())  # a template that no longer parses must not be installed
     return text.encode()
@@ -58,58 +84,156 @@ def render_unit(home: Path, python: str) -> bytes:
     return _template(UNIT).substitute(home=home, python=python).encode()
 
 
-def _xml(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def service_file(home: Path, platform: str = sys.platform) -> ServiceFile:
+def service_file(
+    home: Path, platform: str = sys.platform, at_boot: bool = False, root: Path = Path("/")
+) -> ServiceFile:
     """The service definition this platform needs for home."""
     python = sys.executable
     if platform == "darwin":
-        path = Path.home() / "Library" / "LaunchAgents" / f"{LABEL}.plist"
         path_env = os.environ.get("PATH", "/usr/bin:/bin")
-        return ServiceFile(path, render_plist(home, python, path_env), "launchd")
-    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
-    return ServiceFile(config / "systemd" / "user" / UNIT, render_unit(home, python), "systemd")
+        if at_boot:
+            user = getpass.getuser()
+            group = grp.getgrgid(os.getgid()).gr_name
+            path = root / "Library" / "LaunchDaemons" / f"{DAEMON_LABEL}.plist"
+            content = render_plist(home, python, path_env, user, group)
+            return ServiceFile(path, content, "launch-daemon", True)
+        path = _user_home(root) / "Library" / "LaunchAgents" / f"{LABEL}.plist"
+        return ServiceFile(path, render_plist(home, python, path_env), "launch-agent", False)
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or _user_home(root) / ".config")
+    path = config / "systemd" / "user" / UNIT
+    return ServiceFile(path, render_unit(home, python), "systemd-user", at_boot)
 
 
-def _run(*args: str) -> str:
+def _user_home(root: Path) -> Path:
+    return root / Path.home().relative_to("/")
+
+
+def linger_file(root: Path = Path("/"), user: str | None = None) -> Path:
+    """The file logind keeps for a user who lingers (whose services start at boot)."""
+    return root / "var" / "lib" / "systemd" / "linger" / (user or getpass.getuser())
+
+
+def run_command(args: Sequence[str]) -> None:
+    """Run a service manager command; ConfigError with its own words when it fails."""
     if shutil.which(args[0]) is None:
         raise ConfigError(f"{args[0]} is not available here")
-    done = subprocess.run(args, capture_output=True, text=True)
+    done = subprocess.run(list(args), capture_output=True, text=True)
     if done.returncode != 0:
         raise ConfigError(f"{' '.join(args)}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
 
 
-def install(home: Path) -> ServiceFile:
-    """Write the service definition and start it now and at every login."""
-    service = service_file(home)
+def install(
+    home: Path,
+    at_boot: bool = False,
+    platform: str = sys.platform,
+    root: Path = Path("/"),
+    run: Run = run_command,
+) -> ServiceFile:
+    """Write the service definition and start it: now, and at every login (or boot). The other
+    variant, if installed, is removed first."""
+    service = service_file(home, platform, at_boot, root)
+    other = service_file(home, platform, not at_boot, root)
     (home / "logs").mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(service.path, service.content)
-    if service.kind == "launchd":
-        domain = f"gui/{os.getuid()}"
-        subprocess.run(["launchctl", "bootout", domain, str(service.path)], capture_output=True)
-        _run("launchctl", "bootstrap", domain, str(service.path))
+    if platform == "darwin":
+        if other.path.exists():
+            _stop_launchd(other, run)
+        _write_launchd(service, run)
     else:
-        _run("systemctl", "--user", "daemon-reload")
-        _run("systemctl", "--user", "enable", "--now", UNIT)
+        atomic_write_bytes(service.path, service.content)
+        run(["systemctl", "--user", "daemon-reload"])
+        run(["systemctl", "--user", "enable", "--now", UNIT])
+        _linger(home, at_boot, root, run)
     return service
 
 
-def uninstall(home: Path) -> ServiceFile:
-    """Stop the service and remove its definition."""
-    service = service_file(home)
-    if service.kind == "launchd":
-        subprocess.run(
-            ["launchctl", "bootout", f"gui/{os.getuid()}", str(service.path)], capture_output=True
-        )
-    elif shutil.which("systemctl"):
-        subprocess.run(["systemctl", "--user", "disable", "--now", UNIT], capture_output=True)
-    service.path.unlink(missing_ok=True)
-    return service
+def _linger(home: Path, at_boot: bool, root: Path, run: Run) -> None:
+    """Linger on for at boot; off again only if meshd turned it on (the user may linger for
+    services of their own)."""
+    marker = home / LINGER_MARKER
+    if at_boot:
+        if not linger_file(root).exists():
+            run(["loginctl", "enable-linger", getpass.getuser()])
+            atomic_write_bytes(marker, b"meshd enabled lingering for this user\n")
+    elif marker.exists():
+        run_quietly(run, ["loginctl", "disable-linger", getpass.getuser()])
+        marker.unlink()
 
 
-def installed(home: Path) -> bool:
-    """True when this platform's service definition is in place."""
-    return service_file(home).path.exists()
+def _domain(service: ServiceFile) -> str:
+    return "system" if service.kind == "launch-daemon" else f"gui/{os.getuid()}"
+
+
+def _write_launchd(service: ServiceFile, run: Run) -> None:
+    run_quietly(run, ["launchctl", "bootout", _domain(service), str(service.path)])
+    if service.kind == "launch-daemon" and os.geteuid() != 0:
+        # /Library/LaunchDaemons belongs to root: sudo copies the file there and loads it.
+        with tempfile.NamedTemporaryFile(suffix=".plist") as staged:
+            staged.write(service.content)
+            staged.flush()
+            run(
+                [
+                    "sudo",
+                    "install",
+                    "-m",
+                    "0644",
+                    "-o",
+                    "root",
+                    "-g",
+                    "wheel",
+                    staged.name,
+                    str(service.path),
+                ]
+            )
+        run(["sudo", "launchctl", "bootstrap", "system", str(service.path)])
+        return
+    atomic_write_bytes(service.path, service.content)
+    run(["launchctl", "bootstrap", _domain(service), str(service.path)])
+
+
+def _stop_launchd(service: ServiceFile, run: Run) -> None:
+    sudo = ["sudo"] if service.kind == "launch-daemon" and os.geteuid() != 0 else []
+    run_quietly(run, [*sudo, "launchctl", "bootout", _domain(service), str(service.path)])
+    if sudo:
+        run([*sudo, "rm", "-f", str(service.path)])
+    else:
+        service.path.unlink(missing_ok=True)
+
+
+def run_quietly(run: Run, args: Sequence[str]) -> None:
+    """A command whose failure means there was nothing to do (unloading what is not loaded)."""
+    with contextlib.suppress(ConfigError):
+        run(args)
+
+
+def uninstall(
+    home: Path, platform: str = sys.platform, root: Path = Path("/"), run: Run = run_command
+) -> list[ServiceFile]:
+    """Stop the service and remove its definition, whichever variant is installed."""
+    removed = []
+    for at_boot in (False, True):
+        service = service_file(home, platform, at_boot, root)
+        if platform == "darwin" and service.path.exists():
+            _stop_launchd(service, run)
+            removed.append(service)
+    if platform != "darwin":
+        service = service_file(home, platform, False, root)
+        if service.path.exists():
+            run_quietly(run, ["systemctl", "--user", "disable", "--now", UNIT])
+            service.path.unlink(missing_ok=True)
+            removed.append(service)
+        _linger(home, False, root, run)
+    return removed
+
+
+def installed(
+    home: Path, platform: str = sys.platform, root: Path = Path("/")
+) -> ServiceFile | None:
+    """The service definition in place (the at-boot one first), or None."""
+    if platform != "darwin":
+        unit = service_file(home, platform, linger_file(root).exists(), root)
+        return unit if unit.path.exists() else None
+    for at_boot in (True, False):
+        service = service_file(home, platform, at_boot, root)
+        if service.path.exists():
+            return service
+    return None

@@ -281,6 +281,14 @@ class Engine:
         """Live load per model."""
         return [h.load_snapshot() for h in self.hosts.values()]
 
+    def holds_warm(self) -> bool:
+        """Whether a model is warm or loading here, or a lease asks for one."""
+        now = time.time()
+        return any(
+            h.state in (ModelState.WARM, ModelState.LOADING) or h.lease_until > now
+            for h in self.hosts.values()
+        )
+
     def memory_in_models(self) -> int:
         """Bytes held by resident models."""
         return sum(h.projected_memory() for h in self.hosts.values() if h.loaded)
