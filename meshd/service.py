@@ -139,9 +139,15 @@ def install(
             _stop_launchd(other, run)
         _write_launchd(service, run)
     else:
+        existed = service.path.exists()
         atomic_write_bytes(service.path, service.content)
-        run(["systemctl", "--user", "daemon-reload"])
-        run(["systemctl", "--user", "enable", "--now", UNIT])
+        try:
+            run(["systemctl", "--user", "daemon-reload"])
+            run(["systemctl", "--user", "enable", "--now", UNIT])
+        except ConfigError:
+            if not existed:  # nothing half-installed: no unit that never started
+                service.path.unlink(missing_ok=True)
+            raise
         _linger(home, at_boot, root, run)
     return service
 
@@ -186,8 +192,14 @@ def _write_launchd(service: ServiceFile, run: Run) -> None:
             )
         run(["sudo", "launchctl", "bootstrap", "system", str(service.path)])
         return
+    existed = service.path.exists()
     atomic_write_bytes(service.path, service.content)
-    run(["launchctl", "bootstrap", _domain(service), str(service.path)])
+    try:
+        run(["launchctl", "bootstrap", _domain(service), str(service.path)])
+    except ConfigError:
+        if not existed:  # nothing half-installed
+            service.path.unlink(missing_ok=True)
+        raise
 
 
 def _stop_launchd(service: ServiceFile, run: Run) -> None:

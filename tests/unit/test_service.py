@@ -213,3 +213,16 @@ def test_macos_switches_between_agent_and_daemon(
     assert found is not None and found.kind == "launch-daemon"
     service.uninstall(home, platform="darwin", root=root, run=run)
     assert ["sudo", "rm", "-f", str(daemon.path)] in run.calls
+
+
+def test_a_refused_install_leaves_no_unit_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, home, _ = _fake_root(tmp_path, monkeypatch)
+
+    def no_user_manager(args: object) -> None:
+        raise ConfigError("systemctl --user daemon-reload: Failed to connect to bus")
+
+    with pytest.raises(ConfigError, match="Failed to connect to bus"):
+        service.install(home, at_boot=True, platform="linux", root=root, run=no_user_manager)
+    assert service.installed(home, platform="linux", root=root) is None
