@@ -7,7 +7,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, is_dataclass
 from enum import Enum
 from pathlib import Path
@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from meshd.config import load_settings
-from meshd.daemonfile import running_daemon_address, running_daemon_socket
+from meshd.daemonfile import running_daemon_address, running_daemon_http, running_daemon_socket
 from meshd.errors import ConfigError, MeshdError, PeerUnavailable, quoted
 
 if TYPE_CHECKING:  # the CLI imports what a command uses when it runs it
@@ -80,14 +80,23 @@ def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClie
 
 def local_socket(home: Path | None) -> str:
     """The Unix socket of the daemon of home; a clear error when it is not running."""
+    return _running(home, running_daemon_socket, "")
+
+
+def running_http(home: Path | None) -> str:
+    """The HTTP base URL of the daemon of home; a clear error when none serves HTTP."""
+    return _running(home, running_daemon_http, " with HTTP (on unless --no-http)")
+
+
+def _running(home: Path | None, find: Callable[[Path], str | None], what: str) -> str:
     settings = load_settings(home)
-    socket = running_daemon_socket(settings.home)
-    if socket is None:
+    found = find(settings.home)
+    if found is None:
         raise PeerUnavailable(
-            f"no meshd daemon is running from {settings.home}: "
+            f"no meshd daemon{what} is running from {settings.home}: "
             "start it with `meshd service install` or `meshd serve`"
         )
-    return socket
+    return found
 
 
 @contextlib.contextmanager

@@ -15,7 +15,6 @@ from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
 from meshd.daemonfile import running_daemon_http
-from meshd.errors import PeerUnavailable
 
 if TYPE_CHECKING:
     from meshd.types import Chunk, MeshStatus, ModelInfo
@@ -32,6 +31,7 @@ from .common import (
     human_until,
     open_client,
     print_json,
+    running_http,
 )
 
 
@@ -299,13 +299,7 @@ def open_page(
     import urllib.parse
 
     with errors_as_exit():
-        settings = load_settings(home)
-        base = running_daemon_http(settings.home)
-        if base is None:
-            raise PeerUnavailable(
-                f"no meshd daemon with HTTP is running from {settings.home}: start one with "
-                "`meshd serve` (HTTP is on unless --no-http)"
-            )
+        base = running_http(home)
     url = base + "/" + (f"?{urllib.parse.urlencode({'model': model})}" if model else "")
     console.print(url, highlight=False, soft_wrap=True)
     if not print_only:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,3 +54,36 @@ def assert_store_consistent(store: ModelStore) -> None:
         assert digest_of(blob.read_bytes()) == blob.name.replace("-", ":"), blob
     for model in store.models():
         assert store.blob_path(model.digest).stat().st_size == model.size
+
+
+class RawListener:
+    """A listener that records every byte it receives and answers nothing: a forged peer on
+    127.0.0.1, or (given a bound socket) a Unix socket someone wants dialled."""
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.create_server(("127.0.0.1", 0))
+        if sock is None:
+            self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        self.sock.listen()
+        self.received = bytearray()
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
+
+    def _drain(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                while block := conn.recv(65536):
+                    self.received += block
+
+    def close(self) -> None:
+        self.sock.close()

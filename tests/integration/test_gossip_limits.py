@@ -5,13 +5,12 @@ serves gRPC with its mesh certificate; only its heartbeat replies are its own.""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import eventually
+from helpers import RawListener, eventually
 from meshes import Start, admin, founder, invite_code
 from rogue import RoguePeer
 
@@ -21,31 +20,14 @@ from meshd.rpc.join import join_mesh
 from meshd.v1 import access_pb2 as apb
 
 
-class UnixVictim:
-    """A Unix socket of the rogue's choosing; counts who connects to it."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.connections = path, 0
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.bind(str(path))
-        self.sock.listen()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            conn.close()
-
-
 @pytest.fixture
-def victim(tmp_path: Path) -> Iterator[UnixVictim]:
-    found = UnixVictim(tmp_path / "victim.sock")
+def victim(tmp_path: Path) -> Iterator[RawListener]:
+    """A Unix socket of the rogue's choosing, counting who connects to it."""
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "victim.sock"))
+    found = RawListener(sock)
     yield found
-    found.sock.close()
+    found.close()
 
 
 def hostile_gossip(victim: Path, count: int = 300) -> list[str]:
@@ -61,14 +43,14 @@ def learned_from(node: object, teller: str) -> list[str]:
 
 
 def test_a_flood_of_gossip_is_bounded_backed_off_and_forgotten(
-    tmp_path: Path, start_peer: Start, victim: UnixVictim
+    tmp_path: Path, start_peer: Start, victim: RawListener
 ) -> None:
     a = founder(tmp_path, start_peer, models={}, heartbeat_interval=0.2, dead_after=1.0)
     join_mesh(tmp_path / "m", invite_code(a))
-    gossip_sent = hostile_gossip(victim.path)
+    gossip_sent = hostile_gossip(Path(victim.sock.getsockname()))
     with RoguePeer(tmp_path / "m", gossip_sent) as rogue:
         rogue.announce_to(a.address)
-        rogue.announce_to(a.address, claimed_address=f"unix:{victim.path}")
+        rogue.announce_to(a.address, claimed_address=f"unix:{victim.sock.getsockname()}")
         eventually(lambda: len(learned_from(a, rogue.peer_id)) >= gossip.MAX_PER_TELLER)
         time.sleep(1.0)
         assert len(learned_from(a, rogue.peer_id)) <= gossip.MAX_PER_TELLER + 1  # + its own
@@ -98,11 +80,11 @@ def test_a_flood_of_gossip_is_bounded_backed_off_and_forgotten(
 
 
 def test_what_a_revoked_peer_gossiped_is_forgotten_with_it(
-    tmp_path: Path, start_peer: Start, victim: UnixVictim
+    tmp_path: Path, start_peer: Start, victim: RawListener
 ) -> None:
     a = founder(tmp_path, start_peer, models={}, heartbeat_interval=0.2, dead_after=1.0)
     join_mesh(tmp_path / "m", invite_code(a))
-    with RoguePeer(tmp_path / "m", hostile_gossip(victim.path)) as rogue:
+    with RoguePeer(tmp_path / "m", hostile_gossip(Path(victim.sock.getsockname()))) as rogue:
         rogue.announce_to(a.address)
         eventually(lambda: len(learned_from(a, rogue.peer_id)) >= gossip.MAX_PER_TELLER)
         admin(a).Revoke(apb.RevokeRequest(name=rogue.peer_id))

@@ -3,12 +3,9 @@ daemons keep serving. Every daemon here runs without --insecure-dev."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os
-import socket
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +16,7 @@ import psutil
 import pytest
 from conftest import NodeThread
 from grpc_health.v1 import health_pb2
-from helpers import eventually
+from helpers import RawListener, eventually
 from meshes import Start, admin, credentials_of, founder, invite_code, joined
 
 from meshd.client import MeshClient
@@ -219,36 +216,6 @@ def test_a_peer_outside_any_mesh_serves_only_its_socket(tmp_path: Path, start_pe
     assert oct(lone.node.socket.stat().st_mode & 0o777) == "0o600"
     with MeshClient(f"unix:{lone.node.socket}") as mesh:
         assert mesh.complete("tiny", "Hi", max_tokens=2).tokens == 2
-
-
-class RawListener:
-    """A TCP listener that records every byte it receives and answers nothing: a forged peer."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
-        self.received = bytearray()
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._drain, args=(conn,), daemon=True).start()
-
-    def _drain(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(5)
-            with contextlib.suppress(OSError):
-                while block := conn.recv(65536):
-                    self.received += block
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def test_a_forged_peer_with_the_right_mesh_id_is_never_routed_to(
