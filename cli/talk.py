@@ -267,6 +267,8 @@ def status(
         warm_models = [m.name for m in info.models if m.state == "warm"]
         active, queued = sum(m.active for m in info.models), sum(m.queued for m in info.models)
         state = "this peer" if peer.local else ("[green]live[/]" if peer.alive else "[red]down[/]")
+        if info.paused:
+            state += f" [yellow]({info.paused})[/]"
         row = [
             info.peer_id,
             info.address,

@@ -71,6 +71,8 @@ class Settings:
     # Keep the machine from idle sleep: "always" (while the daemon runs), "while-warm" (while it
     # holds a warm model or a lease) or "never". The display may always sleep.
     keep_awake: str = "always"
+    # Local hours when this peer takes no mesh requests, e.g. "23:00-07:00" ("": none).
+    quiet_hours: str = ""
     # The HTTP door (OpenAI-compatible API, warm endpoint, metrics, chat page). Loopback needs
     # no key; any other address needs API keys (`meshd invite --client --api-key`).
     http: bool = True
@@ -172,6 +174,13 @@ def _boolean(value: Any) -> bool:
 KEEP_AWAKE = ("always", "while-warm", "never")
 
 
+def _quiet_hours(value: Any) -> str:
+    from meshd.pause import parse_quiet_hours
+
+    parse_quiet_hours(str(value))
+    return str(value)
+
+
 def _keep_awake(value: Any) -> str:
     if str(value) not in KEEP_AWAKE:
         raise ConfigError(f"keep_awake must be one of {', '.join(KEEP_AWAKE)}, got {value!r}")
@@ -230,6 +239,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_max_bytes": parse_size,
     "log_backups": _positive_int,
     "keep_awake": _keep_awake,
+    "quiet_hours": _quiet_hours,
     "http_listen": parse_listen,
     "http_origins": lambda v: tuple(str(o) for o in _list(v)),
     "http_hosts": lambda v: tuple(str(h) for h in _list(v)),

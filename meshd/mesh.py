@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 from meshd import __version__
 from meshd.engine import Engine
@@ -60,6 +60,7 @@ class Mesh:
         )
         self.rng = random.Random()
         self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
+        self.paused: Callable[[], str] = lambda: ""  # why the owner paused this peer, or ""
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -81,6 +82,7 @@ class Mesh:
             free,
             known,
             self.certificate_expires,
+            self.paused(),
         )
 
     def views(self) -> list[PeerView]:
@@ -108,11 +110,19 @@ class Mesh:
             self.peer_id, self.mesh_id, peers, tuple(self.recent), addresses, self.table.dials
         )
 
+    def _refuse_if_paused(self, hops: int) -> None:
+        """A request another peer sent here (hops > 0) is refused while paused; the sender
+        tries elsewhere before any token."""
+        why = self.paused() if hops > 0 else ""
+        if why:
+            raise PeerUnavailable(f"{self.peer_id} takes no mesh requests: {why}")
+
     # -- generate --------------------------------------------------------------------------
 
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """Serve here or on the best peer; retry elsewhere only before the first token."""
         parse_name(request.model, field="model")
+        self._refuse_if_paused(request.hops)
         await self.engine.refresh()
         if request.hops >= MAX_HOPS:
             async for chunk in self.engine.generate(request):
@@ -191,6 +201,7 @@ class Mesh:
         """Warm model on the best peer(s) of the mesh and hold it there for the lease."""
         parse_name(model, field="model")
         validate_warm(lease, replicas)
+        self._refuse_if_paused(hops)
         await self.engine.refresh()
         targets = warm_targets(self.views(), model, replicas)
         if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
@@ -218,7 +229,7 @@ def _view(
         m.name: dataclasses.replace(m, active=max(m.active, sent.get(m.name, 0) - m.queued))
         for m in info.models
     }
-    return PeerView(info.peer_id, address, local, rtt, info.memory_free, models)
+    return PeerView(info.peer_id, address, local, rtt, info.memory_free, models, info.paused)
 
 
 def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:

@@ -25,6 +25,7 @@ from meshd.fsutil import private_dir
 from meshd.homelock import HomeLock
 from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
+from meshd.pause import PauseState
 from meshd.peers import PeerTable
 from meshd.rpc.access import AdminServicer, JoinDesk
 from meshd.rpc.channels import (
@@ -72,6 +73,7 @@ class Node:
         self.table.refused = self.trust.refuses_peer
         self.trust.on_revoked = lambda _: self.table.forget_refused()
         self.mesh = Mesh(self.engine, self.table, GrpcLink(self.pool), self.peer_id, mesh_id, "")
+        self.mesh.paused = PauseState(settings.home, settings.quiet_hours).why
         certificate = self.keyring.certificate()
         if certificate is not None:
             self.mesh.certificate_expires = certificate.not_valid_after_utc.timestamp()

@@ -5,7 +5,8 @@ Inputs are plain data, so every rule here is unit-tested without a socket:
   wait = (active + queued) / slots x recent service time + RTT;
 - near-equals (within NEAR_EQUAL of the best) are sampled by two random choices; the local
   peer wins ties;
-- no warm peer: the live peer that has the file and the most free memory (it warms, then serves).
+- no warm peer: the live peer that has the file and the most free memory (it warms, then serves);
+- a paused peer is left out, unless it is this peer and no other can serve.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class PeerView:
     rtt_s: float
     memory_free: int
     models: dict[str, PeerModel] = field(default_factory=dict)  # by name
+    paused: str = ""  # why it takes no mesh requests ("" when it does)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,10 @@ def choose(
 ) -> Decision | None:
     """The peer to serve model, or None when no live peer has it."""
     skip = set(exclude)
-    candidates = [p for p in peers if p.peer_id not in skip and model in p.models]
+    having = [p for p in peers if p.peer_id not in skip and model in p.models]
+    # A paused peer takes no mesh requests; its owner's own are served there when no one
+    # else can.
+    candidates = [p for p in having if not p.paused] or [p for p in having if p.local]
     warm = [p for p in candidates if _warm(p, model)]
     if warm:
         return _least_wait(warm, model, rng or random.Random())
@@ -95,7 +100,10 @@ def _who(peer: PeerView) -> str:
 
 
 def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
-    """Peers that should hold model warm: those already warm first, then most free memory."""
-    having = [p for p in peers if model in p.models]
+    """Peers that should hold model warm: those already warm first, then most free memory;
+    paused peers only when nobody else has it."""
+    having = [p for p in peers if model in p.models and not p.paused] or [
+        p for p in peers if model in p.models
+    ]
     ranked = sorted(having, key=lambda p: (not _warm(p, model), -p.memory_free, not p.local))
     return ranked[: max(replicas, 1)]

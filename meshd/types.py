@@ -143,6 +143,7 @@ class PeerInfo:
     memory_free: int = 0
     known_addresses: tuple[str, ...] = ()
     certificate_expires: float = 0.0  # Unix time; 0 outside a mesh
+    paused: str = ""  # why it takes no mesh requests now ("" when it does)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ _STATE_TO_PB = {
 }
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 _DEFAULT = Sampling()
+MAX_REASON_CHARS = 200  # what a peer says of its pause, as others show it
 
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -251,6 +252,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
         memory_free_bytes=info.memory_free,
         known_addresses=list(info.known_addresses),
         certificate_expires_unix=info.certificate_expires,
+        paused=info.paused,
     )
 
 
@@ -265,6 +267,7 @@ def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
         memory_free=m.memory_free_bytes,
         known_addresses=tuple(m.known_addresses),
         certificate_expires=m.certificate_expires_unix,
+        paused=m.paused[:MAX_REASON_CHARS],
     )
 
 

@@ -674,6 +674,7 @@ class PeerInfo(_message.Message):
     MEMORY_FREE_BYTES_FIELD_NUMBER: _builtins.int
     KNOWN_ADDRESSES_FIELD_NUMBER: _builtins.int
     CERTIFICATE_EXPIRES_UNIX_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
     version: _builtins.str
@@ -683,6 +684,8 @@ class PeerInfo(_message.Message):
     """budget left for models"""
     certificate_expires_unix: _builtins.float
     """its mesh certificate's end; 0 outside a mesh"""
+    paused: _builtins.str
+    """why it takes no mesh requests now; empty when it does"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerModel]: ...
     @_builtins.property
@@ -700,10 +703,11 @@ class PeerInfo(_message.Message):
         memory_free_bytes: _builtins.int = ...,
         known_addresses: _abc.Iterable[_builtins.str] | None = ...,
         certificate_expires_unix: _builtins.float = ...,
+        paused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "paused", b"paused", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

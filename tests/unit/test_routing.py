@@ -142,3 +142,20 @@ def test_warm_targets_prefer_this_peer_on_equal_memory() -> None:
     assert [p.peer_id for p in warm_targets(peers, "m", 1)] == ["me"]
     assert [p.peer_id for p in warm_targets(peers, "m", 0)] == ["me"], "at least one"
     assert [p.peer_id for p in warm_targets(peers, "m", 2)] == ["me", "far"]
+
+
+def test_a_paused_peer_takes_no_mesh_requests_unless_nobody_else_can() -> None:
+    from meshd.routing import PeerView, choose, warm_targets
+    from meshd.types import ModelState, PeerModel
+
+    warm = {"m": PeerModel("m", ModelState.WARM, slots=1)}
+    cold = {"m": PeerModel("m", ModelState.COLD, slots=1)}
+    here = PeerView("me", "", True, 0.0, 1, warm, paused="paused by its owner")
+    there = PeerView("b", "b:1", False, 0.01, 1, cold)
+    decision = choose([here, there], "m")
+    assert decision is not None and decision.peer.peer_id == "b", "even cold, elsewhere"
+    alone = choose([here], "m")
+    assert alone is not None and alone.peer.local, "its owner's own requests still run"
+    paused_remote = PeerView("c", "c:1", False, 0.01, 1, warm, paused="quiet hours")
+    assert choose([paused_remote], "m") is None
+    assert [p.peer_id for p in warm_targets([here, there], "m", 1)] == ["b"]

@@ -1,0 +1,103 @@
+"""The owner decides: `meshd pause [--for 2h]`, `meshd resume`, and quiet hours.
+
+A paused peer finishes what it is doing, takes no new requests from the mesh (routing sends
+them elsewhere; one forwarded to it anyway is refused, so the sender retries elsewhere), and
+still serves its owner when nobody else can. The pause is a file in the home, so it holds
+across daemon restarts until it ends; quiet hours come from `meshd.toml`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshd.errors import ConfigError
+from meshd.fsutil import atomic_write_bytes
+
+PAUSE_FILE = "paused.json"
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    """A daily window in local time, minutes after midnight; it may cross midnight."""
+
+    start: int
+    end: int
+
+    def __contains__(self, minute: int) -> bool:
+        if self.start <= self.end:
+            return self.start <= minute < self.end
+        return minute >= self.start or minute < self.end
+
+
+def parse_quiet_hours(text: str) -> QuietHours | None:
+    """ "23:00-07:00" → QuietHours; "" → None; ConfigError for anything else."""
+    if not text:
+        return None
+    match = _HOURS.match(text)
+    if match is None:
+        raise ConfigError(f"quiet_hours is HH:MM-HH:MM, e.g. 23:00-07:00, got {text!r}")
+    h1, m1, h2, m2 = map(int, match.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59:
+        raise ConfigError(f"quiet_hours has an impossible time: {text!r}")
+    return QuietHours(h1 * 60 + m1, h2 * 60 + m2)
+
+
+def paused_why(
+    until: float | None, paused: bool, quiet: QuietHours | None, now: float, local: dt.datetime
+) -> str:
+    """Why this peer takes no mesh requests now ("" when it does): the owner's pause (until a
+    Unix time, or None for until resumed) or the quiet hours."""
+    if paused and (until is None or now < until):
+        if until is None:
+            return "paused by its owner"
+        return f"paused by its owner until {dt.datetime.fromtimestamp(until):%H:%M}"
+    if quiet is not None and local.hour * 60 + local.minute in quiet:
+        return "quiet hours"
+    return ""
+
+
+def pause(home: Path, seconds: float | None) -> float | None:
+    """Pause the peer of home (for seconds, or until resumed); returns the end as Unix time."""
+    until = None if seconds is None else time.time() + seconds
+    atomic_write_bytes(home / PAUSE_FILE, json.dumps({"until": until}).encode(), 0o600)
+    return until
+
+
+def resume(home: Path) -> bool:
+    """End a pause; False if there was none."""
+    path = home / PAUSE_FILE
+    existed = path.exists()
+    path.unlink(missing_ok=True)
+    return existed
+
+
+def read_pause(home: Path) -> tuple[bool, float | None]:
+    """Whether a pause file is there, and when it ends (None: until resumed). A damaged file
+    counts as a pause until resumed: the owner asked for one."""
+    try:
+        record = json.loads((home / PAUSE_FILE).read_text())
+    except FileNotFoundError:
+        return False, None
+    except (OSError, ValueError):
+        return True, None
+    until = record.get("until") if isinstance(record, dict) else None
+    return True, float(until) if isinstance(until, int | float) else None
+
+
+class PauseState:
+    """What the router asks each time: is this peer paused, and why."""
+
+    def __init__(self, home: Path, quiet_hours: str) -> None:
+        self.home = home
+        self.quiet = parse_quiet_hours(quiet_hours)
+
+    def why(self) -> str:
+        paused, until = read_pause(self.home)
+        now = time.time()
+        return paused_why(until, paused, self.quiet, now, dt.datetime.now())

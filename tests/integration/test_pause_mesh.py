@@ -1,0 +1,65 @@
+"""The owner decides, on a two-peer loopback mesh: `meshd pause` sends the mesh's requests
+elsewhere within seconds, `meshd resume` brings them back, and a pause outlives a restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import NodeThread, node_settings
+from helpers import eventually, meshd
+
+from meshd.client import MeshClient
+from meshd.errors import PeerUnavailable
+
+FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
+
+
+def served_by(node: NodeThread) -> str:
+    with MeshClient(node.address) as mesh:
+        return mesh.complete("tiny", "Hello", max_tokens=2).served_by
+
+
+def test_pause_and_resume_move_the_mesh_s_requests(
+    start_node: Callable[..., NodeThread], tiny_model: Path
+) -> None:
+    a = start_node(**FAST)
+    b = start_node(peers=[a.address], **FAST)
+    assert a.node is not None and b.node is not None
+    for node in (a, b):
+        with MeshClient(node.address) as mesh:
+            mesh.warm("tiny", wait=True)
+    a_id, b_id = a.node.peer_id, b.node.peer_id
+    eventually(lambda: served_by(b) == b_id and len(a.node.table.live(time.monotonic())) == 1)
+
+    paused = meshd("pause", "--for", "1h", home=b.settings.home)
+    assert paused.returncode == 0 and "paused until" in paused.stdout
+    started = time.monotonic()
+    eventually(lambda: served_by(b) == a_id, timeout=5)  # asked of b, served by a
+    assert time.monotonic() - started <= 2.0, "the mesh's requests leave within 2 s"
+    assert served_by(a) == a_id
+    status = json.loads(meshd("status", "--json", home=a.settings.home).stdout)
+    seen = {p["info"]["peer_id"]: p["info"]["paused"] for p in status["peers"]}
+    assert seen[b_id].startswith("paused by its owner until") and seen[a_id] == ""
+    with MeshClient(b.address) as mesh, pytest.raises(PeerUnavailable, match="no mesh requests"):
+        # What a request forwarded to b looks like (hops = 1): refused, so its sender goes on.
+        list(mesh.generate("tiny", "Hello", max_tokens=2, local_only=True))
+
+    assert meshd("resume", home=b.settings.home).returncode == 0
+    eventually(lambda: served_by(b) == b_id, timeout=5)
+
+
+def test_a_pause_outlives_a_restart(tmp_path: Path, tiny_model: Path) -> None:
+    home = tmp_path / "b"
+    assert meshd("pause", home=home).returncode == 0
+    node = NodeThread(node_settings(home, {"tiny": tiny_model})).start()
+    try:
+        assert node.node is not None
+        assert node.node.mesh.local_info().paused == "paused by its owner"
+    finally:
+        node.stop()
+    assert "resumed" in meshd("resume", home=home).stdout
+    assert meshd("pause", "--for", "0", home=home).returncode == 1
