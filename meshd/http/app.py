@@ -26,7 +26,7 @@ from meshd.http.openai import (
     sse,
 )
 from meshd.links import Router
-from meshd.telemetry import Telemetry, routing_kind
+from meshd.telemetry import Telemetry, Tracked, routing_kind
 from meshd.types import Chunk, ModelState
 
 Scope = MutableMapping[str, Any]
@@ -90,11 +90,11 @@ class Door:
         stream = self.router.generate(asked.request)
         try:
             first = await anext(stream)
-        except StopAsyncIteration:
-            raise HttpError(500, "the model sent nothing", "server_error") from None
-        except errors.MeshdError as error:
+        except BaseException as exc:  # a refusal, or the client gone before the first token
             await stream.aclose()
-            tracked.failed(type(error).__name__)
+            if isinstance(exc, StopAsyncIteration):
+                raise HttpError(500, "the model sent nothing", "server_error") from None
+            tracked.failed(type(exc).__name__ if isinstance(exc, errors.MeshdError) else "gone")
             raise
         tracked.token()
         served_by = first.served_by or self.router.peer_id
@@ -113,7 +113,7 @@ class Door:
         first: Chunk,
         stream: AsyncGenerator[Chunk, None],
         headers: dict[str, str],
-        tracked: Any,
+        tracked: Tracked,
     ) -> Response:
         text, last = [first.text], first
         async with contextlib.aclosing(stream) as rest:
@@ -130,7 +130,7 @@ class Door:
         self._finished(tracked, last, headers["x-meshd-served-by"], reason)
         return JSONResponse(body, headers=headers)
 
-    def _finished(self, tracked: Any, last: Chunk, served_by: str, reason: str) -> None:
+    def _finished(self, tracked: Tracked, last: Chunk, served_by: str, reason: str) -> None:
         local = served_by == self.router.peer_id
         tracked.done(last.prompt_tokens, last.tokens, routing_kind(reason, local))
 
@@ -140,7 +140,7 @@ class Door:
         first: Chunk,
         stream: AsyncGenerator[Chunk, None],
         served_by: str,
-        tracked: Any,
+        tracked: Tracked,
     ) -> AsyncIterator[bytes]:
         """SSE: a chunk per piece of text, the finish, the usage when asked, [DONE]. A failure
         after the first token is one `error` event, then the end: never repeated text."""
