@@ -71,6 +71,11 @@ class Settings:
     # Keep the machine from idle sleep: "always" (while the daemon runs), "while-warm" (while it
     # holds a warm model or a lease) or "never". The display may always sleep.
     keep_awake: str = "always"
+    # Yield to the owner (be the mesh's last resort) when other processes use more than this
+    # share of the CPU, or on battery; under critical memory pressure idle models are unloaded.
+    yield_to_host: bool = True
+    yield_busy_cpu: float = 0.75
+    yield_on_battery: bool = True
     # Local hours when this peer takes no mesh requests, e.g. "23:00-07:00" ("": none).
     quiet_hours: str = ""
     # The HTTP door (OpenAI-compatible API, warm endpoint, metrics, chat page). Loopback needs
@@ -174,6 +179,16 @@ def _boolean(value: Any) -> bool:
 KEEP_AWAKE = ("always", "while-warm", "never")
 
 
+def _share(value: Any) -> float:
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"not a share between 0 and 1: {value!r}") from None
+    if not 0 < share <= 1:
+        raise ConfigError(f"not a share between 0 and 1: {value!r}")
+    return share
+
+
 def _quiet_hours(value: Any) -> str:
     from meshd.pause import parse_quiet_hours
 
@@ -240,6 +255,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_backups": _positive_int,
     "keep_awake": _keep_awake,
     "quiet_hours": _quiet_hours,
+    "yield_to_host": _boolean,
+    "yield_busy_cpu": _share,
+    "yield_on_battery": _boolean,
     "http_listen": parse_listen,
     "http_origins": lambda v: tuple(str(o) for o in _list(v)),
     "http_hosts": lambda v: tuple(str(h) for h in _list(v)),

@@ -61,6 +61,7 @@ class Mesh:
         self.rng = random.Random()
         self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
         self.paused: Callable[[], str] = lambda: ""  # why the owner paused this peer, or ""
+        self.yielding = ""  # why this peer's host is busy, or "" (set by the node's watch)
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -83,6 +84,7 @@ class Mesh:
             known,
             self.certificate_expires,
             self.paused(),
+            self.yielding,
         )
 
     def views(self) -> list[PeerView]:
@@ -229,7 +231,9 @@ def _view(
         m.name: dataclasses.replace(m, active=max(m.active, sent.get(m.name, 0) - m.queued))
         for m in info.models
     }
-    return PeerView(info.peer_id, address, local, rtt, info.memory_free, models, info.paused)
+    return PeerView(
+        info.peer_id, address, local, rtt, info.memory_free, models, info.paused, info.yielding
+    )
 
 
 def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:

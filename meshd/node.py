@@ -23,6 +23,7 @@ from meshd.engine import Engine
 from meshd.fdlimit import connection_cap, raise_open_file_limit
 from meshd.fsutil import private_dir
 from meshd.homelock import HomeLock
+from meshd.hostload import HostWatch, YieldRules
 from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
 from meshd.pause import PauseState
@@ -89,6 +90,11 @@ class Node:
         self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
         self.http: HttpServer | None = None
         self.awake = KeepAwake(settings.keep_awake)
+        self.host_watch = HostWatch(
+            YieldRules(settings.yield_busy_cpu, settings.yield_on_battery),
+            self._report_yield,
+            self.engine.unload_idle,
+        )
         self.telemetry.watch(self._gauges)
         self.socket = socket_path(settings.home)
         self.port = 0
@@ -165,6 +171,8 @@ class Node:
             self.table.add(peer)
         self.membership.start()
         self.awake.start(self.engine.holds_warm)
+        if self.settings.yield_to_host:
+            self.host_watch.start(os.getpid())
         if self.settings.discovery and self.port:
             await self._start_discovery()
         http = (
@@ -206,6 +214,9 @@ class Node:
         self.http = http_door(self.settings, self.mesh, self.trust, self.telemetry, cap)
         await self.http.start()
         log.info("HTTP (OpenAI-compatible) on %s/v1", self.http.url)
+
+    def _report_yield(self, reason: str) -> None:
+        self.mesh.yielding = reason
 
     def _grpc_server(self, max_connections: int) -> aio.Server:
         """A server with every service; the TCP one (max_connections > 0) has a connection
@@ -271,6 +282,7 @@ class Node:
             remove_daemon_file(self.settings.home)
             self.socket.unlink(missing_ok=True)
         await self.awake.close()
+        await self.host_watch.close()
         await self.desk.close()
         await self.membership.close()
         await self.pool.close()

@@ -41,6 +41,14 @@ class PeerEntry:
     failures: int = 0  # failed dials in a row
     failing_since: float = 0.0  # monotonic time of the first of them
     next_dial: float = -math.inf  # monotonic time
+    # The peer itself said this is its address (it heartbeat us with a valid certificate):
+    # dialled like a peer that answered, not like a rumour.
+    vouched: bool = False
+
+    @property
+    def answered(self) -> bool:
+        """A peer of this mesh answered here, or vouched for the address itself."""
+        return self.info is not None or self.vouched
 
 
 class PeerTable:
@@ -68,6 +76,7 @@ class PeerTable:
         teller: str = gossip.PERMANENT,
         teller_local: bool = False,
         now: float | None = None,
+        vouched: bool = False,
     ) -> bool:
         """Take an address to heartbeat, if meshd.gossip accepts it from this teller; a new one,
         or one that now announces another peer id (a restarted daemon), is dialled at once."""
@@ -76,7 +85,8 @@ class PeerTable:
             return False
         entry = self.entries.get(normal)
         now = time.monotonic() if now is None else now
-        if entry is None and teller != gossip.PERMANENT and self._still_forgotten(normal, now):
+        rumour = teller != gossip.PERMANENT and not vouched
+        if entry is None and rumour and self._still_forgotten(normal, now):
             return False
         if entry is None:
             told = gossip.Told(normal, teller, teller_local)
@@ -84,8 +94,9 @@ class PeerTable:
             if why is not None:
                 log.debug("not dialling %s (from %s): %s", normal, teller, why)
                 return False
-            self.entries[normal] = PeerEntry(normal, teller)
+            self.entries[normal] = PeerEntry(normal, teller, vouched=vouched)
         else:
+            entry.vouched = entry.vouched or vouched
             if teller == gossip.PERMANENT:
                 entry.teller = teller  # settings outrank gossip
             if not (peer_id and entry.info and entry.info.peer_id != peer_id):
@@ -95,7 +106,7 @@ class PeerTable:
         return True
 
     def _unanswered_counts(self, teller: str) -> tuple[int, int]:
-        unanswered = [e for e in self.entries.values() if e.info is None]
+        unanswered = [e for e in self.entries.values() if not e.answered]
         learned = [e for e in unanswered if e.teller != gossip.PERMANENT]
         return sum(e.teller == teller for e in learned), len(learned)
 
@@ -127,10 +138,12 @@ class PeerTable:
         if entry.failures == 0:
             entry.failing_since = now
         entry.failures += 1
-        answered = entry.info is not None
+        answered = entry.answered
         if gossip.forgotten(entry.teller, entry.failures, now - entry.failing_since, answered):
             log.info("forgetting %s: no answer in %d dials", address, entry.failures)
             self._drop(address)
+            if answered:
+                return  # a peer that was real may come back: it is taken again when told
             self.forgotten[address] = now + gossip.FORGET_AFTER
             while len(self.forgotten) > gossip.MAX_IGNORED:
                 del self.forgotten[next(iter(self.forgotten))]

@@ -6,7 +6,8 @@ Inputs are plain data, so every rule here is unit-tested without a socket:
 - near-equals (within NEAR_EQUAL of the best) are sampled by two random choices; the local
   peer wins ties;
 - no warm peer: the live peer that has the file and the most free memory (it warms, then serves);
-- a paused peer is left out, unless it is this peer and no other can serve.
+- a paused peer is left out, unless it is this peer and no other can serve; a yielding peer
+  (its host busy with its owner's work) serves only when no other peer can.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class PeerView:
     memory_free: int
     models: dict[str, PeerModel] = field(default_factory=dict)  # by name
     paused: str = ""  # why it takes no mesh requests ("" when it does)
+    yielding: str = ""  # why it is the last resort: its owner's work needs the host
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ def choose(
     """The peer to serve model, or None when no live peer has it."""
     skip = set(exclude)
     having = [p for p in peers if p.peer_id not in skip and model in p.models]
-    # A paused peer takes no mesh requests; its owner's own are served there when no one
-    # else can.
-    candidates = [p for p in having if not p.paused] or [p for p in having if p.local]
+    # A paused peer takes no mesh requests (its owner's own are served there when no one else
+    # can); a yielding one is the last resort.
+    open_ = [p for p in having if not p.paused]
+    candidates = [p for p in open_ if not p.yielding] or open_ or [p for p in having if p.local]
     warm = [p for p in candidates if _warm(p, model)]
     if warm:
         return _least_wait(warm, model, rng or random.Random())
@@ -102,7 +105,7 @@ def _who(peer: PeerView) -> str:
 def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
     """Peers that should hold model warm: those already warm first, then most free memory;
     paused peers only when nobody else has it."""
-    having = [p for p in peers if model in p.models and not p.paused] or [
+    having = [p for p in peers if model in p.models and not (p.paused or p.yielding)] or [
         p for p in peers if model in p.models
     ]
     ranked = sorted(having, key=lambda p: (not _warm(p, model), -p.memory_free, not p.local))

@@ -144,6 +144,7 @@ class PeerInfo:
     known_addresses: tuple[str, ...] = ()
     certificate_expires: float = 0.0  # Unix time; 0 outside a mesh
     paused: str = ""  # why it takes no mesh requests now ("" when it does)
+    yielding: str = ""  # why it is the last resort now: its host is busy ("" when it is not)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ os.environ["MESHD_DISCOVERY"] = "false"
 # Daemons outside any mesh serve plaintext loopback TCP; tests/integration/test_security.py
 # turns this off and runs real meshes with mutual TLS.
 os.environ["MESHD_INSECURE_DEV"] = "true"
+# Test daemons share two cores and the page cache with each other: none yields to "its owner's
+# work" because of another test's load. Yielding is tested with samples given to it
+# (test_yield_mesh.py) and the sampler on its own (test_hostload.py).
+os.environ["MESHD_YIELD_TO_HOST"] = "false"
 
 from tinygguf import write_tiny_gguf
 
@@ -98,6 +102,7 @@ def node_settings(home: Path, models: dict[str, Path], **flags: Any) -> Settings
         "threads": 1,
         "insecure_dev": True,
         "http_listen": "127.0.0.1:0",
+        "yield_to_host": False,  # (see MESHD_YIELD_TO_HOST above)
     }
     return load_settings(home, {**base, **flags}, environ={})
 

@@ -257,6 +257,15 @@ class Engine:
                 await self.hosts[name].unload()
             return names
 
+    async def unload_idle(self) -> list[str]:
+        """Unload every loaded model no request is using (pins excepted): the host needs its
+        memory now. Returns their names."""
+        async with self._load_lock:
+            idle = [h for h in self.hosts.values() if h.loaded and not h.busy and not h.pinned]
+            for host in idle:
+                await host.unload()
+            return [h.name for h in idle]
+
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(min(REAP_INTERVAL_S, max(self.keep_alive / 4, 0.05)))

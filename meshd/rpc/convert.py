@@ -253,6 +253,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
         known_addresses=list(info.known_addresses),
         certificate_expires_unix=info.certificate_expires,
         paused=info.paused,
+        yielding=info.yielding,
     )
 
 
@@ -268,6 +269,7 @@ def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
         known_addresses=tuple(m.known_addresses),
         certificate_expires=m.certificate_expires_unix,
         paused=m.paused[:MAX_REASON_CHARS],
+        yielding=m.yielding[:MAX_REASON_CHARS],
     )
 
 

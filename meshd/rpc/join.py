@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from meshd.errors import AccessDenied, ConfigError, PeerUnavailable
+from meshd.errors import AccessDenied, Cancelled, ConfigError, PeerUnavailable
 from meshd.rpc import channels
 from meshd.rpc.status import error_from_rpc
 from meshd.security import pki
@@ -80,7 +80,8 @@ def _join_at(keyring: Keyring, address: str, fingerprint: bytes, secret: bytes) 
         reply = channels.join_stub(channel).Join(request, timeout=JOIN_TIMEOUT_S)
     except grpc.RpcError as exc:
         error = error_from_rpc(exc, address)
-        if isinstance(error, PeerUnavailable):  # it closed between the certificate and the call
+        # It closed between the certificate and the call (or during it: CANCELLED).
+        if isinstance(error, PeerUnavailable | Cancelled):
             raise PeerUnavailable(f"{error}; {LISTENER_GONE}") from None
         raise error from None
     finally:

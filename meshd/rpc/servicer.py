@@ -90,7 +90,10 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         teller = caller.name if caller is not None else request.sender.peer_id
         if not self.trust.refuses_peer(teller):  # heartbeat it back
             self.mesh.table.add(
-                request.sender.address, teller=teller, teller_local=calls_from_here(context)
+                request.sender.address,
+                teller=teller,
+                teller_local=calls_from_here(context),
+                vouched=teller == request.sender.peer_id,  # its own address, from itself
             )
         return pb.HeartbeatReply(
             peer=convert.peer_info_to_pb(self.mesh.local_info()),

@@ -168,6 +168,30 @@ class InviteBook:
             raise InvalidRequest("this invite code is wrong, used or expired: ask for a new one")
         return self.pending[match].role
 
+    def to_records(self, now_unix: float) -> list[dict[str, object]]:
+        """The open invites for a file: each secret's sha256, role and end (Unix time)."""
+        now = self.clock()
+        return [
+            {"sha256": key.hex(), "role": p.role, "expires_unix": now_unix + p.expires - now}
+            for key, p in self.pending.items()
+            if p.expires > now
+        ]
+
+    def take_records(self, records: object, now_unix: float) -> int:
+        """Reopen the invites a file kept (skipping ended or malformed ones); how many."""
+        now, taken = self.clock(), 0
+        for record in records if isinstance(records, list) else []:
+            try:
+                key = bytes.fromhex(str(record["sha256"]))
+                left = float(record["expires_unix"]) - now_unix
+                role = str(record["role"])
+            except (KeyError, TypeError, ValueError):
+                continue
+            if len(key) == 32 and 0 < left <= MAX_TTL_S and 0 < len(role) <= 16:
+                self.pending[key] = _Pending(now + left, role)
+                taken += 1
+        return taken
+
     def expire(self) -> None:
         """Forget expired invites."""
         now = self.clock()

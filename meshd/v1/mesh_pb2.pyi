@@ -675,6 +675,7 @@ class PeerInfo(_message.Message):
     KNOWN_ADDRESSES_FIELD_NUMBER: _builtins.int
     CERTIFICATE_EXPIRES_UNIX_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
+    YIELDING_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
     version: _builtins.str
@@ -686,6 +687,8 @@ class PeerInfo(_message.Message):
     """its mesh certificate's end; 0 outside a mesh"""
     paused: _builtins.str
     """why it takes no mesh requests now; empty when it does"""
+    yielding: _builtins.str
+    """why it is the mesh's last resort now (its owner is busy)"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerModel]: ...
     @_builtins.property
@@ -704,10 +707,11 @@ class PeerInfo(_message.Message):
         known_addresses: _abc.Iterable[_builtins.str] | None = ...,
         certificate_expires_unix: _builtins.float = ...,
         paused: _builtins.str = ...,
+        yielding: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "paused", b"paused", "peer_id", b"peer_id", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "paused", b"paused", "peer_id", b"peer_id", "version", b"version", "yielding", b"yielding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -88,3 +88,21 @@ def test_what_a_revoked_peer_told_is_forgotten() -> None:
     assert sorted(table.entries) == ["10.1.0.2:7070", "10.1.0.3:7070"], (
         "an address that answered vouches for itself"
     )
+
+
+def test_an_address_a_peer_vouches_for_is_dialled_like_a_known_peer() -> None:
+    table = _table()
+    table.add("10.1.0.9:7070", teller="peer-z", vouched=True)  # peer-z heartbeat us from there
+    now = 0.0
+    for _ in range(gossip.NEVER_ANSWERED_TRIES + gossip.GRACE_FAILURES):
+        table.dialling("10.1.0.9:7070")
+        table.record_failure("10.1.0.9:7070", now, interval=1.0)
+        now += 1.0
+    assert "10.1.0.9:7070" in table.entries, "a slow first connection does not lose a peer"
+    table.record_failure("10.1.0.9:7070", now + gossip.FORGET_AFTER, interval=1.0)
+    assert "10.1.0.9:7070" not in table.entries
+    assert table.add("10.1.0.9:7070", teller="peer-z", vouched=True), "it may come back"
+    revoked = {"peer-z"}
+    table.refused = revoked.__contains__
+    table.forget_refused()
+    assert "10.1.0.9:7070" not in table.entries, "a revoked peer's word is worth nothing"
