@@ -170,6 +170,7 @@ class Node:
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer)
         self.membership.start()
+        await self._reopen_invites()
         self.awake.start(self.engine.holds_warm)
         if self.settings.yield_to_host:
             self.host_watch.start(os.getpid())
@@ -214,6 +215,18 @@ class Node:
         self.http = http_door(self.settings, self.mesh, self.trust, self.telemetry, cap)
         await self.http.start()
         log.info("HTTP (OpenAI-compatible) on %s/v1", self.http.url)
+
+    async def _reopen_invites(self) -> None:
+        """Codes made before a restart work on: their listener opens on the port they name."""
+        self.trust.invites.expire()
+        if not self.trust.invites.pending:
+            return
+        port = await self.desk.open(self.trust.invite_port)
+        if port != self.trust.invite_port:
+            log.warning(
+                "port %d of the open invites is taken: they no longer work (make new ones)",
+                self.trust.invite_port,
+            )
 
     def _report_yield(self, reason: str) -> None:
         self.mesh.yielding = reason

@@ -66,8 +66,8 @@ class JoinDesk:
         self.port = 0
         self._watch: asyncio.Task[None] | None = None
 
-    async def open(self) -> int:
-        """Start listening (idempotent); returns the port."""
+    async def open(self, port: int = 0) -> int:
+        """Start listening (idempotent), on port if given (0: any free one); returns the port."""
         if self.server is None:
             ca_key, ca = self.trust.keyring.ca_key(), self.trust.ca
             assert ca is not None
@@ -79,7 +79,11 @@ class JoinDesk:
                 interceptors=[ErrorsAsStatus()],
             )
             access_pb2_grpc.add_JoinServicer_to_server(self.servicer, server)
-            self.port = server.add_secure_port(f"{self.host}:0", tls)
+            # The port open codes name, if it is still free; any port otherwise.
+            self.port = _bind(server, f"{self.host}:{port}", tls) if port else 0
+            self.port = self.port or _bind(server, f"{self.host}:0", tls)
+            if self.port == 0:
+                raise OSError("the join listener cannot bind any port")
             await server.start()
             self.server = server
             self._watch = asyncio.create_task(self._close_when_unused(), name="meshd-join-desk")
@@ -123,8 +127,11 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
             raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
         ttl = request.ttl_seconds or DEFAULT_TTL_S
         hosts = [check_host(host) for host in request.addresses]
-        secret = self.trust.invites.create(ttl)
-        port = await self.desk.open()
+        secret = self.trust.create_invite(ttl)
+        port = await self.desk.open(self.trust.invite_port)
+        if port != self.trust.invite_port:
+            self.trust.invite_port = port
+            self.trust.save_invites()
         hosts = hosts or reachable_hosts(self.desk.host)
         code = InviteCode(
             tuple(f"{h}:{port}" for h in hosts), pki.fingerprint(self.trust.ca), secret
@@ -137,3 +144,11 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
         revoked = self.trust.revoke(request.name)
         number = self.trust.revocations.number
         return apb.RevokeReply(serials=[str(r.serial) for r in revoked], list_number=number)
+
+
+def _bind(server: aio.Server, address: str, tls: grpc.ServerCredentials) -> int:
+    """The port bound, or 0 when the address is taken."""
+    try:
+        return int(server.add_secure_port(address, tls))
+    except RuntimeError:
+        return 0

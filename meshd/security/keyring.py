@@ -45,6 +45,14 @@ class Keyring:
         private_dir(self.dir)
         atomic_write_bytes(self._path(name), data, mode)
 
+    def save_private(self, name: str, data: bytes) -> None:
+        """Keep a file only this user may read, beside the keys."""
+        self._write(name, data, 0o600)
+
+    def read_private(self, name: str) -> bytes | None:
+        """A file kept with save_private, or None."""
+        return self._read(name)
+
     def _read(self, name: str) -> bytes | None:
         try:
             return self._path(name).read_bytes()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 
 from meshd.errors import InvalidRequest
@@ -12,6 +14,7 @@ from meshd.security.keyring import Keyring
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
 log = logging.getLogger("meshd.trust")
+INVITES_FILE = "invites.json"
 
 
 class Trust:
@@ -23,7 +26,10 @@ class Trust:
         self.revocations = keyring.revocations() if self.ca else RevocationList()
         self.revocations_wire = self.revocations.to_bytes()  # sent with every heartbeat
         self.invites = InviteBook()
+        self.invite_port = 0  # where the join listener was, for codes that survive a restart
         self.on_revoked: Callable[[RevocationList], None] | None = None
+        if keyring.is_founder():
+            self._load_invites()
 
     def adopt(self, data: bytes) -> bool:
         """Take a revocation list heard from a peer if the CA signed it and it is newer."""
@@ -57,6 +63,32 @@ class Trust:
         """True when every certificate of this peer id is revoked."""
         return any(r.name == peer_id for r in self.revocations.revoked)
 
+    def create_invite(self, ttl: float) -> bytes:
+        """Founder: a new one-time secret, kept (as a hash) across daemon restarts."""
+        secret = self.invites.create(ttl)
+        self.save_invites()
+        return secret
+
+    def save_invites(self) -> None:
+        """Keep the open invites (hashes, roles, ends) and the listener's port, 0600."""
+        record = {"port": self.invite_port, "invites": self.invites.to_records(time.time())}
+        self.keyring.save_private(INVITES_FILE, json.dumps(record).encode())
+
+    def _load_invites(self) -> None:
+        raw = self.keyring.read_private(INVITES_FILE)
+        if raw is None:
+            return
+        try:
+            record = json.loads(raw)
+            port = int(record.get("port", 0))
+            taken = self.invites.take_records(record.get("invites"), time.time())
+        except (ValueError, TypeError, AttributeError):
+            log.warning("ignored %s: it is damaged", INVITES_FILE)
+            return
+        self.invite_port = port if 0 < port < 65536 else 0
+        if taken:
+            log.info("%d invite(s) still open from before the restart", taken)
+
     def sign_joiner(self, secret: bytes, csr_der: bytes) -> bytes:
         """Founder: redeem an invite secret, and sign the joining peer's certificate (PEM).
         The secret is used up only when a certificate was issued: a malformed request with
@@ -70,5 +102,6 @@ class Trust:
                 ca_key, self.ca, public_key, "peer" if role == "peer" else "client", name
             )
             self.keyring.record_issued(cert)
+        self.save_invites()
         log.info("signed a certificate for %s (%s) after an invite", name, role)
         return pki.cert_pem(cert)

@@ -116,3 +116,19 @@ def test_the_demo_answers_through_a_two_peer_mutual_tls_mesh(
     founder_id = Keyring(tmp_path / "mesh" / "founder").peer_id()
     assert f"routed to {founder_id}: warm on {founder_id}" in " ".join(out.split())
     assert not list(tmp_path.glob("mesh/*/daemon.json")), "both daemons stopped"
+
+
+def test_an_invite_outlives_a_restart_of_the_founder(tmp_path: Path, tiny_model: Path) -> None:
+    founder, friend = tmp_path / "founder", tmp_path / "friend"
+    assert meshd("init", "--name", "friends", home=founder).returncode == 0
+    with _daemon(founder):
+        invited = meshd("invite", "--ttl", "10m", home=founder)
+        code = re.search(r"MESHD-[A-Z0-9]+", invited.stdout)
+        assert invited.returncode == 0 and code, invited.stdout
+    kept = founder / "tls" / "invites.json"
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
+    with _daemon(founder):  # restarted: the code works, once
+        joined = meshd("join", code.group(0), "--no-service", home=friend)
+        assert joined.returncode == 0 and "joined mesh friends" in joined.stdout, joined.stderr
+        again = meshd("join", code.group(0), "--no-service", home=tmp_path / "late")
+        assert again.returncode == 1 and "used or" in again.stderr

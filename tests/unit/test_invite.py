@@ -248,3 +248,18 @@ def test_wrong_secrets_are_limited_to_five_a_minute() -> None:
         book.redeem(good)
     book.wrong[0] -= 61  # the oldest wrong guess leaves the window
     assert book.redeem(good) == "peer"
+
+
+def test_open_invites_are_kept_as_hashes_and_taken_back() -> None:
+    clock = Clock()
+    book = InviteBook(clock=clock)
+    secret = book.create(ttl=600)
+    book.create(ttl=10, role="app")
+    clock.now += 20  # the second has ended
+    records = book.to_records(now_unix=1_000_000.0)
+    assert len(records) == 1 and secret.hex() not in str(records), "only a hash is kept"
+    again = InviteBook(clock=Clock())
+    damaged = [{"sha256": "zz"}, {"sha256": "ab" * 32, "role": "peer", "expires_unix": 1.0}]
+    assert again.take_records([*records, *damaged], now_unix=1_000_100.0) == 1
+    assert again.redeem(secret) == "peer"
+    assert again.take_records("not a list", now_unix=0.0) == 0
