@@ -13,7 +13,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import MeshdError, PeerUnavailable
 
-from . import doctor, logs, mesh, owner, service, store, talk
+from . import ca, doctor, logs, mesh, owner, service, store, talk
 from .common import HomeOption, console, err_console, errors_as_exit
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -169,6 +169,7 @@ app.command()(logs.logs)
 app.command()(owner.pause)
 app.command()(owner.resume)
 app.add_typer(service.app, name="service")
+app.add_typer(ca.app, name="ca")
 
 
 def main() -> None:

@@ -124,7 +124,9 @@ class AdminServicer(access_pb2_grpc.AdminServicer):
         self, request: apb.CreateInviteRequest, context: aio.ServicerContext[Any, Any]
     ) -> apb.CreateInviteReply:
         if not self.trust.keyring.is_founder() or self.trust.ca is None:
-            raise ConfigError("only the founder (the peer that ran `meshd init`) can invite")
+            raise ConfigError(
+                "only a CA holder can invite: the founder, or a peer that ran `meshd ca restore`"
+            )
         ttl = request.ttl_seconds or DEFAULT_TTL_S
         hosts = [check_host(host) for host in request.addresses]
         secret = self.trust.create_invite(ttl)

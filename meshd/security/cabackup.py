@@ -22,13 +22,16 @@ def _key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
     return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode())
 
 
-def seal(ca_key_pem: bytes, ca_cert_pem: bytes, passphrase: str) -> bytes:
-    """A backup file's bytes: the CA key and certificate, encrypted with the passphrase."""
+def seal(ca_key_pem: bytes, ca_cert_pem: bytes, passphrase: str, issued: bytes = b"[]") -> bytes:
+    """A backup file's bytes: the CA key and certificate (and the record of what it issued),
+    encrypted with the passphrase."""
     if len(passphrase) < MIN_PASSPHRASE:
         raise ConfigError(f"the passphrase needs at least {MIN_PASSPHRASE} characters")
     salt, nonce = os.urandom(16), os.urandom(12)
     key = _key(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    plain = json.dumps({"key": ca_key_pem.decode(), "certificate": ca_cert_pem.decode()})
+    plain = json.dumps(
+        {"key": ca_key_pem.decode(), "certificate": ca_cert_pem.decode(), "issued": issued.decode()}
+    )
     sealed = AESGCM(key).encrypt(nonce, plain.encode(), KIND.encode())
     record = {
         "kind": KIND,
@@ -45,9 +48,9 @@ def seal(ca_key_pem: bytes, ca_cert_pem: bytes, passphrase: str) -> bytes:
     return json.dumps(record, indent=1).encode()
 
 
-def unseal(data: bytes, passphrase: str) -> tuple[bytes, bytes]:
-    """The CA key and certificate (PEM) from a backup; AccessDenied for a wrong passphrase,
-    ConfigError for a file that is not a backup."""
+def unseal(data: bytes, passphrase: str) -> tuple[bytes, bytes, bytes]:
+    """The CA key and certificate (PEM) and the issued record from a backup; AccessDenied for
+    a wrong passphrase, ConfigError for a file that is not a backup."""
     try:
         record = json.loads(data)
         if record.get("kind") != KIND or record["kdf"]["name"] != "scrypt":
@@ -66,4 +69,4 @@ def unseal(data: bytes, passphrase: str) -> tuple[bytes, bytes]:
     except (InvalidTag, ValueError):
         raise AccessDenied("wrong passphrase, or the backup was changed") from None
     inner = json.loads(plain)
-    return inner["key"].encode(), inner["certificate"].encode()
+    return inner["key"].encode(), inner["certificate"].encode(), inner["issued"].encode()

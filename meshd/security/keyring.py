@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshd.errors import ConfigError, quoted
 from meshd.fsutil import atomic_write_bytes, private_dir
-from meshd.security import apikeys, pki
+from meshd.security import apikeys, cabackup, pki
 from meshd.security.credentials import TlsCredentials
 from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
@@ -92,14 +92,17 @@ class Keyring:
         return TlsCredentials(ca, cert, pki.key_pem(self.peer_key()))
 
     def is_founder(self) -> bool:
-        """True on the peer that holds the CA key."""
+        """True on a peer that holds the CA key (the founder, or a restored CA holder)."""
         return self._path("ca.key").exists()
 
     def ca_key(self) -> ec.EllipticCurvePrivateKey:
-        """The CA key; only the founder has it."""
+        """The CA key; only CA holders (the founder, peers that restored a backup) have it."""
         stored = self._read("ca.key")
         if stored is None:
-            raise ConfigError("only the peer that ran `meshd init` can do this (it holds the CA)")
+            raise ConfigError(
+                "only a CA holder can do this: the peer that ran `meshd init`, or one that ran "
+                "`meshd ca restore`"
+            )
         return pki.load_key(stored)
 
     # -- joining and leaving ---------------------------------------------------------------
@@ -197,6 +200,30 @@ class Keyring:
             revocations = self.revocations().with_revoked(ca_key, matches)
             self.save_revocations(revocations)
         return revocations, matches
+
+    def ca_backup(self, passphrase: str) -> bytes:
+        """CA holder: the CA key and certificate, and the record of what it issued (so that
+        revoking by name works on the peer that restores it), sealed with a passphrase."""
+        ca = self.ca()
+        assert ca is not None
+        issued = json.dumps(self.issued()).encode()
+        return cabackup.seal(pki.key_pem(self.ca_key()), pki.cert_pem(ca), passphrase, issued)
+
+    def ca_restore(self, data: bytes, passphrase: str) -> None:
+        """Make this peer (a member of the same mesh) a CA holder from a backup."""
+        key_pem, cert_pem, issued = cabackup.unseal(data, passphrase)
+        ca = self.ca()
+        if ca is None:
+            raise ConfigError("join the mesh first (`meshd join CODE`), then restore its CA")
+        if pki.fingerprint(pki.load_cert(cert_pem)) != pki.fingerprint(ca):
+            raise ConfigError("this backup holds the CA of another mesh")
+        if pki.load_key(key_pem).public_key() != ca.public_key():
+            raise ConfigError("the backup's key does not belong to its certificate")
+        with self._locked():
+            known = {r["serial"] for r in self.issued()}
+            merged = [*self.issued(), *(r for r in json.loads(issued) if r["serial"] not in known)]
+            self._write("issued.json", json.dumps(merged, indent=1).encode(), 0o600)
+        self._write("ca.key", key_pem, 0o600)
 
     def client_bundle(self, name: str, addresses: list[str]) -> bytes:
         """Founder: a credential bundle for an app (JSON, holds a private key: keep it 0600)."""

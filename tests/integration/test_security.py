@@ -16,7 +16,7 @@ import psutil
 import pytest
 from conftest import NodeThread
 from grpc_health.v1 import health_pb2
-from helpers import RawListener, eventually
+from helpers import RawListener, eventually, meshd
 from meshes import Start, admin, credentials_of, founder, invite_code, joined
 
 from meshd.client import MeshClient
@@ -324,3 +324,35 @@ def test_the_right_secret_with_a_malformed_request_leaves_the_invite_open(
     assert Keyring(tmp_path / "b").ca() is not None
     with pytest.raises(AccessDenied, match="used or expired"):
         join_mesh(tmp_path / "c", code)
+
+
+def test_a_restored_ca_holder_invites_and_revokes(tmp_path: Path, start_peer: Start) -> None:
+    a = founder(tmp_path, start_peer)
+    b = joined(tmp_path, start_peer, a, "b", models={})
+    secret = tmp_path / "passphrase"
+    secret.write_text("a long passphrase\n")
+    backup = tmp_path / "ca.backup"
+    made = meshd(
+        "ca", "backup", "--out", str(backup), "--passphrase-file", str(secret), home=tmp_path / "a"
+    )
+    assert made.returncode == 0, made.stderr
+    assert oct(backup.stat().st_mode & 0o777) == "0o600"
+    wrong = tmp_path / "wrong"
+    wrong.write_text("not the passphrase")
+    refused = meshd(
+        "ca", "restore", str(backup), "--passphrase-file", str(wrong), home=tmp_path / "b"
+    )
+    assert refused.returncode == 1 and "wrong passphrase" in refused.stderr
+    assert not Keyring(tmp_path / "b").is_founder()
+    restored = meshd(
+        "ca", "restore", str(backup), "--passphrase-file", str(secret), home=tmp_path / "b"
+    )
+    assert restored.returncode == 0, restored.stderr
+    c = joined(tmp_path, start_peer, b, "c", models={})  # invited by b, not by the founder
+    assert c.node is not None and a.node is not None
+    c_id = c.node.peer_id
+    live_at_a = a.node.table.live
+    eventually(lambda: c_id in {e.info.peer_id for e in live_at_a(time.monotonic()) if e.info})
+    assert meshd("revoke", c_id, home=tmp_path / "b").returncode == 0
+    refuses = a.node.trust.refuses_peer
+    eventually(lambda: refuses(c_id))  # the founder honours a list the restored holder signed

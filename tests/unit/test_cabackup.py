@@ -16,7 +16,7 @@ def test_a_backup_opens_with_its_passphrase_only() -> None:
     key_pem, cert_pem = pki.key_pem(key), pki.cert_pem(ca)
     sealed = seal(key_pem, cert_pem, "correct horse battery")
     assert key_pem not in sealed and b"PRIVATE" not in sealed
-    assert unseal(sealed, "correct horse battery") == (key_pem, cert_pem)
+    assert unseal(sealed, "correct horse battery") == (key_pem, cert_pem, b"[]")
     with pytest.raises(AccessDenied, match="wrong passphrase"):
         unseal(sealed, "correct horse batterY")
     changed = json.loads(sealed)
