@@ -93,6 +93,16 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("serve",), "home"),  # a second daemon on the same home
     (("doctor",), "file"),
     (("demo", "--max-tokens", "-1"), "empty"),
+    (("pause", "--for", "soon"), "empty"),
+    (("pause", "--for", "0"), "empty"),
+    (("ca", "restore", "/nonexistent/ca.backup", "--passphrase-file", "{file}"), "home"),
+    (("ca", "restore", "{file}", "--passphrase-file", "{file}"), "home"),
+    (("ca", "backup", "--out", "{file}", "--passphrase-file", "{file}"), "home"),
+    (("logs", "-n", "-1"), "home"),
+    (("logs",), "empty"),
+    (("open", "--print"), "empty"),
+    (("service", "install", "--at-boot"), "file"),
+    (("invite", "--api-key"), "home"),
 ]
 
 
