@@ -17,6 +17,8 @@ import shutil
 import sys
 from collections.abc import Callable
 
+from meshd.tasks import stop_task
+
 log = logging.getLogger("meshd.awake")
 POLICIES = ("always", "while-warm", "never")
 CHECK_EVERY_S = 5.0
@@ -108,10 +110,7 @@ class KeepAwake:
     async def close(self) -> None:
         """Stop following the policy and let the machine sleep (idempotent)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         await self._release()
 
 

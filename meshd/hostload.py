@@ -10,7 +10,6 @@ under critical memory pressure its idle models are unloaded at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import subprocess
 import sys
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from meshd.tasks import stop_task
 
 log = logging.getLogger("meshd.host")
 NORMAL, WARN, CRITICAL = "normal", "warn", "critical"
@@ -166,7 +167,4 @@ class HostWatch:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)

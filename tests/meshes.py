@@ -41,3 +41,31 @@ def credentials_of(home: Path) -> TlsCredentials:
     found = Keyring(home).credentials()
     assert found is not None
     return found
+
+
+FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
+
+
+def served_by(node: NodeThread) -> str:
+    """Which peer served a small completion asked of node."""
+    from meshd.client import MeshClient
+
+    with MeshClient(node.address) as mesh:
+        return mesh.complete("tiny", "Hello", max_tokens=2).served_by
+
+
+def two_warm_peers(start: Start) -> tuple[NodeThread, NodeThread]:
+    """Two loopback peers (insecure-dev), each with its own warm copy of tiny, live to each
+    other, b serving what is asked of it."""
+    import time
+
+    from helpers import eventually
+
+    a = start(**FAST)
+    b = start(peers=[a.address], **FAST)
+    assert a.node is not None and b.node is not None
+    for node in (a, b):  # each its own copy (a Warm asked of b may be served by a warm a)
+        node.call(node.engine.warm("tiny", wait=True))
+    b_id = b.node.peer_id
+    eventually(lambda: served_by(b) == b_id and len(a.node.table.live(time.monotonic())) == 1)
+    return a, b

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
 from meshd.security.invite import DEFAULT_TTL_S, InviteCode, check_host
 from meshd.security.trust import Trust
+from meshd.tasks import stop_task
 from meshd.v1 import access_pb2 as apb, access_pb2_grpc
 
 log = logging.getLogger("meshd.access")
@@ -105,10 +105,7 @@ class JoinDesk:
     async def close(self) -> None:
         """Stop listening (idempotent)."""
         watch, self._watch = self._watch, None
-        if watch is not None:
-            watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watch
+        await stop_task(watch)
         server, self.server = self.server, None
         if server is not None:
             await server.stop(0)

@@ -5,7 +5,6 @@ learned addresses are taken and how often a failing one is dialled is meshd.goss
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -17,6 +16,7 @@ from meshd.gossip import MAX_PER_TELLER, host_of
 from meshd.peers import PeerTable
 from meshd.rpc import channels, convert
 from meshd.security.trust import Trust
+from meshd.tasks import stop_task
 from meshd.types import PeerInfo
 from meshd.v1 import mesh_pb2 as pb
 
@@ -57,10 +57,7 @@ class Membership:
         for first in list(self._first_beats):
             first.cancel()
         await asyncio.gather(*self._first_beats, return_exceptions=True)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
 
     async def _run(self) -> None:
         next_round = time.monotonic()

@@ -181,15 +181,12 @@ def _unary(
 ) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if isinstance(request, Malformed):
-                raise errors.InvalidRequest(request.message)
+            _refuse_malformed(request)
             return await behavior(request, context)
-        except errors.MeshdError as error:
-            await abort_with(context, error)
         except aio.AbortError:
             raise
         except Exception as exc:
-            await abort_with(context, unexpected(exc))
+            await _abort(context, exc, unexpected)
 
     return call
 
@@ -199,15 +196,26 @@ def _stream(
 ) -> Callable[..., Any]:
     async def call(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         try:
-            if isinstance(request, Malformed):
-                raise errors.InvalidRequest(request.message)
+            _refuse_malformed(request)
             async for item in behavior(request, context):
                 yield item
-        except errors.MeshdError as error:
-            await abort_with(context, error)
         except aio.AbortError:
             raise
         except Exception as exc:
-            await abort_with(context, unexpected(exc))
+            await _abort(context, exc, unexpected)
 
     return call
+
+
+def _refuse_malformed(request: Any) -> None:
+    if isinstance(request, Malformed):
+        raise errors.InvalidRequest(request.message)
+
+
+async def _abort(
+    context: aio.ServicerContext[Any, Any],
+    exc: Exception,
+    unexpected: Callable[[Exception], errors.MeshdError],
+) -> None:
+    """End the call: a MeshdError with its own status, anything else as INTERNAL."""
+    await abort_with(context, exc if isinstance(exc, errors.MeshdError) else unexpected(exc))

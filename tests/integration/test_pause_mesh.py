@@ -11,28 +11,18 @@ from pathlib import Path
 import pytest
 from conftest import NodeThread, node_settings
 from helpers import eventually, meshd
+from meshes import served_by, two_warm_peers
 
 from meshd.client import MeshClient
 from meshd.errors import PeerUnavailable
-
-FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
-
-
-def served_by(node: NodeThread) -> str:
-    with MeshClient(node.address) as mesh:
-        return mesh.complete("tiny", "Hello", max_tokens=2).served_by
 
 
 def test_pause_and_resume_move_the_mesh_s_requests(
     start_node: Callable[..., NodeThread], tiny_model: Path
 ) -> None:
-    a = start_node(**FAST)
-    b = start_node(peers=[a.address], **FAST)
+    a, b = two_warm_peers(start_node)
     assert a.node is not None and b.node is not None
-    for node in (a, b):  # each its own copy (a Warm asked of b may be served by a warm a)
-        node.call(node.engine.warm("tiny", wait=True))
     a_id, b_id = a.node.peer_id, b.node.peer_id
-    eventually(lambda: served_by(b) == b_id and len(a.node.table.live(time.monotonic())) == 1)
 
     paused = meshd("pause", "--for", "1h", home=b.settings.home)
     assert paused.returncode == 0 and "paused until" in paused.stdout
