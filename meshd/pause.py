@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -96,8 +97,18 @@ class PauseState:
     def __init__(self, home: Path, quiet_hours: str) -> None:
         self.home = home
         self.quiet = parse_quiet_hours(quiet_hours)
+        self._seen: tuple[int, ...] | None = None  # the pause file's stat when read
+        self._read: tuple[bool, float | None] = (False, None)
 
     def why(self) -> str:
-        paused, until = read_pause(self.home)
-        now = time.time()
-        return paused_why(until, paused, self.quiet, now, dt.datetime.now())
+        """Asked on every routing decision and heartbeat: the file is read again only when a
+        stat says it changed."""
+        try:
+            st = os.stat(self.home / PAUSE_FILE)
+            seen: tuple[int, ...] | None = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except OSError:
+            seen = None
+        if seen != self._seen:
+            self._seen, self._read = seen, read_pause(self.home)
+        paused, until = self._read
+        return paused_why(until, paused, self.quiet, time.time(), dt.datetime.now())
