@@ -108,6 +108,13 @@ def warm(
     model: str = typer.Argument(..., help="Model name."),
     lease: str = typer.Option("5m", help="Keep it warm at least this long."),
     wait: bool = typer.Option(False, "--wait", help="Return only once it is warm."),
+    replicas: int = typer.Option(
+        1,
+        "--replicas",
+        min=1,
+        max=16,
+        help="Warm it on this many peers; peers that lack the file pull a copy first.",
+    ),
     addr: str | None = AddrOption,
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
@@ -116,7 +123,7 @@ def warm(
     with errors_as_exit():
         lease_s = parse_duration(lease)
         with open_client(addr, home) as mesh:
-            result = mesh.warm(model, lease=lease_s, wait=wait)
+            result = mesh.warm(model, lease=lease_s, wait=wait, replicas=replicas)
     if json_out:
         print_json(result)
         return
@@ -125,6 +132,11 @@ def warm(
         f"{result.model}: {result.state}{eta} on {result.served_by}; "
         f"warm for {human_until(result.warm_until)}"
     )
+    if replicas > 1:
+        console.print(
+            f"asked for {replicas} warm copies: `meshd status` shows the peers holding them "
+            "and any copy still being pulled"
+        )
 
 
 def models(
@@ -269,8 +281,10 @@ def status(
         state = "this peer" if peer.local else ("[green]live[/]" if peer.alive else "[red]down[/]")
         if info.paused:
             state += f" [yellow]({info.paused})[/]"
+        elif info.yielding:
+            state += f" [yellow](yielding: {info.yielding})[/]"
         row = [
-            info.peer_id,
+            info.peer_id + (" (CA)" if info.ca_holder else ""),
             info.address,
             state,
             ", ".join(warm_models) or "-",
@@ -282,6 +296,15 @@ def status(
         ]
         table.add_row(*row, *([info.version] if skew else []))
     console.print(table)
+    for peer in seen.peers:
+        for pull in peer.info.pulls:
+            total = pull.total_bytes
+            share = f"{100 * pull.done_bytes / total:.0f}% of " if total else ""
+            console.print(
+                f"{peer.info.peer_id} is pulling a replica of {pull.model} from {pull.source}: "
+                f"{share}{human_bytes(pull.total_bytes or pull.done_bytes)}",
+                highlight=False,
+            )
     for record in list(seen.recent)[-decisions:]:
         console.print(
             f"[dim]{human_ago(record.at)}: {record.model} → {record.peer_id}: {record.reason}[/]",

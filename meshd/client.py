@@ -133,8 +133,11 @@ class _Core(abc.ABC):
         credentials: TlsCredentials | None = None,
         timeout: float = DEFAULT_TIMEOUT_S,
         generate_timeout: float = GENERATE_TIMEOUT_S,
+        peer_id: str = "",
     ) -> None:
         self.credentials = credentials
+        # With mutual TLS and a peer id, only a certificate naming that peer is accepted.
+        self.peer_id = peer_id
         self.timeout, self.generate_timeout = timeout, generate_timeout
         self.addresses = [address] if isinstance(address, str) else list(address)
         if not self.addresses:
@@ -218,7 +221,9 @@ class MeshClient(_Core):
     """A blocking client for a mesh: one peer's address, or several to fail over between."""
 
     def _connect(self) -> None:
-        self._channels = [channels.open_channel(a, self.credentials) for a in self.addresses]
+        self._channels = [
+            channels.open_channel(a, self.credentials, peer_id=self.peer_id) for a in self.addresses
+        ]
         self._mesh = [channels.mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
 
@@ -318,7 +323,9 @@ class AsyncMeshClient(_Core):
     """The asyncio face of the same client; create and use it inside a running loop."""
 
     def _connect(self) -> None:
-        self._channels = [channels.open_aio_channel(a, self.credentials) for a in self.addresses]
+        self._channels = [
+            channels.open_aio_channel(a, self.credentials, self.peer_id) for a in self.addresses
+        ]
         self._mesh = [channels.aio_mesh_stub(c) for c in self._channels]
         self._health = [channels.health_stub(c) for c in self._channels]
 

@@ -76,8 +76,15 @@ class Settings:
     yield_to_host: bool = True
     yield_busy_cpu: float = 0.75
     yield_on_battery: bool = True
+    # Models kept warm on this many peers while apps use them through this peer, e.g.
+    # {gemma = 2}: peers that lack the file pull a copy from one that has it.
+    auto_replicas: tuple[tuple[str, int], ...] = ()
+    # Renew this peer's mesh certificate from a CA holder once it ends within this long.
+    renew_before: float = 30 * 86400.0
     # Local hours when this peer takes no mesh requests, e.g. "23:00-07:00" ("": none).
     quiet_hours: str = ""
+    # While paused (or in quiet hours), unload models unused this long (pins excepted; 0: keep).
+    paused_unload_after: float = 1800.0
     # The HTTP door (OpenAI-compatible API, warm endpoint, metrics, chat page). Loopback needs
     # no key; any other address needs API keys (`meshd invite --client --api-key`).
     http: bool = True
@@ -177,6 +184,7 @@ def _boolean(value: Any) -> bool:
 
 
 KEEP_AWAKE = ("always", "while-warm", "never")
+MAX_AUTO_REPLICAS = 16
 
 
 def _share(value: Any) -> float:
@@ -209,6 +217,22 @@ def _list(value: Any) -> list[str]:
 
 def _pins(value: Any) -> frozenset[str]:
     return frozenset(_list(value))
+
+
+def _auto_replicas(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    else:
+        pairs = [item.partition("=")[::2] for item in _list(value)]
+    counts = []
+    for name, count in pairs:
+        if not MODEL_NAME.match(str(name).strip()):
+            raise ConfigError(f"bad model name {str(name)!r}")
+        number = _positive_int(count)
+        if number > MAX_AUTO_REPLICAS:
+            raise ConfigError(f"{name}: at most {MAX_AUTO_REPLICAS} replicas, got {number}")
+        counts.append((str(name).strip(), number))
+    return tuple(counts)
 
 
 def _mesh_id(value: str) -> str:
@@ -255,6 +279,9 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "log_backups": _positive_int,
     "keep_awake": _keep_awake,
     "quiet_hours": _quiet_hours,
+    "paused_unload_after": parse_duration,
+    "auto_replicas": _auto_replicas,
+    "renew_before": parse_duration,
     "yield_to_host": _boolean,
     "yield_busy_cpu": _share,
     "yield_on_battery": _boolean,

@@ -18,6 +18,7 @@ from meshd.client import MeshClient
 from meshd.config import Settings
 from meshd.daemonfile import running_daemon
 from meshd.errors import InvalidModelFile, MeshdError
+from meshd.renewal import read_record
 from meshd.security.credentials import TlsCredentials
 from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
@@ -47,7 +48,7 @@ def _identity(keyring: Keyring) -> Check:
     if ca is None:
         fix = "run `meshd init --name NAME` on the first peer, `meshd join CODE` on the others"
         return Check("mesh identity", "fail", "this peer belongs to no mesh", fix)
-    role = "founder (holds the mesh CA)" if keyring.is_founder() else "member"
+    role = "CA holder (invites, revokes, renews)" if keyring.is_founder() else "member"
     return Check("mesh identity", "ok", f"{keyring.peer_id()}, {role}")
 
 
@@ -56,12 +57,18 @@ def _certificate(keyring: Keyring) -> Check:
     if cert is None:
         return Check("certificate", "skip", "no certificate yet")
     days = (cert.not_valid_after_utc.timestamp() - time.time()) / 86400
-    fix = "ask the founder for a new invite, then `meshd leave` and `meshd join CODE`"
+    fix = "ask a CA holder for a new invite, then `meshd leave` and `meshd join CODE`"
     if days <= 0:
         return Check("certificate", "fail", "expired: peers refuse this peer", fix)
+    renewal = read_record(keyring)
+    if renewal.failing:
+        since = time.strftime("%Y-%m-%d %H:%M", time.localtime(renewal.failing_since))
+        why = f"renewal failed {renewal.failures} times since {since}: {renewal.last_error}"
+        fix = "keep the daemon running while a CA holder is reachable (it renews by itself)"
+        return Check("certificate", "warn", f"expires in {days:.0f} days; {why}", fix)
     if days < CERT_WARN_DAYS:
         return Check("certificate", "warn", f"expires in {days:.0f} days", fix)
-    return Check("certificate", "ok", f"valid for {days:.0f} more days")
+    return Check("certificate", "ok", f"valid for {days:.0f} more days, renewed automatically")
 
 
 def _daemon(record: dict[str, str] | None) -> tuple[Check, MeshStatus | None]:
@@ -129,7 +136,10 @@ def _peer(peer_id: str, address: str, alive: bool, credentials: TlsCredentials |
     name = f"peer {peer_id}"
     try:
         asked = time.time()
-        with MeshClient(address, credentials=credentials, timeout=PEER_TIMEOUT_S) as peer:
+        client = MeshClient(
+            address, credentials=credentials, timeout=PEER_TIMEOUT_S, peer_id=peer_id
+        )
+        with client as peer:
             clock = peer.status().clock
         answered = time.time()
     except MeshdError as error:

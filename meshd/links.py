@@ -1,17 +1,20 @@
-"""The two interfaces between the mesh and its transport, so that neither imports the other.
+"""The interfaces between the mesh and its transport, so that neither imports the other.
 
 - `PeerLink`: how this peer's router asks another peer (generate, warm). Its gRPC
   implementation is `meshd.rpc.links.GrpcLink`; tests use in-memory links.
+- `ReplicaFetcher`: how this peer's router copies a model file from another peer
+  (`meshd.replicas.PeerFetcher`).
 - `Router`: what the gRPC servicer (one door in) needs of this peer's router; `meshd.mesh.Mesh`
   is the one implementation.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Protocol
 
-from meshd.types import Chunk, GenerateRequest, MeshStatus, PeerInfo, WarmResult
+from meshd.types import Chunk, GenerateRequest, MeshStatus, PeerInfo, ReplicaPull, WarmResult
 
 if TYPE_CHECKING:
     from meshd.engine import Engine
@@ -19,16 +22,43 @@ if TYPE_CHECKING:
 
 
 class PeerLink(Protocol):
-    """Requests to another peer, by its address; failures raise meshd errors."""
+    """Requests to another peer, by its address and the peer id its certificate must name;
+    failures raise meshd errors."""
 
-    def generate(self, address: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+    def generate(
+        self, address: str, peer_id: str, request: GenerateRequest
+    ) -> AsyncGenerator[Chunk, None]:
         """Stream the completion that peer serves (or routes; request.hops says how far)."""
         ...
 
     async def warm(
-        self, address: str, model: str, lease: float, wait: bool, hops: int
+        self,
+        address: str,
+        peer_id: str,
+        model: str,
+        lease: float,
+        wait: bool,
+        hops: int,
+        pull_from: str = "",
     ) -> WarmResult:
-        """Warm model on that peer."""
+        """Warm model on that peer; pull_from names a peer it copies the file from first."""
+        ...
+
+    async def renew_certificate(self, address: str, peer_id: str) -> bytes:
+        """A new certificate (PEM) for this peer's key, from the CA holder at address."""
+        ...
+
+
+class ReplicaFetcher(Protocol):
+    """How this peer copies a model file from another peer, then warms it (a replica)."""
+
+    def start(self, model: str, address: str, source: str, lease: float) -> asyncio.Task[None]:
+        """Pull model from the peer at address (peer id source), then warm it for the lease;
+        a pull of the same model under way is joined, not repeated."""
+        ...
+
+    def pulling(self) -> tuple[ReplicaPull, ...]:
+        """The pulls under way, with their progress."""
         ...
 
 
@@ -42,7 +72,7 @@ class Router(Protocol):
     def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]: ...
 
     async def warm(
-        self, model: str, lease: float, wait: bool, replicas: int, hops: int
+        self, model: str, lease: float, wait: bool, replicas: int, hops: int, pull_from: str = ""
     ) -> WarmResult: ...
 
     def local_info(self) -> PeerInfo: ...

@@ -7,21 +7,37 @@ failure is reported as UNAVAILABLE with the text so far marked partial, never re
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Mapping
 
 from meshd import __version__
 from meshd.engine import Engine
 from meshd.engine.validate import validate_warm
-from meshd.errors import ModelNotFound, Overloaded, PeerUnavailable
-from meshd.links import PeerLink
+from meshd.errors import (
+    InvalidRequest,
+    MeshdError,
+    ModelNotFound,
+    Overloaded,
+    PeerUnavailable,
+    quoted,
+)
+from meshd.links import PeerLink, ReplicaFetcher
 from meshd.peers import PeerTable
-from meshd.routing import MAX_HOPS, Decision, PeerView, choose, warm_targets
+from meshd.routing import (
+    MAX_HOPS,
+    Decision,
+    PeerView,
+    choose,
+    replica_source,
+    replica_targets,
+    warm_targets,
+)
 from meshd.store import parse_name
 from meshd.types import (
     Chunk,
@@ -37,6 +53,7 @@ from meshd.types import (
 log = logging.getLogger("meshd.mesh")
 RECENT_DECISIONS = 50
 RETRYABLE = (PeerUnavailable, Overloaded)
+ASSUMED_PULL_BYTES_S = 100e6  # a replica's expected wait, before its pull has begun
 
 
 class Mesh:
@@ -62,6 +79,9 @@ class Mesh:
         self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
         self.paused: Callable[[], str] = lambda: ""  # why the owner paused this peer, or ""
         self.yielding = ""  # why this peer's host is busy, or "" (set by the node's watch)
+        self.ca_holder: Callable[[], bool] = lambda: False  # it may invite, revoke, renew
+        self.fetcher: ReplicaFetcher | None = None  # copies model files for replicas
+        self.routed_at: dict[str, float] = {}  # model → when a request for it last came in here
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -85,6 +105,8 @@ class Mesh:
             self.certificate_expires,
             self.paused(),
             self.yielding,
+            self.ca_holder(),
+            self.fetcher.pulling() if self.fetcher else (),
         )
 
     def views(self) -> list[PeerView]:
@@ -134,6 +156,7 @@ class Mesh:
         failure: Exception | None = None
         while True:
             decision = self._decide(request.model, tried, failure)
+            self.routed_at[request.model] = time.monotonic()
             started = False
             try:
                 async with contextlib.aclosing(self._serve(decision, request)) as chunks:
@@ -180,7 +203,7 @@ class Mesh:
         sent = self.outstanding[decision.peer.peer_id]
         sent[request.model] += 1
         try:
-            relayed = self.link.generate(decision.peer.address, forwarded)
+            relayed = self.link.generate(decision.peer.address, decision.peer.peer_id, forwarded)
             async with contextlib.aclosing(relayed):
                 async for chunk in relayed:
                     tokens = chunk.tokens
@@ -198,27 +221,104 @@ class Mesh:
     # -- warm ------------------------------------------------------------------------------
 
     async def warm(
-        self, model: str, lease: float, wait: bool, replicas: int, hops: int
+        self,
+        model: str,
+        lease: float,
+        wait: bool,
+        replicas: int,
+        hops: int,
+        pull_from: str = "",
     ) -> WarmResult:
-        """Warm model on the best peer(s) of the mesh and hold it there for the lease."""
+        """Warm model on the best peer(s) of the mesh and hold it there for the lease; when fewer
+        than replicas peers hold its file, peers with room pull a copy first. pull_from (from
+        another peer's router) asks this peer to pull the file from that peer, then warm it."""
         parse_name(model, field="model")
         validate_warm(lease, replicas)
         self._refuse_if_paused(hops)
         await self.engine.refresh()
-        targets = warm_targets(self.views(), model, replicas)
+        if pull_from and model not in self.engine.hosts:
+            return await self._pull_replica(model, lease, wait, pull_from)
+        views = self.views()
+        targets = warm_targets(views, model, replicas)
         if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
             return await self.engine.warm(model, lease, wait)
         if not targets:
             raise ModelNotFound(f"no model named {model!r} in the mesh")
-        results = []
-        for target in targets:
-            if target.local:
-                results.append(await self.engine.warm(model, lease, wait))
+        results = [await self._warm_on(target, model, lease, wait, hops) for target in targets]
+        for target in replica_targets(views, model, replicas):
+            source = replica_source(views, model, target)
+            if source is None:
                 continue
-            results.append(await self.link.warm(target.address, model, lease, wait, hops + 1))
+            try:
+                results.append(await self._copy_to(target, source, model, lease, wait, hops))
+            except MeshdError as error:
+                if wait:  # the caller waits for the copies: it hears why one failed
+                    raise
+                log.warning("replica of %s on %s: %s", model, target.peer_id, error)
         first = results[0]
         served_by = first.served_by or self.peer_id
         return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)
+
+    async def _warm_on(
+        self, target: PeerView, model: str, lease: float, wait: bool, hops: int
+    ) -> WarmResult:
+        if target.local:
+            return await self.engine.warm(model, lease, wait)
+        return await self.link.warm(target.address, target.peer_id, model, lease, wait, hops + 1)
+
+    async def _copy_to(
+        self,
+        target: PeerView,
+        source: PeerView,
+        model: str,
+        lease: float,
+        wait: bool,
+        hops: int,
+    ) -> WarmResult:
+        """Have target pull model from source, then warm it."""
+        address = self.address if source.local else source.address
+        log.info("%s: a replica on %s, pulled from %s", model, _who(target), _who(source))
+        if target.local:
+            return await self._pull_replica(model, lease, wait, address)
+        return await self.link.warm(
+            target.address, target.peer_id, model, lease, wait, hops + 1, address
+        )
+
+    async def _pull_replica(self, model: str, lease: float, wait: bool, address: str) -> WarmResult:
+        """Pull model from the live peer at address, then warm it here."""
+        now = time.monotonic()
+        entry = next((e for e in self.table.live(now) if e.address == address and e.info), None)
+        if entry is None or entry.info is None:
+            raise InvalidRequest(
+                f"pull_from names no live peer of this mesh: {quoted(address)}", "pull_from"
+            )
+        if self.fetcher is None:
+            raise ModelNotFound(f"no model named {model!r} on {self.peer_id}, which pulls none")
+        task = self.fetcher.start(model, address, entry.info.peer_id, lease)
+        if wait:
+            await asyncio.shield(task)
+            return await self.engine.warm(model, lease, wait=True)
+        size = next((m.size_bytes for m in entry.info.models if m.name == model), 0)
+        ready_in = size / ASSUMED_PULL_BYTES_S
+        return WarmResult(model, ModelState.LOADING, ready_in, time.time() + lease, self.peer_id)
+
+    def replicas_due(self, wanted: Mapping[str, int], in_use_for: float) -> list[tuple[str, int]]:
+        """Models to top up to their auto_replicas count: asked of this peer within in_use_for
+        seconds, with fewer live peers holding them warm (or loading, or pulling them)."""
+        now = time.monotonic()
+        views = self.views()
+        due = []
+        for model, count in wanted.items():
+            if now - self.routed_at.get(model, -in_use_for - 1) > in_use_for:
+                continue
+            held = sum(
+                model in v.pulling
+                or (model in v.models and v.models[model].state in _HELD and not v.paused)
+                for v in views
+            )
+            if held < count:
+                due.append((model, count))
+        return due
 
 
 def _view(
@@ -231,9 +331,25 @@ def _view(
         m.name: dataclasses.replace(m, active=max(m.active, sent.get(m.name, 0) - m.queued))
         for m in info.models
     }
+    pulling = frozenset(p.model for p in info.pulls)
     return PeerView(
-        info.peer_id, address, local, rtt, info.memory_free, models, info.paused, info.yielding
+        info.peer_id,
+        address,
+        local,
+        rtt,
+        info.memory_free,
+        models,
+        info.paused,
+        info.yielding,
+        pulling,
     )
+
+
+_HELD = (ModelState.WARM, ModelState.LOADING)
+
+
+def _who(peer: PeerView) -> str:
+    return "this peer" if peer.local else peer.peer_id
 
 
 def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:

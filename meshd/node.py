@@ -26,8 +26,10 @@ from meshd.homelock import HomeLock
 from meshd.hostload import HostWatch, YieldRules
 from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
-from meshd.pause import PauseState
+from meshd.pause import PauseState, UnloadWhilePaused
 from meshd.peers import PeerTable
+from meshd.renewal import Renewer
+from meshd.replicas import PeerFetcher, ReplicaKeeper
 from meshd.rpc.access import AdminServicer, JoinDesk
 from meshd.rpc.channels import (
     ChannelPool,
@@ -43,6 +45,7 @@ from meshd.rpc.membership import Membership
 from meshd.rpc.servicer import MeshServicer, add_to_server
 from meshd.rpc.status import ErrorsAsStatus
 from meshd.security import pki
+from meshd.security.credentials import TlsCredentials
 from meshd.security.keyring import Keyring
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
@@ -73,11 +76,24 @@ class Node:
         self.table = PeerTable(self.peer_id, mesh_id, settings.dead_after)
         self.table.refused = self.trust.refuses_peer
         self.trust.on_revoked = lambda _: self.table.forget_refused()
-        self.mesh = Mesh(self.engine, self.table, GrpcLink(self.pool), self.peer_id, mesh_id, "")
+        link = GrpcLink(self.pool)
+        self.mesh = Mesh(self.engine, self.table, link, self.peer_id, mesh_id, "")
         self.mesh.paused = PauseState(settings.home, settings.quiet_hours).why
-        certificate = self.keyring.certificate()
-        if certificate is not None:
-            self.mesh.certificate_expires = certificate.not_valid_after_utc.timestamp()
+        self.paused_unload = UnloadWhilePaused(
+            self.mesh.paused, self.engine.unload_idle, settings.paused_unload_after
+        )
+        self.mesh.ca_holder = self.keyring.is_founder
+        self.fetcher = PeerFetcher(
+            self.store, self.engine, lambda: self.credentials, settings.max_pull_bytes
+        )
+        self.mesh.fetcher = self.fetcher
+        self.keeper = ReplicaKeeper(
+            self.mesh, dict(settings.auto_replicas), in_use_for=settings.keep_alive
+        )
+        self._read_certificate_end()
+        self.renewer = Renewer(
+            self.keyring, self.trust, self.table, link, settings.renew_before, self._renewed
+        )
         self.membership = Membership(
             self.table, self.pool, self.mesh.local_info, settings.heartbeat_interval, self.trust
         )
@@ -148,7 +164,9 @@ class Node:
         try:
             socket = bind_socket(local, self.socket)
             if tcp is not None:
-                self.port = bind(tcp, self.settings.listen, self.credentials)
+                self.port = bind(
+                    tcp, self.settings.listen, self.credentials, self._served_credentials
+                )
             for server in servers:
                 await server.start()
             restrict_socket(self.socket)
@@ -170,6 +188,9 @@ class Node:
         for peer in (*self.settings.peers, *self.keyring.mesh_addresses()):
             self.table.add(peer)
         self.membership.start()
+        self.keeper.start()
+        self.renewer.start()
+        self.paused_unload.start()
         await self._reopen_invites()
         self.awake.start(self.engine.holds_warm)
         if self.settings.yield_to_host:
@@ -227,6 +248,21 @@ class Node:
                 "port %d of the open invites is taken: they no longer work (make new ones)",
                 self.trust.invite_port,
             )
+
+    def _read_certificate_end(self) -> None:
+        certificate = self.keyring.certificate()
+        if certificate is not None:
+            self.mesh.certificate_expires = certificate.not_valid_after_utc.timestamp()
+
+    def _renewed(self) -> None:
+        """A renewed certificate: new TLS handshakes present it, new channels use it."""
+        self.credentials = self.keyring.credentials()
+        self.pool.renew(self.credentials)
+        self._read_certificate_end()
+
+    def _served_credentials(self) -> TlsCredentials:
+        assert self.credentials is not None
+        return self.credentials
 
     def _report_yield(self, reason: str) -> None:
         self.mesh.yielding = reason
@@ -294,6 +330,10 @@ class Node:
             await asyncio.gather(*closing, *([http.close()] if http else []))
             remove_daemon_file(self.settings.home)
             self.socket.unlink(missing_ok=True)
+        await self.keeper.close()
+        await self.renewer.close()
+        await self.paused_unload.close()
+        await self.fetcher.close()
         await self.awake.close()
         await self.host_watch.close()
         await self.desk.close()

@@ -2,22 +2,30 @@
 
 A paused peer finishes what it is doing, takes no new requests from the mesh (routing sends
 them elsewhere; one forwarded to it anyway is refused, so the sender retries elsewhere), and
-still serves its owner when nobody else can. The pause is a file in the home, so it holds
-across daemon restarts until it ends; quiet hours come from `meshd.toml`.
+still serves its owner when nobody else can, and unloads the models nobody used for
+`paused_unload_after`. The pause is a file in the home, so it holds across daemon restarts
+until it ends; quiet hours come from `meshd.toml`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import re
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
+from meshd.tasks import stop_task
+
+log = logging.getLogger("meshd.pause")
+UNLOAD_CHECK_S = 10.0
 
 PAUSE_FILE = "paused.json"
 _HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
@@ -112,3 +120,43 @@ class PauseState:
             self._seen, self._read = seen, read_pause(self.home)
         paused, until = self._read
         return paused_why(until, paused, self.quiet, time.time(), dt.datetime.now())
+
+
+class UnloadWhilePaused:
+    """While this peer is paused, unloads the models nobody used for `after` seconds (pins
+    excepted): the owner's machine gets its memory back."""
+
+    def __init__(
+        self,
+        why: Callable[[], str],
+        unload_idle: Callable[[float], Awaitable[list[str]]],
+        after: float,
+        every: float = UNLOAD_CHECK_S,
+    ) -> None:
+        self.why, self.unload_idle, self.after, self.every = why, unload_idle, after, every
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Check now and then in the background (nothing to do when after is 0)."""
+        if self.after > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(), name="meshd-paused-unload")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            await self.check()
+
+    async def check(self) -> list[str]:
+        """Unload now if paused; returns what was unloaded."""
+        why = self.why()
+        if not why or self.after <= 0:
+            return []
+        names = await self.unload_idle(self.after)
+        if names:
+            log.info("%s: unloaded %s, unused for a while", why, ", ".join(names))
+        return names
+
+    async def close(self) -> None:
+        """Stop checking."""
+        task, self._task = self._task, None
+        await stop_task(task)

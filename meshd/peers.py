@@ -44,6 +44,9 @@ class PeerEntry:
     # The peer itself said this is its address (it heartbeat us with a valid certificate):
     # dialled like a peer that answered, not like a rumour.
     vouched: bool = False
+    # The peer id the last answer here claimed: heartbeats then demand a certificate naming it,
+    # and only those answers are believed. A failed dial clears it (another peer may be there).
+    claimed: str = ""
 
     @property
     def answered(self) -> bool:

@@ -181,9 +181,11 @@ class PeerSource:
         wanted: str,
         timeout: float = STALL_TIMEOUT_S,
         credentials: TlsCredentials | None = None,
+        peer_id: str = "",
     ) -> None:
         self.address, self.wanted, self.timeout = address, wanted, timeout
         self.credentials = credentials  # this peer's mesh certificate: FetchModel is peer-only
+        self.peer_id = peer_id  # when known, the certificate there must name this peer
         self.label = f"peer {address}"
         self._probe: Probe | None = None
 
@@ -193,7 +195,9 @@ class PeerSource:
             request.digest = parse_digest(self.wanted)
         else:
             request.name = parse_name(self.wanted)
-        channel = channels.open_channel(self.address, self.credentials, bulk=True)
+        channel = channels.open_channel(
+            self.address, self.credentials, bulk=True, peer_id=self.peer_id
+        )
         try:
             yield from channels.mesh_stub(channel).FetchModel(request)
         except grpc.RpcError as exc:

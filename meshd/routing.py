@@ -7,7 +7,9 @@ Inputs are plain data, so every rule here is unit-tested without a socket:
   peer wins ties;
 - no warm peer: the live peer that has the file and the most free memory (it warms, then serves);
 - a paused peer is left out, unless it is this peer and no other can serve; a yielding peer
-  (its host busy with its owner's work) serves only when no other peer can.
+  (its host busy with its owner's work) serves only when no other peer can;
+- replicas: when fewer peers hold a model's file than a warm asks for, the open peers with the
+  most free memory that fits it pull a copy (pulls under way count as copies).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class PeerView:
     models: dict[str, PeerModel] = field(default_factory=dict)  # by name
     paused: str = ""  # why it takes no mesh requests ("" when it does)
     yielding: str = ""  # why it is the last resort: its owner's work needs the host
+    pulling: frozenset[str] = frozenset()  # models whose file it is copying from a peer now
 
 
 @dataclass(frozen=True)
@@ -110,3 +113,33 @@ def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[P
     ]
     ranked = sorted(having, key=lambda p: (not _warm(p, model), -p.memory_free, not p.local))
     return ranked[: max(replicas, 1)]
+
+
+def replica_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
+    """Peers without model's file that should pull a copy so that replicas peers hold it: open
+    to mesh work (not paused, not yielding), with the most free memory, enough for the model.
+    Peers holding the file, and pulls under way, count toward replicas."""
+    holders = [p for p in peers if model in p.models]
+    if not holders:
+        return []
+    pulling = [p for p in peers if model in p.pulling and model not in p.models]
+    wanted = replicas - len(holders) - len(pulling)
+    need = max(h.models[model].memory_bytes for h in holders)
+    room = [
+        p
+        for p in peers
+        if model not in p.models
+        and model not in p.pulling
+        and not (p.paused or p.yielding)
+        and p.memory_free >= need
+    ]
+    return sorted(room, key=lambda p: (-p.memory_free, p.peer_id))[: max(wanted, 0)]
+
+
+def replica_source(peers: Sequence[PeerView], model: str, target: PeerView) -> PeerView | None:
+    """The holder a new replica pulls from: not the target, open to mesh work before paused or
+    yielding ones, then the one already warm (its file is in the page cache), then any."""
+    holders = [p for p in peers if model in p.models and p.peer_id != target.peer_id]
+    if not holders:
+        return None
+    return min(holders, key=lambda p: (bool(p.paused), bool(p.yielding), not _warm(p, model)))

@@ -129,6 +129,7 @@ class PeerModel:
     slots: int = 1
     service_seconds: float = 0.0
     memory_bytes: int = 0
+    size_bytes: int = 0  # the file, as a peer pulling a replica needs it on disk
 
 
 @dataclass(frozen=True)
@@ -145,6 +146,18 @@ class PeerInfo:
     certificate_expires: float = 0.0  # Unix time; 0 outside a mesh
     paused: str = ""  # why it takes no mesh requests now ("" when it does)
     yielding: str = ""  # why it is the last resort now: its host is busy ("" when it is not)
+    ca_holder: bool = False  # it holds the mesh CA key: it invites, revokes and renews
+    pulls: tuple[ReplicaPull, ...] = ()  # model files it is copying from other peers now
+
+
+@dataclass(frozen=True)
+class ReplicaPull:
+    """A model file a peer is copying from another peer, to serve a replica of it."""
+
+    model: str
+    source: str  # the peer id it pulls from
+    done_bytes: int = 0
+    total_bytes: int = 0  # 0 while unknown
 
 
 @dataclass(frozen=True)

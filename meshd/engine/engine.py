@@ -257,11 +257,16 @@ class Engine:
                 await self.hosts[name].unload()
             return names
 
-    async def unload_idle(self) -> list[str]:
-        """Unload every loaded model no request is using (pins excepted): the host needs its
-        memory now. Returns their names."""
+    async def unload_idle(self, idle_for: float = 0.0) -> list[str]:
+        """Unload every loaded model no request is using (pins excepted) and none used for
+        idle_for seconds: the host needs its memory. Returns their names."""
         async with self._load_lock:
-            idle = [h for h in self.hosts.values() if h.loaded and not h.busy and not h.pinned]
+            since = time.time() - idle_for
+            idle = [
+                h
+                for h in self.hosts.values()
+                if h.loaded and not h.busy and not h.pinned and h.last_used <= since
+            ]
             for host in idle:
                 await host.unload()
             return [h.name for h in idle]

@@ -308,7 +308,8 @@ class ModelHost:
         mean = sum(times) / len(times) if times else 0.0
         active, queued = self.active, max(self.inflight - self.active, 0)
         slots, memory = self.options.count, self.projected_memory()
-        return PeerModel(self.name, self.state, active, queued, slots, mean, memory)
+        size = self.facts.file_size if self.facts else 0
+        return PeerModel(self.name, self.state, active, queued, slots, mean, memory, size)
 
     def info(self, keep_alive: float) -> ModelInfo:
         """What ListModels reports for this model."""

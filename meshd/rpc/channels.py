@@ -15,6 +15,7 @@ import os
 import ssl
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,12 @@ from grpc import aio
 from grpc_health.v1 import health_pb2_grpc
 
 from meshd.errors import ConfigError
-from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME, TlsCredentials
+from meshd.security.credentials import (
+    CA_SERVER_NAME,
+    PEER_SERVER_NAME,
+    TlsCredentials,
+    peer_server_name,
+)
 from meshd.v1 import access_pb2_grpc, mesh_pb2_grpc
 
 SOCKET_FILE = "meshd.sock"
@@ -79,13 +85,21 @@ def server_options(max_message_bytes: int, max_connections: int = 0) -> list[tup
     return options
 
 
-def bind(server: aio.Server, address: str, credentials: TlsCredentials | None) -> int:
-    """Open a TCP port: mutual TLS with credentials, else plaintext. Returns the bound port."""
+def bind(
+    server: aio.Server,
+    address: str,
+    credentials: TlsCredentials | None,
+    renewed: Callable[[], TlsCredentials] | None = None,
+) -> int:
+    """Open a TCP port: mutual TLS with credentials, else plaintext. Returns the bound port.
+    renewed, when given, is asked at each new TLS handshake for the credentials to present
+    (a renewed certificate is served without a restart)."""
     try:
         if credentials is None:
             port: int = server.add_insecure_port(address)
         else:
-            port = server.add_secure_port(address, server_credentials(credentials))
+            tls = server_credentials(credentials, renewed or (lambda: credentials))
+            port = server.add_secure_port(address, tls)
     except RuntimeError:  # gRPC's word for "address in use" or "no such address"
         port = 0
     if port == 0:
@@ -93,13 +107,30 @@ def bind(server: aio.Server, address: str, credentials: TlsCredentials | None) -
     return port
 
 
-def server_credentials(credentials: TlsCredentials) -> grpc.ServerCredentials:
+def server_credentials(
+    credentials: TlsCredentials, current: Callable[[], TlsCredentials]
+) -> grpc.ServerCredentials:
     """TLS that demands a client certificate signed by the mesh CA (BoringSSL checks the chain
-    and the dates during the handshake; revocation and roles are checked per call)."""
-    return grpc.ssl_server_credentials(
-        [(credentials.key_pem, credentials.cert_pem)],
-        root_certificates=credentials.ca_pem,
-        require_client_auth=True,
+    and the dates during the handshake; revocation and roles are checked per call). Each new
+    handshake presents current(): a renewed certificate takes effect at once."""
+    served = [credentials]
+
+    def configuration(tls: TlsCredentials) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.key_pem, tls.cert_pem)], root_certificates=tls.ca_pem
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        latest = current()
+        if latest == served[0]:
+            return None  # unchanged
+        served[0] = latest
+        return configuration(latest)
+
+    # The fetcher may return None for "unchanged" (gRPC's documentation; its stub says not).
+    fetcher: Callable[[], grpc.ServerCertificateConfiguration] = fetch  # type: ignore[assignment]
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(credentials), fetcher, require_client_authentication=True
     )
 
 
@@ -151,7 +182,10 @@ def restrict_socket(path: Path) -> None:
 
 
 def _channel_args(
-    address: str, credentials: TlsCredentials | None, options: list[tuple[str, int]]
+    address: str,
+    credentials: TlsCredentials | None,
+    options: list[tuple[str, int]],
+    peer_id: str = "",
 ) -> tuple[grpc.ChannelCredentials | None, list[tuple[str, int | str]]]:
     if address.startswith("unix:"):
         return grpc.local_channel_credentials(grpc.LocalConnectionType.UDS), [*options]
@@ -160,23 +194,33 @@ def _channel_args(
     tls = grpc.ssl_channel_credentials(
         credentials.ca_pem, credentials.key_pem, credentials.cert_pem
     )
-    # Any certificate the mesh CA issued to a peer, whatever the address it is reached at.
-    return tls, [*options, ("grpc.ssl_target_name_override", PEER_SERVER_NAME)]
+    # A certificate the mesh CA issued to this peer id (or, with no id, to any peer), whatever
+    # the address it is reached at.
+    name = peer_server_name(peer_id) if peer_id else PEER_SERVER_NAME
+    return tls, [*options, ("grpc.ssl_target_name_override", name)]
 
 
 def open_channel(
-    address: str, credentials: TlsCredentials | None = None, *, bulk: bool = False
+    address: str,
+    credentials: TlsCredentials | None = None,
+    *,
+    bulk: bool = False,
+    peer_id: str = "",
 ) -> grpc.Channel:
-    """A blocking channel to a daemon; bulk=True for model file transfers."""
-    tls, options = _channel_args(address, credentials, _BULK if bulk else _INTERACTIVE)
+    """A blocking channel to a daemon; bulk=True for model file transfers; with peer_id, only
+    a certificate naming that peer is accepted."""
+    tls, options = _channel_args(address, credentials, _BULK if bulk else _INTERACTIVE, peer_id)
     if tls is None:
         return grpc.insecure_channel(address, options=options)
     return grpc.secure_channel(address, tls, options=options)
 
 
-def open_aio_channel(address: str, credentials: TlsCredentials | None = None) -> aio.Channel:
-    """An asyncio channel to a daemon; create it inside the running loop."""
-    tls, options = _channel_args(address, credentials, _INTERACTIVE)
+def open_aio_channel(
+    address: str, credentials: TlsCredentials | None = None, peer_id: str = ""
+) -> aio.Channel:
+    """An asyncio channel to a daemon; create it inside the running loop. With peer_id, only a
+    certificate naming that peer is accepted."""
+    tls, options = _channel_args(address, credentials, _INTERACTIVE, peer_id)
     if tls is None:
         return aio.insecure_channel(address, options=options)
     return aio.secure_channel(address, tls, options=options)
@@ -222,27 +266,38 @@ def health_stub(channel: grpc.Channel | aio.Channel) -> health_pb2_grpc.HealthSt
 
 
 class ChannelPool:
-    """One asyncio channel per peer address, reused by heartbeats and forwarded requests."""
+    """One asyncio channel per peer address (and the peer id its certificate must name),
+    reused by heartbeats and forwarded requests."""
 
     def __init__(self, credentials: TlsCredentials | None = None) -> None:
         self.credentials = credentials
-        self._channels: dict[str, aio.Channel] = {}
+        self._channels: dict[tuple[str, str], aio.Channel] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, address: str) -> aio.Channel:
-        """The channel to address, opened on first use (inside the running loop)."""
-        channel = self._channels.get(address)
+    def get(self, address: str, peer_id: str = "") -> aio.Channel:
+        """The channel to address, opened on first use (inside the running loop); with peer_id
+        its TLS handshake fails unless the certificate there names that peer."""
+        channel = self._channels.get((address, peer_id))
         if channel is None:
-            channel = self._channels[address] = open_aio_channel(address, self.credentials)
+            channel = open_aio_channel(address, self.credentials, peer_id)
+            self._channels[address, peer_id] = channel
         return channel
 
     def discard(self, address: str) -> None:
-        """Close the channel to an address no longer dialled (in the background)."""
-        channel = self._channels.pop(address, None)
-        if channel is not None:
-            task = asyncio.get_running_loop().create_task(channel.close(None))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
+        """Close the channels to an address no longer dialled (in the background)."""
+        for key in [k for k in self._channels if k[0] == address]:
+            self._close_later(self._channels.pop(key))
+
+    def renew(self, credentials: TlsCredentials | None) -> None:
+        """Use new credentials (a renewed certificate) from now on: every channel reopens."""
+        self.credentials = credentials
+        for key in list(self._channels):
+            self._close_later(self._channels.pop(key))
+
+    def _close_later(self, channel: aio.Channel) -> None:
+        task = asyncio.get_running_loop().create_task(channel.close(None))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close(self) -> None:
         """Close every channel (idempotent)."""

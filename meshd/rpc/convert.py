@@ -16,6 +16,7 @@ from meshd.types import (
     PeerInfo,
     PeerModel,
     PeerStatus,
+    ReplicaPull,
     RoutingRecord,
     Sampling,
     WarmResult,
@@ -37,6 +38,8 @@ _STATE_TO_PB = {
 _STATE_FROM_PB = {v: k for k, v in _STATE_TO_PB.items()}
 _DEFAULT = Sampling()
 MAX_REASON_CHARS = 200  # what a peer says of its pause, as others show it
+MAX_NAME_CHARS = 80  # a model name or peer id another peer reports
+MAX_PULLS = 16  # replica pulls a heartbeat reports
 
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -204,6 +207,7 @@ def status_to_pb(status: PeerStatus) -> pb.PeerStatusReply:
                 service_seconds=m.service_seconds,
                 state=_STATE_TO_PB[m.state],
                 memory_bytes=m.memory_bytes,
+                size_bytes=m.size_bytes,
             )
             for m in status.load
         ],
@@ -246,6 +250,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
                 slots=m.slots,
                 service_seconds=m.service_seconds,
                 memory_bytes=m.memory_bytes,
+                size_bytes=m.size_bytes,
             )
             for m in info.models
         ],
@@ -254,6 +259,13 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
         certificate_expires_unix=info.certificate_expires,
         paused=info.paused,
         yielding=info.yielding,
+        ca_holder=info.ca_holder,
+        pulls=[
+            pb.ReplicaPull(
+                model=p.model, source=p.source, done_bytes=p.done_bytes, total_bytes=p.total_bytes
+            )
+            for p in info.pulls
+        ],
     )
 
 
@@ -270,6 +282,8 @@ def peer_info_from_pb(m: pb.PeerInfo) -> PeerInfo:
         certificate_expires=m.certificate_expires_unix,
         paused=m.paused[:MAX_REASON_CHARS],
         yielding=m.yielding[:MAX_REASON_CHARS],
+        ca_holder=m.ca_holder,
+        pulls=tuple(_pull_from_pb(p) for p in m.pulls[:MAX_PULLS]),
     )
 
 
@@ -328,4 +342,12 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
 def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
     """A model's state and load, from a heartbeat's PeerModel or a status reply's ModelLoad."""
     state = _STATE_FROM_PB.get(x.state, ModelState.COLD)
-    return PeerModel(name, state, x.active, x.queued, x.slots, x.service_seconds, x.memory_bytes)
+    return PeerModel(
+        name, state, x.active, x.queued, x.slots, x.service_seconds, x.memory_bytes, x.size_bytes
+    )
+
+
+def _pull_from_pb(p: pb.ReplicaPull) -> ReplicaPull:
+    return ReplicaPull(
+        p.model[:MAX_NAME_CHARS], p.source[:MAX_NAME_CHARS], p.done_bytes, p.total_bytes
+    )

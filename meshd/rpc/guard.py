@@ -27,7 +27,9 @@ from meshd.security.revocation import RevocationList
 
 log = logging.getLogger("meshd.guard")
 
-PEER_ONLY = frozenset({"/meshd.v1.Mesh/FetchModel", "/meshd.v1.Mesh/Heartbeat"})
+PEER_ONLY = frozenset(
+    {"/meshd.v1.Mesh/FetchModel", "/meshd.v1.Mesh/Heartbeat", "/meshd.v1.Mesh/RenewCertificate"}
+)
 LOCAL_ONLY_SERVICE = "/meshd.v1.Admin/"
 _CACHE_SIZE = 256
 

@@ -20,8 +20,10 @@ class GrpcLink:
     def __init__(self, pool: channels.ChannelPool) -> None:
         self.pool = pool
 
-    async def generate(self, address: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
-        stub = channels.aio_mesh_stub(self.pool.get(address))
+    async def generate(
+        self, address: str, peer_id: str, request: GenerateRequest
+    ) -> AsyncGenerator[Chunk, None]:
+        stub = channels.aio_mesh_stub(self.pool.get(address, peer_id))
         call: Any = stub.Generate(convert.request_to_pb(request))
         try:
             async for message in call:
@@ -32,12 +34,29 @@ class GrpcLink:
             call.cancel()
 
     async def warm(
-        self, address: str, model: str, lease: float, wait: bool, hops: int
+        self,
+        address: str,
+        peer_id: str,
+        model: str,
+        lease: float,
+        wait: bool,
+        hops: int,
+        pull_from: str = "",
     ) -> WarmResult:
-        request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, hops=hops)
-        stub = channels.aio_mesh_stub(self.pool.get(address))
+        request = pb.WarmRequest(
+            model=model, lease_seconds=lease, wait=wait, hops=hops, pull_from=pull_from
+        )
+        stub = channels.aio_mesh_stub(self.pool.get(address, peer_id))
         try:
             reply = await stub.Warm(request, timeout=None if wait else 10.0)
         except (grpc.RpcError, aio.AioRpcError) as exc:
             raise error_from_rpc(exc, address) from None
         return convert.warm_from_pb(reply)
+
+    async def renew_certificate(self, address: str, peer_id: str) -> bytes:
+        stub = channels.aio_mesh_stub(self.pool.get(address, peer_id))
+        try:
+            reply = await stub.RenewCertificate(pb.RenewCertificateRequest(), timeout=10.0)
+        except (grpc.RpcError, aio.AioRpcError) as exc:
+            raise error_from_rpc(exc, address) from None
+        return reply.certificate_pem

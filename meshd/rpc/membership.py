@@ -15,6 +15,7 @@ from meshd.addresses import is_loopback
 from meshd.gossip import MAX_PER_TELLER, host_of
 from meshd.peers import PeerTable
 from meshd.rpc import channels, convert
+from meshd.security.credentials import is_peer_id
 from meshd.security.trust import Trust
 from meshd.tasks import stop_task
 from meshd.types import PeerInfo
@@ -75,21 +76,34 @@ class Membership:
             revocations=self.trust.revocations_wire,
         )
 
-    async def beat(self, address: str, request: pb.HeartbeatRequest) -> None:
-        """One heartbeat; a failure leaves the peer's last good time where it was and backs off."""
-        if address not in self.table.entries:
+    async def beat(self, address: str, request: pb.HeartbeatRequest, proving: bool = False) -> None:
+        """One heartbeat; a failure leaves the peer's last good time where it was and backs off.
+        An answer is believed only over a TLS handshake that proved the certificate there names
+        the peer id the answer claims: a first answer (or a new id) is asked again that way."""
+        entry = self.table.entries.get(address)
+        if entry is None:
             return  # forgotten meanwhile
-        stub = channels.aio_mesh_stub(self.pool.get(address))
+        expected = entry.claimed
+        stub = channels.aio_mesh_stub(self.pool.get(address, expected))
         self.table.dialling(address)
         started = time.monotonic()
         try:
             reply = await stub.Heartbeat(request, timeout=self.interval * 0.8)
         except (grpc.RpcError, aio.AioRpcError):
+            entry.claimed = ""
             self.table.record_failure(address, time.monotonic(), self.interval)
             return
         now = time.monotonic()
         self.trust.adopt(reply.revocations)
         info = convert.peer_info_from_pb(reply.peer)
+        if info.peer_id != expected:
+            if proving or not is_peer_id(info.peer_id):  # it named one id, then another
+                entry.claimed = ""
+                self.table.record_failure(address, now, self.interval)
+                return
+            entry.claimed = info.peer_id
+            await self.beat(address, request, proving=True)
+            return
         self.table.record_ok(address, info, now - started, now)
         if address not in self.table.entries:
             return  # itself, another mesh or revoked: nothing it says is taken

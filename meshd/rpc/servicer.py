@@ -73,8 +73,17 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Warm(
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.WarmReply:
+        if request.pull_from:
+            caller = certified_caller(context)
+            if caller is None or caller.kind != "peer" or not request.hops:
+                raise AccessDenied("only another peer's router may ask this peer to pull a model")
         result = await self.mesh.warm(
-            request.model, request.lease_seconds, request.wait, request.replicas, request.hops
+            request.model,
+            request.lease_seconds,
+            request.wait,
+            request.replicas,
+            request.hops,
+            request.pull_from,
         )
         reply = convert.warm_to_pb(result)
         reply.served_by = result.served_by or self.peer_id
@@ -99,6 +108,15 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             peer=convert.peer_info_to_pb(self.mesh.local_info()),
             revocations=self.trust.revocations_wire,
         )
+
+    async def RenewCertificate(
+        self, request: pb.RenewCertificateRequest, context: aio.ServicerContext[Any, Any]
+    ) -> pb.RenewCertificateReply:
+        presented = b"".join(context.auth_context().get("x509_pem_cert", []))
+        if not presented:
+            raise AccessDenied("renewal needs the mesh certificate to renew (mutual TLS)")
+        pem = await asyncio.to_thread(self.trust.renew, presented)
+        return pb.RenewCertificateReply(certificate_pem=pem)
 
     async def MeshStatus(
         self, request: pb.MeshStatusRequest, context: aio.ServicerContext[Any, Any]

@@ -21,7 +21,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from meshd.errors import ConfigError, quoted
+from meshd.errors import ConfigError, InvalidRequest, quoted
 from meshd.fsutil import atomic_write_bytes, private_dir
 from meshd.security import apikeys, cabackup, pki
 from meshd.security.credentials import TlsCredentials
@@ -104,6 +104,30 @@ class Keyring:
                 "`meshd ca restore`"
             )
         return pki.load_key(stored)
+
+    def save_renewed_certificate(self, pem: bytes) -> None:
+        """Replace this peer's certificate with a renewed one, after checking that the mesh CA
+        signed it for this peer's own key and id, and that it ends later than the current one."""
+        ca, current = self.ca(), self.certificate()
+        if ca is None or current is None:
+            raise ConfigError("this peer belongs to no mesh: nothing to renew")
+        try:
+            fresh = pki.load_cert(pem)
+        except InvalidRequest:
+            raise InvalidRequest("the renewed certificate is not PEM", "certificate") from None
+        key = self.peer_key().public_key()
+        if (
+            not pki.signed_by(fresh, ca)
+            or fresh.public_key() != key
+            or pki.holder_of(fresh).name != self.peer_id()
+            or not pki.names_peer(fresh, self.peer_id())
+            or fresh.not_valid_after_utc <= current.not_valid_after_utc
+        ):
+            raise InvalidRequest(
+                "the renewed certificate is not a later one for this peer from this mesh's CA",
+                "certificate",
+            )
+        self._write("peer.crt", pem)
 
     # -- joining and leaving ---------------------------------------------------------------
 

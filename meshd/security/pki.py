@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshd.errors import InvalidRequest, quoted
-from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME
+from meshd.security.credentials import CA_SERVER_NAME, PEER_SERVER_NAME, peer_server_name
 
 Role = Literal["peer", "client"]
 CA_YEARS = 10
@@ -178,7 +178,8 @@ def issue(
     )
     if role == "peer":  # only peers serve: only their certificates name the peer server
         usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
-        san = x509.SubjectAlternativeName([x509.DNSName(PEER_SERVER_NAME)])
+        names = [x509.DNSName(PEER_SERVER_NAME), x509.DNSName(peer_server_name(name))]
+        san = x509.SubjectAlternativeName(names)
         builder = builder.add_extension(san, critical=False)
     builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     return builder.sign(ca_key, hashes.SHA256())
@@ -192,6 +193,27 @@ class Holder:
     name: str
     serial: int
     not_after: float  # Unix time
+
+
+def names_peer(cert: x509.Certificate, peer_id: str) -> bool:
+    """Whether a peer certificate carries its peer id as a server name (those issued before
+    peers checked it do not; they are renewed)."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    return peer_server_name(peer_id) in san.get_values_for_type(x509.DNSName)
+
+
+def renewed(
+    ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, cert: x509.Certificate
+) -> x509.Certificate:
+    """A new certificate for cert's key, role and name, valid from now."""
+    holder = holder_of(cert)
+    public_key = cert.public_key()
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise InvalidRequest("the certificate's key is not P-256", field="certificate")
+    return issue(ca_key, ca, public_key, holder.role, holder.name)
 
 
 def holder_of(cert: x509.Certificate) -> Holder:

@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from meshd.errors import InvalidRequest
+from meshd.errors import AccessDenied, InvalidRequest
 from meshd.security import pki
 from meshd.security.invite import InviteBook
 from meshd.security.keyring import Keyring
@@ -105,3 +105,19 @@ class Trust:
         self.save_invites()
         log.info("signed a certificate for %s (%s) after an invite", name, role)
         return pki.cert_pem(cert)
+
+    def renew(self, cert_pem: bytes) -> bytes:
+        """CA holder: a new certificate (PEM) for the key, role and name of a current,
+        unrevoked mesh certificate (the one its holder just presented over mutual TLS)."""
+        ca_key = self.keyring.ca_key()
+        assert self.ca is not None
+        cert = pki.load_cert(cert_pem)
+        holder = pki.holder_of(cert)
+        if not pki.signed_by(cert, self.ca):
+            raise AccessDenied("that certificate was not issued by this mesh's CA")
+        if self.revocations.refuses(holder.serial, holder.name) or holder.not_after < time.time():
+            raise AccessDenied(f"{holder.name}'s certificate is revoked or has ended")
+        fresh = pki.renewed(ca_key, self.ca, cert)
+        self.keyring.record_issued(fresh)
+        log.info("renewed the certificate of %s (%s)", holder.name, holder.role)
+        return pki.cert_pem(fresh)

@@ -270,6 +270,7 @@ class WarmRequest(_message.Message):
     WAIT_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     HOPS_FIELD_NUMBER: _builtins.int
+    PULL_FROM_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     lease_seconds: _builtins.float
     """keep warm at least this long; 0 uses the peer's keep-alive"""
@@ -278,6 +279,8 @@ class WarmRequest(_message.Message):
     replicas: _builtins.int
     """Mesh routing."""
     hops: _builtins.int
+    pull_from: _builtins.str
+    """Between peers: this peer lacks the file; pull it from the peer at this address, then warm."""
     def __init__(
         self,
         *,
@@ -286,10 +289,11 @@ class WarmRequest(_message.Message):
         wait: _builtins.bool = ...,
         replicas: _builtins.int = ...,
         hops: _builtins.int = ...,
+        pull_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "lease_seconds", b"lease_seconds", "model", b"model", "replicas", b"replicas", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "lease_seconds", b"lease_seconds", "model", b"model", "pull_from", b"pull_from", "replicas", b"replicas", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -467,6 +471,7 @@ class ModelLoad(_message.Message):
     SERVICE_SECONDS_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     active: _builtins.int
     queued: _builtins.int
@@ -475,6 +480,8 @@ class ModelLoad(_message.Message):
     """recent mean time per request"""
     state: Global___ModelState.ValueType
     memory_bytes: _builtins.int
+    size_bytes: _builtins.int
+    """the file's size: what a peer pulling a replica needs on disk"""
     def __init__(
         self,
         *,
@@ -485,10 +492,11 @@ class ModelLoad(_message.Message):
         service_seconds: _builtins.float = ...,
         state: Global___ModelState.ValueType = ...,
         memory_bytes: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "model", b"model", "queued", b"queued", "service_seconds", b"service_seconds", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "model", b"model", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -636,6 +644,7 @@ class PeerModel(_message.Message):
     SLOTS_FIELD_NUMBER: _builtins.int
     SERVICE_SECONDS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___ModelState.ValueType
     active: _builtins.int
@@ -643,6 +652,8 @@ class PeerModel(_message.Message):
     slots: _builtins.int
     service_seconds: _builtins.float
     memory_bytes: _builtins.int
+    size_bytes: _builtins.int
+    """the file's size: what a peer pulling a replica needs on disk"""
     def __init__(
         self,
         *,
@@ -653,10 +664,11 @@ class PeerModel(_message.Message):
         slots: _builtins.int = ...,
         service_seconds: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
+        size_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "queued", b"queued", "service_seconds", b"service_seconds", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -676,6 +688,8 @@ class PeerInfo(_message.Message):
     CERTIFICATE_EXPIRES_UNIX_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     YIELDING_FIELD_NUMBER: _builtins.int
+    CA_HOLDER_FIELD_NUMBER: _builtins.int
+    PULLS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
     version: _builtins.str
@@ -689,11 +703,17 @@ class PeerInfo(_message.Message):
     """why it takes no mesh requests now; empty when it does"""
     yielding: _builtins.str
     """why it is the mesh's last resort now (its owner is busy)"""
+    ca_holder: _builtins.bool
+    """it holds the mesh CA key: it invites, revokes, renews"""
     @_builtins.property
     def models(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerModel]: ...
     @_builtins.property
     def known_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the peers it knows: a static link reveals the rest"""
+
+    @_builtins.property
+    def pulls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicaPull]:
+        """model files it is pulling from other peers now"""
 
     def __init__(
         self,
@@ -708,14 +728,83 @@ class PeerInfo(_message.Message):
         certificate_expires_unix: _builtins.float = ...,
         paused: _builtins.str = ...,
         yielding: _builtins.str = ...,
+        ca_holder: _builtins.bool = ...,
+        pulls: _abc.Iterable[Global___ReplicaPull] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "paused", b"paused", "peer_id", b"peer_id", "version", b"version", "yielding", b"yielding"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ca_holder", b"ca_holder", "certificate_expires_unix", b"certificate_expires_unix", "known_addresses", b"known_addresses", "memory_free_bytes", b"memory_free_bytes", "mesh_id", b"mesh_id", "models", b"models", "paused", b"paused", "peer_id", b"peer_id", "pulls", b"pulls", "version", b"version", "yielding", b"yielding"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PeerInfo: _TypeAlias = PeerInfo  # noqa: Y015
+
+@_typing.final
+class ReplicaPull(_message.Message):
+    """A model file a peer is copying from another peer, to serve a replica."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    DONE_BYTES_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    source: _builtins.str
+    """the peer id it pulls from"""
+    done_bytes: _builtins.int
+    total_bytes: _builtins.int
+    """0 while unknown"""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        source: _builtins.str = ...,
+        done_bytes: _builtins.int = ...,
+        total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["done_bytes", b"done_bytes", "model", b"model", "source", b"source", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaPull: _TypeAlias = ReplicaPull  # noqa: Y015
+
+@_typing.final
+class RenewCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateRequest: _TypeAlias = RenewCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RenewCertificateReply(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_PEM_FIELD_NUMBER: _builtins.int
+    certificate_pem: _builtins.bytes
+    """the same key, name and role; a new validity period"""
+    def __init__(
+        self,
+        *,
+        certificate_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_pem", b"certificate_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewCertificateReply: _TypeAlias = RenewCertificateReply  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):

@@ -69,6 +69,11 @@ class MeshStub:
                 request_serializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.SerializeToString,
                 response_deserializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/meshd.v1.Mesh/RenewCertificate',
+                request_serializer=meshd_dot_v1_dot_mesh__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=meshd_dot_v1_dot_mesh__pb2.RenewCertificateReply.FromString,
+                _registered_method=True)
 
 
 class MeshServicer:
@@ -123,6 +128,13 @@ class MeshServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """Peers only, to a CA holder: a new certificate for the caller's own key, name and role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MeshServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +172,11 @@ def add_MeshServicer_to_server(servicer, server):
                     servicer.MeshStatus,
                     request_deserializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.FromString,
                     response_serializer=meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=meshd_dot_v1_dot_mesh__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=meshd_dot_v1_dot_mesh__pb2.RenewCertificateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +368,33 @@ class Mesh:
             '/meshd.v1.Mesh/MeshStatus',
             meshd_dot_v1_dot_mesh__pb2.MeshStatusRequest.SerializeToString,
             meshd_dot_v1_dot_mesh__pb2.MeshStatusReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meshd.v1.Mesh/RenewCertificate',
+            meshd_dot_v1_dot_mesh__pb2.RenewCertificateRequest.SerializeToString,
+            meshd_dot_v1_dot_mesh__pb2.RenewCertificateReply.FromString,
             options,
             channel_credentials,
             insecure,

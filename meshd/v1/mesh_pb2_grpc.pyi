@@ -51,6 +51,8 @@ class MeshStub:
     """Between peers, every second: who I am, my load and models, the peers I know."""
     MeshStatus: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.MeshStatusRequest, _mesh_pb2.MeshStatusReply]
     """The mesh as this peer sees it, and its recent routing decisions."""
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.RenewCertificateRequest, _mesh_pb2.RenewCertificateReply]
+    """Peers only, to a CA holder: a new certificate for the caller's own key, name and role."""
 
 @_typing.type_check_only
 class MeshAsyncStub(MeshStub):
@@ -69,6 +71,8 @@ class MeshAsyncStub(MeshStub):
     """Between peers, every second: who I am, my load and models, the peers I know."""
     MeshStatus: _aio.UnaryUnaryMultiCallable[_mesh_pb2.MeshStatusRequest, _mesh_pb2.MeshStatusReply]  # type: ignore[assignment]
     """The mesh as this peer sees it, and its recent routing decisions."""
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_mesh_pb2.RenewCertificateRequest, _mesh_pb2.RenewCertificateReply]  # type: ignore[assignment]
+    """Peers only, to a CA holder: a new certificate for the caller's own key, name and role."""
 
 class MeshServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -126,5 +130,13 @@ class MeshServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_mesh_pb2.MeshStatusReply, _abc.Awaitable[_mesh_pb2.MeshStatusReply]]:
         """The mesh as this peer sees it, and its recent routing decisions."""
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _mesh_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.RenewCertificateReply, _abc.Awaitable[_mesh_pb2.RenewCertificateReply]]:
+        """Peers only, to a CA holder: a new certificate for the caller's own key, name and role."""
 
 def add_MeshServicer_to_server(servicer: MeshServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -57,6 +57,8 @@ CASES: list[tuple[tuple[str, ...], str]] = [
     (("warm", "tiny", "--lease", "inf"), "home"),
     (("warm", "tiny", "--lease", "99999d"), "home"),
     (("warm", LONG), "home"),
+    (("warm", "tiny", "--replicas", "0"), "home"),
+    (("warm", "tiny", "--replicas", "99"), "home"),
     (("models", "--verify"), "damaged"),
     (("models",), "file"),
     (("health",), "broken"),

@@ -52,3 +52,19 @@ def test_a_pause_outlives_a_restart(tmp_path: Path, tiny_model: Path) -> None:
         node.stop()
     assert "resumed" in meshd("resume", home=home).stdout
     assert meshd("pause", "--for", "0", home=home).returncode == 1
+
+
+def test_a_paused_peer_unloads_models_nobody_used_for_a_while(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    node = start_node(paused_unload_after="0.3s")
+    assert node.node is not None
+    host = node.node.engine.hosts["tiny"]
+    node.call(node.node.engine.warm("tiny", wait=True))
+    assert node.call(node.node.paused_unload.check()) == []  # not paused: kept
+    assert meshd("pause", home=node.settings.home).returncode == 0
+    assert node.call(node.node.paused_unload.check()) == []  # used just now: kept
+    time.sleep(0.4)
+    assert node.call(node.node.paused_unload.check()) == ["tiny"]
+    assert not host.loaded
+    assert meshd("resume", home=node.settings.home).returncode == 0

@@ -89,3 +89,17 @@ def test_machine_defaults_are_filled_in_once_and_kept_when_set(tmp_path: Path) -
     assert settings.threads == (psutil.cpu_count(logical=False) or psutil.cpu_count())
     chosen = load_settings(tmp_path, {"memory_budget": "1GiB", "threads": 3}, environ={})
     assert (chosen.memory_budget, chosen.threads) == (2**30, 3)
+
+
+def test_auto_replicas_from_the_file_or_a_flag(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text("[auto_replicas]\ngemma = 2\nqwen = 3\n")
+    assert load_settings(tmp_path).auto_replicas == (("gemma", 2), ("qwen", 3))
+    flags = {"auto_replicas": "tiny=2"}
+    assert load_settings(tmp_path, flags=flags).auto_replicas == (("tiny", 2),)
+    for bad, message in (
+        ("tiny=x", "whole number"),
+        ("../x=2", "bad model name"),
+        ("t=99", "at most"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            load_settings(tmp_path, flags={"auto_replicas": bad})

@@ -42,7 +42,9 @@ class MemoryLink:
         self.scripts = scripts
         self.calls: list[tuple[str, str, int]] = []
 
-    async def generate(self, address: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+    async def generate(
+        self, address: str, peer_id: str, request: GenerateRequest
+    ) -> AsyncGenerator[Chunk, None]:
         self.calls.append(("generate", address, request.hops))
         for item in self.scripts[address]:
             if isinstance(item, Exception):
@@ -50,7 +52,14 @@ class MemoryLink:
             yield item
 
     async def warm(
-        self, address: str, model: str, lease: float, wait: bool, hops: int
+        self,
+        address: str,
+        peer_id: str,
+        model: str,
+        lease: float,
+        wait: bool,
+        hops: int,
+        pull_from: str = "",
     ) -> WarmResult:
         self.calls.append(("warm", address, hops))
         return WarmResult(model, ModelState.LOADING, 0.5, 99.0, served_by=f"peer-{address[0]}")

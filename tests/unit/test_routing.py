@@ -5,7 +5,14 @@ from __future__ import annotations
 import math
 import random
 
-from meshd.routing import PeerView, choose, expected_wait, warm_targets
+from meshd.routing import (
+    PeerView,
+    choose,
+    expected_wait,
+    replica_source,
+    replica_targets,
+    warm_targets,
+)
 from meshd.types import ModelState, PeerModel
 
 
@@ -159,3 +166,41 @@ def test_a_paused_peer_takes_no_mesh_requests_unless_nobody_else_can() -> None:
     paused_remote = PeerView("c", "c:1", False, 0.01, 1, warm, paused="quiet hours")
     assert choose([paused_remote], "m") is None
     assert [p.peer_id for p in warm_targets([here, there], "m", 1)] == ["b"]
+
+
+def _holding(pid: str, *, free: int = 100, memory: int = 50, **kw: object) -> PeerView:
+    m = PeerModel("m", ModelState.COLD, memory_bytes=memory)
+    return PeerView(pid, f"{pid}:1", False, 0.001, free, {"m": m}, **kw)  # type: ignore[arg-type]
+
+
+def test_replicas_go_to_open_peers_with_the_most_room() -> None:
+    holder = _holding("a")
+    small, big = peer("b", free=60), peer("c", free=400)
+    paused = PeerView("d", "d:1", False, 0.001, 900, {}, paused="owner")
+    busy = PeerView("e", "e:1", False, 0.001, 800, {}, yielding="cpu")
+    tight = peer("f", free=40)  # less than the model needs
+    peers = [holder, small, big, paused, busy, tight]
+    assert [p.peer_id for p in replica_targets(peers, "m", 3)] == ["c", "b"]
+    assert [p.peer_id for p in replica_targets(peers, "m", 2)] == ["c"]
+    assert replica_targets(peers, "m", 1) == []
+    assert replica_targets([small, big], "m", 3) == []  # nobody holds it: nothing to copy
+
+
+def test_pulls_under_way_count_as_copies() -> None:
+    pulling = PeerView("b", "b:1", False, 0.001, 500, {}, pulling=frozenset({"m"}))
+    peers = [_holding("a"), pulling, peer("c", free=300), peer("d", free=200)]
+    assert [p.peer_id for p in replica_targets(peers, "m", 3)] == ["c"]
+    assert replica_targets(peers, "m", 2) == []
+
+
+def test_a_replica_is_pulled_from_an_open_warm_holder_first() -> None:
+    target = peer("t", free=500)
+    paused_warm = PeerView(
+        "a", "a:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM)}, paused="owner"
+    )
+    cold = _holding("b")
+    warm = PeerView("c", "c:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM)})
+    assert replica_source([paused_warm, cold, warm, target], "m", target) is warm
+    assert replica_source([paused_warm, cold, target], "m", target) is cold
+    assert replica_source([paused_warm, target], "m", target) is paused_warm
+    assert replica_source([target], "m", target) is None

@@ -1,6 +1,6 @@
 """The HTTP door: what it adds to gRPC, and how it compares with llama-cpp-python's own server.
 
-    .venv/bin/python bench/http.py [--threads 2] [--prompts 40] [--model PATH]
+    .venv/bin/python bench/http_door.py [--threads 2] [--prompts 40] [--model PATH]
 
 - HTTP vs gRPC: time to first token (p50, p99) and decode speed of the same warm daemon, asked
   in turns over its OpenAI-compatible HTTP API (streamed completions) and over gRPC
@@ -14,19 +14,12 @@ Prints tables and writes bench/results/http.json.
 
 from __future__ import annotations
 
-# ruff: noqa: E402 - the standard library's http is imported before this folder is on the path
-import sys
-
-# This file is bench/http.py: the standard library's `http` must be found before it.
-_BENCH = sys.path.pop(0)
-import http.client
-
-sys.path.insert(0, _BENCH)
-
 import argparse
+import http.client
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
