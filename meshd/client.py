@@ -39,6 +39,7 @@ from meshd.types import (
     MeshStatus,
     ModelInfo,
     PeerStatus,
+    Prefix,
     Sampling,
     WarmResult,
 )
@@ -67,6 +68,14 @@ class Completion:
     prompt_tokens: int
     finish_reason: FinishReason | None
     served_by: str
+    cached_tokens: int = 0  # prompt tokens the serving slot had in its cache already
+    routing_reason: str = ""  # why the mesh chose the peer that served it
+
+
+def _chat_message(message: ChatMessage | Mapping[str, str]) -> ChatMessage:
+    if isinstance(message, ChatMessage):
+        return message
+    return ChatMessage(message["role"], message["content"])
 
 
 def build_request(
@@ -78,10 +87,7 @@ def build_request(
     local_only: bool = False,
 ) -> pb.GenerateRequest:
     """The wire request for generate(); exactly one of prompt and messages."""
-    chat = tuple(
-        m if isinstance(m, ChatMessage) else ChatMessage(m["role"], m["content"])
-        for m in (messages or ())
-    )
+    chat = tuple(_chat_message(m) for m in messages or ())
     request = GenerateRequest(
         model=model,
         prompt=None if chat else (prompt or ""),
@@ -106,7 +112,13 @@ def _join(chunks: Iterable[Chunk]) -> Completion:
         parts.append(chunk.text)
         last = chunk
     return Completion(
-        "".join(parts), last.tokens, last.prompt_tokens, last.finish_reason, last.served_by
+        "".join(parts),
+        last.tokens,
+        last.prompt_tokens,
+        last.finish_reason,
+        last.served_by,
+        last.cached_tokens,
+        last.routing_reason,
     )
 
 
@@ -187,9 +199,19 @@ class _Core(abc.ABC):
     # -- the calls -------------------------------------------------------------------------
 
     def _warm(
-        self, model: str, lease: float, wait: bool, replicas: int, timeout: float | None
+        self,
+        model: str,
+        lease: float,
+        wait: bool,
+        replicas: int,
+        timeout: float | None,
+        prefix: str | None,
+        messages: Messages | None,
     ) -> Unary[WarmResult]:
         request = pb.WarmRequest(model=model, lease_seconds=lease, wait=wait, replicas=replicas)
+        if prefix or messages:
+            chat = tuple(_chat_message(m) for m in messages or ())
+            convert.prefix_to_pb(Prefix(prefix or "", chat), request)
         limit = timeout or (self.generate_timeout if wait else self.timeout)
         return Unary("Warm", request, limit, convert.warm_from_pb)
 
@@ -287,9 +309,15 @@ class MeshClient(_Core):
         wait: bool = False,
         replicas: int = 1,
         timeout: float | None = None,
+        prefix: str | None = None,
+        messages: Messages | None = None,
     ) -> WarmResult:
-        """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        return self._call(self._warm(model, lease, wait, replicas, timeout))
+        """Start warming model and keep it warm for lease seconds; wait=True returns when warm.
+        With a prefix (the start of later prompts) or messages (the first messages of later
+        chats, e.g. the system prompt), it is also evaluated into a slot's cache and held for
+        the lease, so later requests that start with it prefill only the rest."""
+        call = self._warm(model, lease, wait, replicas, timeout, prefix, messages)
+        return self._call(call)
 
     def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""
@@ -386,9 +414,15 @@ class AsyncMeshClient(_Core):
         wait: bool = False,
         replicas: int = 1,
         timeout: float | None = None,
+        prefix: str | None = None,
+        messages: Messages | None = None,
     ) -> WarmResult:
-        """Start warming model and keep it warm for lease seconds; wait=True returns when warm."""
-        return await self._call(self._warm(model, lease, wait, replicas, timeout))
+        """Start warming model and keep it warm for lease seconds; wait=True returns when warm.
+        With a prefix (the start of later prompts) or messages (the first messages of later
+        chats, e.g. the system prompt), it is also evaluated into a slot's cache and held for
+        the lease, so later requests that start with it prefill only the rest."""
+        call = self._warm(model, lease, wait, replicas, timeout, prefix, messages)
+        return await self._call(call)
 
     async def models(self, *, timeout: float | None = None) -> list[ModelInfo]:
         """Every model the peer has, warm or cold."""

@@ -14,7 +14,15 @@ import asyncio
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Protocol
 
-from meshd.types import Chunk, GenerateRequest, MeshStatus, PeerInfo, ReplicaPull, WarmResult
+from meshd.types import (
+    Chunk,
+    GenerateRequest,
+    MeshStatus,
+    PeerInfo,
+    Prefix,
+    ReplicaPull,
+    WarmResult,
+)
 
 if TYPE_CHECKING:
     from meshd.engine import Engine
@@ -40,8 +48,10 @@ class PeerLink(Protocol):
         wait: bool,
         hops: int,
         pull_from: str = "",
+        prefix: Prefix | None = None,
     ) -> WarmResult:
-        """Warm model on that peer; pull_from names a peer it copies the file from first."""
+        """Warm model on that peer (and the prefix into a slot there); pull_from names a peer
+        it copies the file from first."""
         ...
 
     async def renew_certificate(self, address: str, peer_id: str) -> bytes:
@@ -72,7 +82,14 @@ class Router(Protocol):
     def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]: ...
 
     async def warm(
-        self, model: str, lease: float, wait: bool, replicas: int, hops: int, pull_from: str = ""
+        self,
+        model: str,
+        lease: float,
+        wait: bool,
+        replicas: int,
+        hops: int,
+        pull_from: str = "",
+        prefix: Prefix | None = None,
     ) -> WarmResult: ...
 
     def local_info(self) -> PeerInfo: ...

@@ -46,6 +46,7 @@ from meshd.types import (
     MeshStatus,
     ModelState,
     PeerInfo,
+    Prefix,
     RoutingRecord,
     WarmResult,
 )
@@ -228,43 +229,54 @@ class Mesh:
         replicas: int,
         hops: int,
         pull_from: str = "",
+        prefix: Prefix | None = None,
     ) -> WarmResult:
         """Warm model on the best peer(s) of the mesh and hold it there for the lease; when fewer
         than replicas peers hold its file, peers with room pull a copy first. pull_from (from
-        another peer's router) asks this peer to pull the file from that peer, then warm it."""
+        another peer's router) asks this peer to pull the file from that peer, then warm it.
+        A prefix is evaluated into a slot's cache on each of them and held for the lease."""
         parse_name(model, field="model")
         validate_warm(lease, replicas)
         self._refuse_if_paused(hops)
         await self.engine.refresh()
         if pull_from and model not in self.engine.hosts:
-            return await self._pull_replica(model, lease, wait, pull_from)
+            return await self._pull_replica(model, lease, wait, pull_from, prefix)
         views = self.views()
         targets = warm_targets(views, model, replicas)
         if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
-            return await self.engine.warm(model, lease, wait)
+            return await self.engine.warm(model, lease, wait, prefix)
         if not targets:
             raise ModelNotFound(f"no model named {model!r} in the mesh")
-        results = [await self._warm_on(target, model, lease, wait, hops) for target in targets]
+        results = [
+            await self._warm_on(target, model, lease, wait, hops, prefix) for target in targets
+        ]
         for target in replica_targets(views, model, replicas):
             source = replica_source(views, model, target)
             if source is None:
                 continue
             try:
-                results.append(await self._copy_to(target, source, model, lease, wait, hops))
+                copied = await self._copy_to(target, source, model, lease, wait, hops, prefix)
+                results.append(copied)
             except MeshdError as error:
                 if wait:  # the caller waits for the copies: it hears why one failed
                     raise
                 log.warning("replica of %s on %s: %s", model, target.peer_id, error)
         first = results[0]
-        served_by = first.served_by or self.peer_id
-        return WarmResult(first.model, first.state, first.ready_in, first.warm_until, served_by)
+        return dataclasses.replace(first, served_by=first.served_by or self.peer_id)
 
     async def _warm_on(
-        self, target: PeerView, model: str, lease: float, wait: bool, hops: int
+        self,
+        target: PeerView,
+        model: str,
+        lease: float,
+        wait: bool,
+        hops: int,
+        prefix: Prefix | None,
     ) -> WarmResult:
         if target.local:
-            return await self.engine.warm(model, lease, wait)
-        return await self.link.warm(target.address, target.peer_id, model, lease, wait, hops + 1)
+            return await self.engine.warm(model, lease, wait, prefix)
+        address, peer_id = target.address, target.peer_id
+        return await self.link.warm(address, peer_id, model, lease, wait, hops + 1, prefix=prefix)
 
     async def _copy_to(
         self,
@@ -274,17 +286,20 @@ class Mesh:
         lease: float,
         wait: bool,
         hops: int,
+        prefix: Prefix | None,
     ) -> WarmResult:
         """Have target pull model from source, then warm it."""
         address = self.address if source.local else source.address
         log.info("%s: a replica on %s, pulled from %s", model, _who(target), _who(source))
         if target.local:
-            return await self._pull_replica(model, lease, wait, address)
+            return await self._pull_replica(model, lease, wait, address, prefix)
         return await self.link.warm(
-            target.address, target.peer_id, model, lease, wait, hops + 1, address
+            target.address, target.peer_id, model, lease, wait, hops + 1, address, prefix
         )
 
-    async def _pull_replica(self, model: str, lease: float, wait: bool, address: str) -> WarmResult:
+    async def _pull_replica(
+        self, model: str, lease: float, wait: bool, address: str, prefix: Prefix | None
+    ) -> WarmResult:
         """Pull model from the live peer at address, then warm it here."""
         now = time.monotonic()
         entry = next((e for e in self.table.live(now) if e.address == address and e.info), None)
@@ -297,7 +312,7 @@ class Mesh:
         task = self.fetcher.start(model, address, entry.info.peer_id, lease)
         if wait:
             await asyncio.shield(task)
-            return await self.engine.warm(model, lease, wait=True)
+            return await self.engine.warm(model, lease, True, prefix)
         size = next((m.size_bytes for m in entry.info.models if m.name == model), 0)
         ready_in = size / ASSUMED_PULL_BYTES_S
         return WarmResult(model, ModelState.LOADING, ready_in, time.time() + lease, self.peer_id)

@@ -43,6 +43,18 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class Prefix:
+    """A prompt's beginning to warm: text for completions, or the first messages of chats
+    (rendered with the model's template as a later request with them will be)."""
+
+    prompt: str = ""
+    messages: tuple[ChatMessage, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.prompt or self.messages)
+
+
+@dataclass(frozen=True)
 class GenerateRequest:
     """A completion of `prompt`, or of `messages` through the model's chat template."""
 
@@ -52,6 +64,9 @@ class GenerateRequest:
     max_tokens: int = 256
     sampling: Sampling = field(default_factory=Sampling)
     hops: int = 0
+    # Only evaluate the prompt into a slot's cache (a warmed prefix): no token is generated.
+    # For messages, the text is what the template renders before the next turn's content.
+    prefill_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,7 @@ class Chunk:
     prompt_tokens: int = 0
     served_by: str = ""
     routing_reason: str = ""
+    cached_tokens: int = 0  # on the last chunk: prompt tokens found in the slot's cache
     # The wire message a relayed chunk arrived in: the door that speaks that wire sends it on
     # as it is, instead of encoding the chunk again. Not part of what the chunk says.
     wire: object = field(default=None, compare=False, repr=False)
@@ -78,6 +94,7 @@ class WarmResult:
     ready_in: float
     warm_until: float
     served_by: str = ""
+    prefix_tokens: int = 0  # with wait and a prefix: its tokens, now in a slot's cache
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,8 @@ class PeerModel:
     service_seconds: float = 0.0
     memory_bytes: int = 0
     size_bytes: int = 0  # the file, as a peer pulling a replica needs it on disk
+    prefix_prints: tuple[int, ...] = ()  # fingerprints of what its slots hold (meshd.prefixes)
+    prefill_rate: float = 0.0  # prompt tokens per second it prefills; 0 while unmeasured
 
 
 @dataclass(frozen=True)

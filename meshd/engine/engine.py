@@ -25,7 +25,15 @@ from meshd.errors import (
 )
 from meshd.store import ModelStore
 from meshd.telemetry import Telemetry
-from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel, WarmResult
+from meshd.types import (
+    Chunk,
+    GenerateRequest,
+    ModelInfo,
+    ModelState,
+    PeerModel,
+    Prefix,
+    WarmResult,
+)
 
 log = logging.getLogger("meshd.engine")
 REAP_INTERVAL_S = 1.0
@@ -162,10 +170,14 @@ class Engine:
                 async for chunk in chunks:
                     yield chunk
 
-    async def warm(self, name: str, lease: float = 0.0, wait: bool = False) -> WarmResult:
-        """Start warming the model (or wait for it) and hold it warm for at least the lease."""
+    async def warm(
+        self, name: str, lease: float = 0.0, wait: bool = False, prefix: Prefix | None = None
+    ) -> WarmResult:
+        """Start warming the model (or wait for it) and hold it warm for at least the lease;
+        with a prefix, then evaluate it into a slot's cache and hold it there for the lease."""
         await self.refresh()
         host = self.host(name)
+        prefill = self._prefill_request(name, prefix) if prefix else None
         if host.file_refused:  # fixed since? then it is warmed like any other
             with contextlib.suppress(InvalidModelFile):
                 await asyncio.to_thread(host.inspect)
@@ -175,12 +187,51 @@ class Engine:
         now = time.time()
         host.lease_until = max(host.lease_until, now + lease)
         host.last_used = max(host.last_used, now)
+        prefix_tokens = 0
         if wait:
             await self.ensure_warm(host)
+            if prefill is not None:
+                last = await self._prefill(host, prefill, now + lease)
+                prefix_tokens = last.prompt_tokens if last is not None else 0
+        elif prefill is not None:
+            self._background(self._warm_then_prefill(host, prefill, now + lease), f"prefix-{name}")
         elif host.state is not ModelState.WARM:
             self._loading_task(host)
         state = host.state if host.state is ModelState.WARM else ModelState.LOADING
-        return WarmResult(name, state, self._ready_in(host), host.warm_until(self.keep_alive))
+        until = host.warm_until(self.keep_alive)
+        return WarmResult(name, state, self._ready_in(host), until, prefix_tokens=prefix_tokens)
+
+    def _prefill_request(self, name: str, prefix: Prefix) -> GenerateRequest:
+        request = GenerateRequest(
+            name, prefix.prompt or None, prefix.messages, max_tokens=1, prefill_only=True
+        )
+        validate_request(request, self.limits)
+        return request
+
+    async def _warm_then_prefill(
+        self, host: ModelHost, prefill: GenerateRequest, hold_until: float
+    ) -> None:
+        await self.ensure_warm(host)
+        await self._prefill(host, prefill, hold_until)
+
+    async def _prefill(
+        self, host: ModelHost, prefill: GenerateRequest, hold_until: float
+    ) -> Chunk | None:
+        """Evaluate a prefix into the slot that holds most of it; the last chunk says how
+        many tokens it has and how many were there already."""
+        last = None
+        with host.admit():
+            async with contextlib.aclosing(host.stream(prefill, hold_until=hold_until)) as chunks:
+                async for chunk in chunks:
+                    last = chunk
+        if last is not None:
+            log.info(
+                "%s: prefix of %d tokens warm (%d were cached)",
+                host.name,
+                last.prompt_tokens,
+                last.cached_tokens,
+            )
+        return last
 
     async def ensure_warm(self, host: ModelHost) -> None:
         """Return once the model is WARM; concurrent callers share one load."""

@@ -18,13 +18,16 @@ from meshd.engine.eviction import Resident, warm_until
 from meshd.engine.failures import FailureRecord, FileStamp, Verdict
 from meshd.engine.runnerproc import RunnerProcess
 from meshd.engine.runnersupply import RunnerSupply
+from meshd.engine.slots import SlotPool
 from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded, RunnerFailed
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
+from meshd.prefixes import canonical_of
 from meshd.runner.protocol import LoadOptions
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel
 
 # Scratch a llama.cpp context needs beyond weights and KV cache, before it is measured.
 SLOT_OVERHEAD_BYTES = 16 * 2**20
+MIN_RATE_TOKENS = 64  # a prompt this long (beyond its cached part) measures the prefill rate
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,8 @@ class ModelHost:
         self.file_refused = False  # the validator refused the file as it is now
         self.inspected: FileStamp | None = None  # the file as it was when it passed
         self.runner: RunnerProcess | None = None
-        self.free: asyncio.Queue[int] = asyncio.Queue()
+        self.free = SlotPool()
+        self.prefill_rates: deque[float] = deque(maxlen=16)  # prompt tokens per second
         self.inflight = 0
         self.last_used = 0.0
         self.lease_until = 0.0
@@ -210,9 +214,7 @@ class ModelHost:
             raise ModelUnavailable(f"model {self.name!r}: {self.error}") from None
         finally:
             self.supply.replenish()
-        self.free = asyncio.Queue()
-        for index in range(opts.count):
-            self.free.put_nowait(index)
+        self.free = SlotPool(opts.count)
         self.load_seconds = time.monotonic() - started
         self.memory_bytes = max(runner.rss(), self.facts.file_size if self.facts else 0)
         self.last_used = time.time()
@@ -224,7 +226,7 @@ class ModelHost:
         """The runner is gone: unless it was stopped on purpose, the model failed."""
         if self.runner is not runner:
             return
-        self.runner, self.free, self.memory_bytes = None, asyncio.Queue(), 0
+        self.runner, self.free, self.memory_bytes = None, SlotPool(), 0
         if runner.closing:
             self.state = ModelState.COLD if self.state is not ModelState.FAILED else self.state
             return
@@ -232,7 +234,7 @@ class ModelHost:
 
     async def unload(self) -> None:
         """Stop the runner; the model goes back to COLD."""
-        runner, self.runner, self.free = self.runner, None, asyncio.Queue()
+        runner, self.runner, self.free = self.runner, None, SlotPool()
         if runner is not None:
             await runner.close()
         self.memory_bytes = 0
@@ -257,17 +259,24 @@ class ModelHost:
             self.inflight -= 1
 
     async def stream(
-        self, request: GenerateRequest, waited: Callable[[float], None] | None = None
+        self,
+        request: GenerateRequest,
+        waited: Callable[[float], None] | None = None,
+        hold_until: float = 0.0,
     ) -> AsyncGenerator[Chunk, None]:
-        """Run the request on the next free slot and yield its chunks; cancels it on exit.
-        `waited` is told how long the request waited for its slot."""
+        """Run the request on the free slot that holds the longest prefix of it and yield its
+        chunks; cancels it on exit. `waited` is told how long the request waited for its
+        slot; a prefill_only request's prefix is held in its slot until hold_until."""
         asked = time.monotonic()
-        runner, slot = await self._take_slot()
+        text = canonical_of(request)
+        runner, slot = await self._take_slot(text)
         started = time.monotonic()
         if waited is not None:
             waited(started - asked)
         free = self.free
+        free.used(slot, text, hold_until)
         completed = False
+        first_at = 0.0
 
         def released() -> None:
             self.service_times.append(time.monotonic() - started)
@@ -277,17 +286,33 @@ class ModelHost:
 
         async with contextlib.aclosing(runner.stream(slot, request, released)) as chunks:
             async for chunk in chunks:
+                first_at = first_at or time.monotonic()
                 completed = chunk.finish_reason is not None
+                if completed:
+                    self._prefilled(chunk, first_at - started)
                 yield chunk
         if completed and not self.failures.load_failures:
             self.failures = FailureRecord()  # a whole answer: the model works again
 
-    async def _take_slot(self) -> tuple[RunnerProcess, int]:
-        """The next free slot of the current runner, or RunnerFailed if the runner ends first."""
+    def _prefilled(self, last: Chunk, seconds: float) -> None:
+        """Learn the prefill rate from a request's first chunk (a long enough prompt only)."""
+        evaluated = last.prompt_tokens - last.cached_tokens
+        if evaluated >= MIN_RATE_TOKENS and seconds > 0:
+            self.prefill_rates.append(evaluated / seconds)
+
+    @property
+    def prefill_rate(self) -> float:
+        """Prompt tokens per second this peer prefills (median of recent ones), 0 unknown."""
+        rates = sorted(self.prefill_rates)
+        return rates[len(rates) // 2] if rates else 0.0
+
+    async def _take_slot(self, text: str) -> tuple[RunnerProcess, int]:
+        """The best free slot of the current runner for this canonical text, or RunnerFailed
+        if the runner ends first."""
         runner, free = self.runner, self.free
         if runner is None:
             raise RunnerFailed(f"model {self.name!r}: {self.error or 'runner not running'}")
-        getter: asyncio.Future[int] = asyncio.ensure_future(free.get())
+        getter: asyncio.Future[int] = asyncio.ensure_future(free.get(text))
         either: set[asyncio.Future[Any]] = {getter, runner.ended}
         try:
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
@@ -309,7 +334,11 @@ class ModelHost:
         active, queued = self.active, max(self.inflight - self.active, 0)
         slots, memory = self.options.count, self.projected_memory()
         size = self.facts.file_size if self.facts else 0
-        return PeerModel(self.name, self.state, active, queued, slots, mean, memory, size)
+        prints = tuple(self.free.fingerprints()) if self.state is ModelState.WARM else ()
+        return PeerModel(
+            self.name, self.state, active, queued, slots, mean, memory, size, prints,
+            self.prefill_rate,
+        )  # fmt: skip
 
     def info(self, keep_alive: float) -> ModelInfo:
         """What ListModels reports for this model."""

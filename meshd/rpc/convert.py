@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 from meshd.errors import InvalidRequest
+from meshd.prefixes import MAX_FINGERPRINTS
 from meshd.types import (
     ChatMessage,
     Chunk,
@@ -16,6 +20,7 @@ from meshd.types import (
     PeerInfo,
     PeerModel,
     PeerStatus,
+    Prefix,
     ReplicaPull,
     RoutingRecord,
     Sampling,
@@ -106,6 +111,7 @@ def chunk_to_pb(chunk: Chunk) -> pb.GenerateChunk:
         if chunk.finish_reason
         else pb.FINISH_REASON_UNSPECIFIED,
         prompt_tokens=chunk.prompt_tokens,
+        cached_tokens=chunk.cached_tokens,
         served_by=chunk.served_by,
         routing_reason=chunk.routing_reason,
     )
@@ -120,6 +126,7 @@ def chunk_from_pb(message: pb.GenerateChunk, *, relayed: bool = False) -> Chunk:
         prompt_tokens=message.prompt_tokens,
         served_by=message.served_by,
         routing_reason=message.routing_reason,
+        cached_tokens=min(message.cached_tokens, message.prompt_tokens),
         wire=message if relayed else None,
     )
 
@@ -131,6 +138,7 @@ def warm_to_pb(result: WarmResult) -> pb.WarmReply:
         state=_STATE_TO_PB[result.state],
         ready_in_seconds=result.ready_in,
         warm_until_unix=result.warm_until,
+        prefix_tokens=result.prefix_tokens,
         served_by=result.served_by,
     )
 
@@ -143,6 +151,7 @@ def warm_from_pb(message: pb.WarmReply) -> WarmResult:
         message.ready_in_seconds,
         message.warm_until_unix,
         message.served_by,
+        message.prefix_tokens,
     )
 
 
@@ -251,6 +260,8 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
                 service_seconds=m.service_seconds,
                 memory_bytes=m.memory_bytes,
                 size_bytes=m.size_bytes,
+                prefix_prints=m.prefix_prints,
+                prefill_tokens_per_second=m.prefill_rate,
             )
             for m in info.models
         ],
@@ -342,12 +353,37 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
 def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
     """A model's state and load, from a heartbeat's PeerModel or a status reply's ModelLoad."""
     state = _STATE_FROM_PB.get(x.state, ModelState.COLD)
-    return PeerModel(
+    model = PeerModel(
         name, state, x.active, x.queued, x.slots, x.service_seconds, x.memory_bytes, x.size_bytes
     )
+    if isinstance(x, pb.PeerModel):  # what a peer says it holds: bounded, a finite rate
+        rate = x.prefill_tokens_per_second
+        model = dataclasses.replace(
+            model,
+            prefix_prints=tuple(x.prefix_prints[:MAX_FINGERPRINTS]),
+            prefill_rate=rate if math.isfinite(rate) and rate > 0 else 0.0,
+        )
+    return model
 
 
 def _pull_from_pb(p: pb.ReplicaPull) -> ReplicaPull:
     return ReplicaPull(
         p.model[:MAX_NAME_CHARS], p.source[:MAX_NAME_CHARS], p.done_bytes, p.total_bytes
     )
+
+
+def prefix_to_pb(prefix: Prefix, request: pb.WarmRequest) -> None:
+    """Set a WarmRequest's prefix fields."""
+    request.prefix = prefix.prompt
+    request.prefix_messages.extend(
+        pb.ChatMessage(role=m.role, content=m.content) for m in prefix.messages
+    )
+
+
+def prefix_from_pb(request: pb.WarmRequest) -> Prefix | None:
+    """The prefix a WarmRequest asks for, or None."""
+    if request.prefix and request.prefix_messages:
+        raise InvalidRequest("send a prefix or prefix messages, not both", field="prefix")
+    messages = tuple(ChatMessage(m.role, m.content) for m in request.prefix_messages)
+    prefix = Prefix(request.prefix, messages)
+    return prefix or None

@@ -10,7 +10,7 @@ from grpc import aio
 
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
-from meshd.types import Chunk, GenerateRequest, WarmResult
+from meshd.types import Chunk, GenerateRequest, Prefix, WarmResult
 from meshd.v1 import mesh_pb2 as pb
 
 
@@ -42,10 +42,13 @@ class GrpcLink:
         wait: bool,
         hops: int,
         pull_from: str = "",
+        prefix: Prefix | None = None,
     ) -> WarmResult:
         request = pb.WarmRequest(
             model=model, lease_seconds=lease, wait=wait, hops=hops, pull_from=pull_from
         )
+        if prefix:
+            convert.prefix_to_pb(prefix, request)
         stub = channels.aio_mesh_stub(self.pool.get(address, peer_id))
         try:
             reply = await stub.Warm(request, timeout=None if wait else 10.0)

@@ -84,6 +84,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             request.replicas,
             request.hops,
             request.pull_from,
+            convert.prefix_from_pb(request),
         )
         reply = convert.warm_to_pb(result)
         reply.served_by = result.served_by or self.peer_id

@@ -59,12 +59,26 @@ class Vocabulary:
         return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
 
+# A next turn's content, for rendering a chat prefix: the text before it is what any later
+# request with the same messages first renders, whatever its own next turn says.
+_NEXT_TURN = "\ue000meshd-next-turn\ue000"
+
+
 def prompt_tokens(llm: Any, request: GenerateRequest) -> list[int]:
-    """Tokens of the prompt, or of the chat rendered through the model's own template."""
+    """Tokens of the prompt, or of the chat rendered through the model's own template (for a
+    prefill_only chat: the rendering up to the next turn's content)."""
     if not request.messages:
         assert request.prompt is not None
         tokens: list[int] = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True)
         return tokens
+    rendered, added_special = _render_chat(llm, request)
+    result: list[int] = llm.tokenize(
+        rendered.encode("utf-8"), add_bos=not added_special, special=True
+    )
+    return result
+
+
+def _render_chat(llm: Any, request: GenerateRequest) -> tuple[str, bool]:
     template = llm.metadata.get("tokenizer.chat_template")
     if not template:
         raise InvalidRequest(
@@ -75,17 +89,47 @@ def prompt_tokens(llm: Any, request: GenerateRequest) -> list[int]:
         eos_token=_token_text(llm, llm.token_eos()),
         bos_token=_token_text(llm, llm.token_bos()),
     )
+    chat: Any = [{"role": m.role, "content": m.content} for m in request.messages]
+    if request.prefill_only:  # a turn after the prefix, so that it renders as it will then
+        after = "assistant" if request.messages[-1].role == "user" else "user"
+        chat.append({"role": after, "content": _NEXT_TURN})
     try:
-        chat: Any = [{"role": m.role, "content": m.content} for m in request.messages]
         rendered = formatter(messages=chat)
     except Exception as exc:  # a template may raise anything through raise_exception
         raise InvalidRequest(
             f"chat template refused the messages: {exc}", field="messages"
         ) from None
-    result: list[int] = llm.tokenize(
-        rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True
-    )
-    return result
+    text = rendered.prompt
+    if request.prefill_only:
+        text = text.partition(_NEXT_TURN)[0]
+    return text, bool(rendered.added_special)
+
+
+def cached_prefix(llm: Any, tokens: list[int]) -> int:
+    """How many leading tokens of `tokens` the context already holds (llama.cpp re-evaluates
+    at least the last one of a prompt)."""
+    held = llm.input_ids[: llm.n_tokens]
+    shared = 0
+    for have, want in zip(held, tokens, strict=False):
+        if have != want:
+            break
+        shared += 1
+    return min(shared, max(len(tokens) - 1, 0))
+
+
+def run_prefill(llm: Any, job: Job, emit: Emit) -> None:
+    """Evaluate the prompt into the context and keep it (a warmed prefix); emits one last
+    chunk with the prompt's tokens and how many were already there."""
+    tokens = prompt_tokens(llm, job.request)
+    if len(tokens) >= llm.n_ctx():
+        raise InvalidRequest(
+            f"prefix is {len(tokens)} tokens; the context holds {llm.n_ctx()}", field="prefix"
+        )
+    cached = cached_prefix(llm, tokens)
+    llm.between_batches = _between_batches(job)
+    llm.n_tokens = cached
+    llm.eval(tokens[cached:])
+    emit(Chunk("", 0, FinishReason.LENGTH, prompt_tokens=len(tokens), cached_tokens=cached))
 
 
 def _token_text(llm: Any, token: int) -> str:
@@ -95,7 +139,11 @@ def _token_text(llm: Any, token: int) -> str:
 def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
     """Generate for job on llm, calling emit per piece of text; the last chunk says why it ended."""
     request, sampling = job.request, job.request.sampling
+    if request.prefill_only:
+        run_prefill(llm, job, emit)
+        return
     tokens = prompt_tokens(llm, request)
+    cached = cached_prefix(llm, tokens)
     n_ctx = llm.n_ctx()
     if len(tokens) >= n_ctx:
         raise InvalidRequest(
@@ -122,14 +170,14 @@ def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
         count += 1
         text, stopped = stops.feed(decoder.decode(vocab.piece(token)))
         if stopped:
-            emit(Chunk(text, count, FinishReason.STOP, prompt_tokens=len(tokens)))
+            emit(Chunk(text, count, FinishReason.STOP, len(tokens), cached_tokens=cached))
             return
         if text:
             emit(Chunk(text, count))
         if count >= budget:
             break
     tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
-    emit(Chunk(tail, count, finish, prompt_tokens=len(tokens)))
+    emit(Chunk(tail, count, finish, prompt_tokens=len(tokens), cached_tokens=cached))
 
 
 def _between_batches(job: Job) -> Callable[[], None]:

@@ -81,6 +81,7 @@ def request_to_wire(request: GenerateRequest) -> dict[str, Any]:
         "top_k": s.top_k,
         "seed": s.seed,
         "stop": list(s.stop),
+        "prefill_only": request.prefill_only,
     }
 
 
@@ -99,6 +100,7 @@ def request_from_wire(data: dict[str, Any], model: str = "") -> GenerateRequest:
         messages=tuple(ChatMessage(str(r), str(c)) for r, c in data["messages"]),
         max_tokens=int(data["max_tokens"]),
         sampling=sampling,
+        prefill_only=bool(data.get("prefill_only", False)),
     )
 
 
@@ -116,6 +118,7 @@ def chunk_to_wire(request_id: int, chunk: Chunk) -> dict[str, Any]:
     if chunk.finish_reason is not None:
         message["finish"] = chunk.finish_reason.value
         message["prompt_tokens"] = chunk.prompt_tokens
+        message["cached_tokens"] = chunk.cached_tokens
     return message
 
 
@@ -123,19 +126,23 @@ def chunk_from_wire(message: dict[str, Any]) -> Chunk:
     """The Chunk in a chunk frame; refuses fields of the wrong type."""
     text, tokens = message.get("text"), message.get("tokens")
     finish, prompt_tokens = message.get("finish"), message.get("prompt_tokens", 0)
+    cached = message.get("cached_tokens", 0)
     if (
         not isinstance(text, str)
         or not isinstance(tokens, int)
         or not isinstance(prompt_tokens, int)
+        or not isinstance(cached, int)
     ):
         raise ProtocolError("chunk frame with fields of the wrong type")
-    if not _count(tokens) or not _count(prompt_tokens):
+    if not _count(tokens) or not _count(prompt_tokens) or not _count(cached):
         raise ProtocolError("chunk frame with counts out of range")
+    if cached > prompt_tokens:
+        raise ProtocolError("chunk frame with more cached tokens than prompt tokens")
     try:
         reason = None if finish is None else FinishReason(finish)
     except ValueError:
         raise ProtocolError(f"chunk frame with an unknown finish {str(finish)[:32]!r}") from None
-    return Chunk(text, tokens, reason, prompt_tokens)
+    return Chunk(text, tokens, reason, prompt_tokens, cached_tokens=cached)
 
 
 def error_to_wire(request_id: int, error: MeshdError) -> dict[str, Any]:

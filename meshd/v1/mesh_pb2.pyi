@@ -228,6 +228,7 @@ class GenerateChunk(_message.Message):
     TOKENS_FIELD_NUMBER: _builtins.int
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    CACHED_TOKENS_FIELD_NUMBER: _builtins.int
     SERVED_BY_FIELD_NUMBER: _builtins.int
     ROUTING_REASON_FIELD_NUMBER: _builtins.int
     text: _builtins.str
@@ -237,6 +238,8 @@ class GenerateChunk(_message.Message):
     """set on the last chunk only"""
     prompt_tokens: _builtins.int
     """set on the last chunk only"""
+    cached_tokens: _builtins.int
+    """last chunk: prompt tokens found warm in the slot's cache"""
     served_by: _builtins.str
     """Mesh routing.
     peer id of the peer that ran the model
@@ -250,12 +253,13 @@ class GenerateChunk(_message.Message):
         tokens: _builtins.int = ...,
         finish_reason: Global___FinishReason.ValueType = ...,
         prompt_tokens: _builtins.int = ...,
+        cached_tokens: _builtins.int = ...,
         served_by: _builtins.str = ...,
         routing_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["finish_reason", b"finish_reason", "prompt_tokens", b"prompt_tokens", "routing_reason", b"routing_reason", "served_by", b"served_by", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_tokens", b"cached_tokens", "finish_reason", b"finish_reason", "prompt_tokens", b"prompt_tokens", "routing_reason", b"routing_reason", "served_by", b"served_by", "text", b"text", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,6 +272,8 @@ class WarmRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     LEASE_SECONDS_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    PREFIX_FIELD_NUMBER: _builtins.int
+    PREFIX_MESSAGES_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     HOPS_FIELD_NUMBER: _builtins.int
     PULL_FROM_FIELD_NUMBER: _builtins.int
@@ -275,25 +281,33 @@ class WarmRequest(_message.Message):
     lease_seconds: _builtins.float
     """keep warm at least this long; 0 uses the peer's keep-alive"""
     wait: _builtins.bool
-    """reply only when warm"""
+    """reply only when warm (and, with a prefix, when it is evaluated)"""
+    prefix: _builtins.str
+    """A prompt's beginning to evaluate into a slot's cache and hold for the lease: text for
+    completions, or the first messages of chats (at most one of the two).
+    """
     replicas: _builtins.int
     """Mesh routing."""
     hops: _builtins.int
     pull_from: _builtins.str
     """Between peers: this peer lacks the file; pull it from the peer at this address, then warm."""
+    @_builtins.property
+    def prefix_messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ChatMessage]: ...
     def __init__(
         self,
         *,
         model: _builtins.str = ...,
         lease_seconds: _builtins.float = ...,
         wait: _builtins.bool = ...,
+        prefix: _builtins.str = ...,
+        prefix_messages: _abc.Iterable[Global___ChatMessage] | None = ...,
         replicas: _builtins.int = ...,
         hops: _builtins.int = ...,
         pull_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "lease_seconds", b"lease_seconds", "model", b"model", "pull_from", b"pull_from", "replicas", b"replicas", "wait", b"wait"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hops", b"hops", "lease_seconds", b"lease_seconds", "model", b"model", "prefix", b"prefix", "prefix_messages", b"prefix_messages", "pull_from", b"pull_from", "replicas", b"replicas", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -307,6 +321,7 @@ class WarmReply(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     READY_IN_SECONDS_FIELD_NUMBER: _builtins.int
     WARM_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
+    PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
     SERVED_BY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     state: Global___ModelState.ValueType
@@ -314,6 +329,8 @@ class WarmReply(_message.Message):
     """estimate; 0 when warm"""
     warm_until_unix: _builtins.float
     """the lease, as a Unix time"""
+    prefix_tokens: _builtins.int
+    """with wait and a prefix: its tokens, now in a slot's cache"""
     served_by: _builtins.str
     """Mesh routing."""
     def __init__(
@@ -323,11 +340,12 @@ class WarmReply(_message.Message):
         state: Global___ModelState.ValueType = ...,
         ready_in_seconds: _builtins.float = ...,
         warm_until_unix: _builtins.float = ...,
+        prefix_tokens: _builtins.int = ...,
         served_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "ready_in_seconds", b"ready_in_seconds", "served_by", b"served_by", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prefix_tokens", b"prefix_tokens", "ready_in_seconds", b"ready_in_seconds", "served_by", b"served_by", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -645,6 +663,8 @@ class PeerModel(_message.Message):
     SERVICE_SECONDS_FIELD_NUMBER: _builtins.int
     MEMORY_BYTES_FIELD_NUMBER: _builtins.int
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    PREFIX_PRINTS_FIELD_NUMBER: _builtins.int
+    PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___ModelState.ValueType
     active: _builtins.int
@@ -654,6 +674,12 @@ class PeerModel(_message.Message):
     memory_bytes: _builtins.int
     size_bytes: _builtins.int
     """the file's size: what a peer pulling a replica needs on disk"""
+    prefill_tokens_per_second: _builtins.float
+    """measured; 0 while unknown"""
+    @_builtins.property
+    def prefix_prints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """fingerprints of what its slots hold (meshd.prefixes)"""
+
     def __init__(
         self,
         *,
@@ -665,10 +691,12 @@ class PeerModel(_message.Message):
         service_seconds: _builtins.float = ...,
         memory_bytes: _builtins.int = ...,
         size_bytes: _builtins.int = ...,
+        prefix_prints: _abc.Iterable[_builtins.int] | None = ...,
+        prefill_tokens_per_second: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -60,6 +60,7 @@ class MemoryLink:
         wait: bool,
         hops: int,
         pull_from: str = "",
+        prefix: object = None,
     ) -> WarmResult:
         self.calls.append(("warm", address, hops))
         return WarmResult(model, ModelState.LOADING, 0.5, 99.0, served_by=f"peer-{address[0]}")
@@ -91,7 +92,7 @@ class NoModelsHere:
         raise ModelNotFound(f"no model named {request.model!r} here")
         yield  # an async generator
 
-    async def warm(self, model: str, lease: float, wait: bool) -> WarmResult:
+    async def warm(self, model: str, lease: float, wait: bool, prefix: object = None) -> WarmResult:
         raise ModelNotFound(f"no model named {model!r} here")
 
 

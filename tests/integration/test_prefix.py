@@ -1,0 +1,68 @@
+"""Prefix warming on real llama.cpp: a warmed prefix is reused by the requests that start with
+it (same greedy text as without it), each slot keeps its own prefix, and short requests on
+other slots leave a warmed prefix alone."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from conftest import NodeThread
+
+from meshd.client import MeshClient
+
+SYSTEM = "You are a careful assistant for the Hello team. " * 3
+OTHER = "Translate every sentence the user sends into plain words. " * 3
+
+
+def _ask(node: NodeThread, prompt: str, **kw: object) -> object:
+    with MeshClient(node.address) as mesh:
+        return mesh.complete("tiny", prompt, max_tokens=4, temperature=0.0, **kw)  # type: ignore[arg-type]
+
+
+def test_a_warmed_prefix_is_reused_with_the_same_greedy_text(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    warmed = start_node(slots=2)
+    cold = start_node(slots=2)
+    with MeshClient(warmed.address) as mesh:
+        result = mesh.warm("tiny", prefix=SYSTEM, wait=True)
+    assert result.prefix_tokens > 50
+    question = SYSTEM + "Hello there, how are you?"
+    reused = _ask(warmed, question)
+    fresh = _ask(cold, question)
+    assert fresh.cached_tokens <= 1  # type: ignore[attr-defined]  # the BOS of the load
+    assert reused.cached_tokens >= result.prefix_tokens - 2  # type: ignore[attr-defined]
+    assert reused.cached_tokens < reused.prompt_tokens  # type: ignore[attr-defined]
+    assert reused.text == fresh.text  # type: ignore[attr-defined]
+
+
+def test_each_slot_keeps_its_prefix_and_short_requests_leave_them_alone(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    node = start_node(slots=3)
+    with MeshClient(node.address) as mesh:
+        first = mesh.warm("tiny", prefix=SYSTEM, wait=True)
+        second = mesh.warm("tiny", prefix=OTHER, wait=True)
+    assert first.prefix_tokens > 50 and second.prefix_tokens > 50
+    for short in ("Hi", "Good morning", "Yes"):  # unrelated: they go to the third slot
+        assert _ask(node, short).prompt_tokens < 20  # type: ignore[attr-defined]
+        for prefix, warm in ((SYSTEM, first), (OTHER, second)):
+            answer = _ask(node, prefix + "Hello?")
+            assert answer.cached_tokens >= warm.prefix_tokens - 2  # type: ignore[attr-defined]
+
+
+def test_a_chat_prefix_warms_the_system_message_as_the_template_renders_it(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    node = start_node(slots=1)
+    system = {"role": "system", "content": SYSTEM}
+    with MeshClient(node.address) as mesh:
+        warm = mesh.warm("tiny", messages=[system], wait=True)
+        answer = mesh.complete(
+            "tiny",
+            messages=[system, {"role": "user", "content": "Hello?"}],
+            max_tokens=2,
+            temperature=0.0,
+        )
+    assert warm.prefix_tokens > 50
+    assert answer.cached_tokens >= warm.prefix_tokens - 2
