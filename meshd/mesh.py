@@ -29,10 +29,12 @@ from meshd.errors import (
 )
 from meshd.links import PeerLink, ReplicaFetcher
 from meshd.peers import PeerTable
+from meshd.prefixes import canonical_of, fingerprints
 from meshd.routing import (
     MAX_HOPS,
     Decision,
     PeerView,
+    PromptShape,
     choose,
     replica_source,
     replica_targets,
@@ -155,8 +157,10 @@ class Mesh:
             return
         tried: list[str] = []
         failure: Exception | None = None
+        text = canonical_of(request)
+        prompt = PromptShape(len(text), tuple(fingerprints(text)))
         while True:
-            decision = self._decide(request.model, tried, failure)
+            decision = self._decide(request.model, tried, failure, prompt)
             self.routed_at[request.model] = time.monotonic()
             started = False
             try:
@@ -171,9 +175,11 @@ class Mesh:
                 tried.append(decision.peer.peer_id)
                 failure = error
 
-    def _decide(self, model: str, tried: list[str], failure: Exception | None) -> Decision:
+    def _decide(
+        self, model: str, tried: list[str], failure: Exception | None, prompt: PromptShape
+    ) -> Decision:
         views = self.views()
-        decision = choose(views, model, exclude=tried, rng=self.rng)
+        decision = choose(views, model, exclude=tried, rng=self.rng, prompt=prompt)
         if decision is None and not tried and model in self.engine.hosts:
             # Known here but unusable (a bad file): the engine says exactly why.
             decision = Decision(views[0], "only this peer knows it", False)

@@ -1,8 +1,11 @@
 """Pure routing decisions over a snapshot of the peer table: which peer serves, which peers warm.
 
 Inputs are plain data, so every rule here is unit-tested without a socket:
-- among live peers with the model warm: the least expected wait, where
-  wait = (active + queued) / slots x recent service time + RTT;
+- among live peers with the model warm: the least expected cost, where
+  cost = (active + queued) / slots x recent service time + RTT + the prefill of the part of
+  the prompt that peer does not hold warm (from the prefix fingerprints it announces and its
+  measured prefill rate), so a request goes where its prefix is warm unless that peer is
+  busier by more than the prefill it saves;
 - near-equals (within NEAR_EQUAL of the best) are sampled by two random choices; the local
   peer wins ties;
 - no warm peer: the live peer that has the file and the most free memory (it warms, then serves);
@@ -18,6 +21,7 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from meshd.prefixes import tokens_of, warm_chars
 from meshd.types import ModelState, PeerModel
 
 MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
@@ -25,6 +29,16 @@ NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
 NEAR_EQUAL_FRACTION = 0.10
 # A peer that never served the model yet: assume this much per request.
 DEFAULT_SERVICE_S = 0.25
+# A peer that has not measured its prefill yet: assume this many prompt tokens per second.
+DEFAULT_PREFILL_RATE = 400.0
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """What the router knows of a request's prompt: its canonical length and fingerprints."""
+
+    chars: int
+    prints: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -58,11 +72,40 @@ def expected_wait(peer: PeerView, model: str) -> float:
     return (view.active + view.queued) / max(view.slots, 1) * service + peer.rtt_s
 
 
+@dataclass(frozen=True)
+class Prefill:
+    """The prompt on one peer: tokens it holds warm, tokens in all, seconds to prefill the rest."""
+
+    cached: int
+    total: int
+    seconds: float
+
+
+def prefill(
+    peer: PeerView, model: str, prompt: PromptShape | None, rate: float = DEFAULT_PREFILL_RATE
+) -> Prefill:
+    """How much of the prompt peer holds warm, and what the rest costs at `rate` tokens/s."""
+    if prompt is None:
+        return Prefill(0, 0, 0.0)
+    cached = tokens_of(warm_chars(prompt.prints, peer.models[model].prefix_prints))
+    total = max(tokens_of(prompt.chars), cached)
+    return Prefill(cached, total, (total - cached) / rate)
+
+
+def shared_rate(peers: Sequence[PeerView], model: str) -> float:
+    """One prefill rate for a decision: the median the peers measured (the default when none
+    did), so that what sets peers apart is the part of the prompt each holds warm, and a peer
+    that has not measured yet is not penalised for it (service times tell machines apart)."""
+    rates = sorted(r for p in peers if (r := p.models[model].prefill_rate) > 0)
+    return rates[len(rates) // 2] if rates else DEFAULT_PREFILL_RATE
+
+
 def choose(
     peers: Sequence[PeerView],
     model: str,
     exclude: Iterable[str] = (),
     rng: random.Random | None = None,
+    prompt: PromptShape | None = None,
 ) -> Decision | None:
     """The peer to serve model, or None when no live peer has it."""
     skip = set(exclude)
@@ -73,28 +116,40 @@ def choose(
     candidates = [p for p in open_ if not p.yielding] or open_ or [p for p in having if p.local]
     warm = [p for p in candidates if _warm(p, model)]
     if warm:
-        return _least_wait(warm, model, rng or random.Random())
+        return _least_cost(warm, model, rng or random.Random(), prompt)
     if not candidates:
         return None
     best = max(candidates, key=lambda p: (p.memory_free, p.local))
     return Decision(best, f"no peer had it warm; {_who(best)} has the most free memory", False)
 
 
-def _least_wait(warm: list[PeerView], model: str, rng: random.Random) -> Decision:
-    waits = {p.peer_id: expected_wait(p, model) for p in warm}
-    best = min(waits.values())
+def _least_cost(
+    warm: list[PeerView], model: str, rng: random.Random, prompt: PromptShape | None
+) -> Decision:
+    rate = shared_rate(warm, model)
+    fills = {p.peer_id: prefill(p, model, prompt, rate) for p in warm}
+    costs = {p.peer_id: expected_wait(p, model) + fills[p.peer_id].seconds for p in warm}
+    best = min(costs.values())
     margin = max(NEAR_EQUAL_S, best * NEAR_EQUAL_FRACTION)
-    near = [p for p in warm if waits[p.peer_id] <= best + margin]
+    near = [p for p in warm if costs[p.peer_id] <= best + margin]
     local = [p for p in near if p.local]
     if local:
         chosen = local[0]
     elif len(near) > 1:
         a, b = rng.sample(near, 2)
-        chosen = a if waits[a.peer_id] <= waits[b.peer_id] else b
+        chosen = a if costs[a.peer_id] <= costs[b.peer_id] else b
     else:
         chosen = near[0]
-    wait_ms = 1000 * waits[chosen.peer_id]
-    return Decision(chosen, f"warm on {_who(chosen)}, least expected wait {wait_ms:.0f} ms", True)
+    wait_ms = 1000 * expected_wait(chosen, model)
+    fill = fills[chosen.peer_id]
+    if fill.cached:
+        reason = (
+            f"prefix warm on {_who(chosen)}, ~{fill.cached:,} of ~{fill.total:,} tokens cached; "
+            f"expected wait {wait_ms:.0f} ms"
+        )
+    else:
+        reason = f"warm on {_who(chosen)}, least expected wait {wait_ms:.0f} ms"
+    return Decision(chosen, reason, True)
 
 
 def _warm(peer: PeerView, model: str) -> bool:

@@ -66,3 +66,34 @@ def test_a_chat_prefix_warms_the_system_message_as_the_template_renders_it(
         )
     assert warm.prefix_tokens > 50
     assert answer.cached_tokens >= warm.prefix_tokens - 2
+
+
+def test_the_mesh_routes_a_request_to_the_peer_holding_its_prefix(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    import time
+
+    from helpers import eventually
+    from meshes import two_warm_peers
+
+    from meshd.prefixes import BLOCK_CHARS
+    from meshd.types import Prefix
+
+    a, b = two_warm_peers(start_node)
+    assert a.node is not None and b.node is not None
+    system = SYSTEM * 3  # past a fingerprint block
+    assert len(system) > BLOCK_CHARS
+    a.call(a.node.engine.warm("tiny", wait=True, prefix=Prefix(system), lease=60))
+
+    def b_sees_a_prefix() -> bool:
+        live = b.node.table.live(time.monotonic())  # type: ignore[union-attr]
+        return any(e.info and e.info.models[0].prefix_prints for e in live)
+
+    eventually(b_sees_a_prefix)
+    with MeshClient(b.address) as mesh:
+        answer = mesh.complete("tiny", system + "Hello?", max_tokens=2, temperature=0.0)
+        short = mesh.complete("tiny", "Hello?", max_tokens=2, temperature=0.0)
+    assert answer.served_by == a.node.peer_id
+    assert answer.routing_reason.startswith(f"prefix warm on {a.node.peer_id}, ~")
+    assert answer.cached_tokens > 100
+    assert short.served_by == b.node.peer_id  # nothing warm elsewhere: this peer, as before

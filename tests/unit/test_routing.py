@@ -7,8 +7,10 @@ import random
 
 from meshd.routing import (
     PeerView,
+    PromptShape,
     choose,
     expected_wait,
+    prefill,
     replica_source,
     replica_targets,
     warm_targets,
@@ -204,3 +206,39 @@ def test_a_replica_is_pulled_from_an_open_warm_holder_first() -> None:
     assert replica_source([paused_warm, cold, target], "m", target) is cold
     assert replica_source([paused_warm, target], "m", target) is paused_warm
     assert replica_source([target], "m", target) is None
+
+
+def _prefix_peer(
+    pid: str, prints: tuple[int, ...], active: int = 0, local: bool = False
+) -> PeerView:
+    m = PeerModel(
+        "m", ModelState.WARM, active=active, slots=1, service_seconds=0.5,
+        prefix_prints=prints, prefill_rate=1000.0,
+    )  # fmt: skip
+    return PeerView(pid, f"{pid}:1", local, 0.001, 100, {"m": m})
+
+
+def test_a_request_goes_where_its_prefix_is_warm_unless_that_peer_is_busier_by_more() -> None:
+    from meshd.prefixes import canonical, fingerprints
+
+    system = canonical("You are a helpful assistant. " * 200)  # ~1,500 tokens of prefix
+    request = system + " What is the capital of France?"
+    shape = PromptShape(len(request), tuple(fingerprints(request)))
+    holder = _prefix_peer("holder", tuple(fingerprints(system)))
+    other = _prefix_peer("other", (), local=True)
+    decision = choose([other, holder], "m", prompt=shape)
+    assert decision is not None and decision.peer.peer_id == "holder"
+    assert decision.reason.startswith("prefix warm on holder, ~1,4")
+    assert "tokens cached" in decision.reason
+    # Busier by three requests (1.5 s of waiting) than the ~1.5 s of prefill it saves: not worth it.
+    busy = _prefix_peer("holder", tuple(fingerprints(system)), active=4)
+    decision = choose([other, busy], "m", prompt=shape)
+    assert decision is not None and decision.peer.peer_id == "other"
+    assert prefill(busy, "m", shape).cached > 1400 and prefill(other, "m", shape).cached == 0
+
+
+def test_without_a_prompt_shape_routing_is_as_before() -> None:
+    holder = _prefix_peer("holder", (1, 2, 3))
+    other = _prefix_peer("other", (), local=True)
+    decision = choose([other, holder], "m")
+    assert decision is not None and decision.peer.local
