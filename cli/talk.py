@@ -15,6 +15,7 @@ from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
 from meshd.daemonfile import running_daemon_http
+from meshd.errors import InvalidRequest, quoted
 
 if TYPE_CHECKING:
     from meshd.types import Chunk, MeshStatus, ModelInfo
@@ -115,15 +116,31 @@ def warm(
         max=16,
         help="Warm it on this many peers; peers that lack the file pull a copy first.",
     ),
+    prefix_file: Path | None = typer.Option(
+        None, "--prefix-file", help="Also warm this text: the start of later prompts."
+    ),
+    system_file: Path | None = typer.Option(
+        None, "--system-file", help="Also warm this system prompt, for later chats."
+    ),
     addr: str | None = AddrOption,
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Warm a model ahead of use (returns at once unless --wait)."""
+    """Warm a model ahead of use (returns at once unless --wait); with a prefix, that text
+    is evaluated into a slot's cache too, so later requests that start with it are fast."""
     with errors_as_exit():
         lease_s = parse_duration(lease)
+        prefix, system = _prefix_text(prefix_file, system_file)
+        messages = [{"role": "system", "content": system}] if system else None
         with open_client(addr, home) as mesh:
-            result = mesh.warm(model, lease=lease_s, wait=wait, replicas=replicas)
+            result = mesh.warm(
+                model,
+                lease=lease_s,
+                wait=wait,
+                replicas=replicas,
+                prefix=prefix,
+                messages=messages,
+            )
     if json_out:
         print_json(result)
         return
@@ -132,11 +149,36 @@ def warm(
         f"{result.model}: {result.state}{eta} on {result.served_by}; "
         f"warm for {human_until(result.warm_until)}"
     )
+    if result.prefix_tokens:
+        console.print(f"prefix of {result.prefix_tokens:,} tokens warm in a slot")
     if replicas > 1:
         console.print(
             f"asked for {replicas} warm copies: `meshd status` shows the peers holding them "
             "and any copy still being pulled"
         )
+
+
+MAX_PREFIX_FILE_BYTES = 1024 * 1024
+
+
+def _prefix_text(prefix_file: Path | None, system_file: Path | None) -> tuple[str, str]:
+    """The text of --prefix-file and --system-file (one of them at most), checked."""
+    if prefix_file and system_file:
+        raise InvalidRequest("give --prefix-file or --system-file, not both", "prefix")
+    path = prefix_file or system_file
+    if path is None:
+        return "", ""
+    if not path.is_file():
+        raise InvalidRequest(f"not a file: {quoted(str(path))}", "prefix")
+    if path.stat().st_size > MAX_PREFIX_FILE_BYTES:
+        raise InvalidRequest(f"{quoted(str(path))} is over 1 MiB: not a prompt prefix", "prefix")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read {quoted(str(path))} as UTF-8 text: {exc}") from None
+    if not text.strip():
+        raise InvalidRequest(f"{quoted(str(path))} is empty", "prefix")
+    return (text, "") if prefix_file else ("", text)
 
 
 def models(

@@ -23,6 +23,7 @@ from meshd.http.openai import (
     http_error,
     parse_body,
     parse_completion,
+    parse_prefix,
     sse,
 )
 from meshd.links import Router
@@ -219,7 +220,8 @@ class Door:
             lease = float(lease)
         except (TypeError, ValueError):
             raise HttpError(400, "lease_seconds must be a number", param="lease_seconds") from None
-        result = await self.router.warm(model, lease, False, 1, 0)
+        prefix = parse_prefix(fields)
+        result = await self.router.warm(model, lease, False, 1, 0, prefix=prefix)
         body = {
             "model": result.model,
             "state": result.state.value,

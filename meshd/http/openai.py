@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meshd import errors
-from meshd.types import ChatMessage, Chunk, FinishReason, GenerateRequest, Sampling
+from meshd.types import ChatMessage, Chunk, FinishReason, GenerateRequest, Prefix, Sampling
 
 DEFAULT_MAX_TOKENS = 256
 ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
@@ -257,12 +257,26 @@ class Shaper:
         return {**self._base(obj), "choices": [choice], "usage": usage(last)}
 
 
-def usage(last: Chunk) -> dict[str, int]:
+def usage(last: Chunk) -> dict[str, Any]:
+    """OpenAI's usage object; cached_tokens are prompt tokens the serving slot held warm."""
     return {
         "prompt_tokens": last.prompt_tokens,
         "completion_tokens": last.tokens,
         "total_tokens": last.prompt_tokens + last.tokens,
+        "prompt_tokens_details": {"cached_tokens": last.cached_tokens},
     }
+
+
+def parse_prefix(fields: Mapping[str, Any]) -> Prefix | None:
+    """The prefix a /v1/warm body asks for: "prefix" (text) or "messages" (the first messages
+    of later chats), or None."""
+    text, messages = fields.get("prefix"), fields.get("messages")
+    if text is not None and messages is not None:
+        raise HttpError(400, "send prefix or messages, not both", param="prefix")
+    if text is not None and not isinstance(text, str):
+        raise HttpError(400, "prefix must be a string", param="prefix")
+    prefix = Prefix(text or "", _messages(messages) if messages is not None else ())
+    return prefix or None
 
 
 def sse(data: Mapping[str, Any] | str) -> bytes:

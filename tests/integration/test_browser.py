@@ -61,3 +61,42 @@ def test_the_page_warms_on_open_and_streams_the_answer(
         "the question found the model warm"
     )
     assert (tmp_path / "chat-page.png").stat().st_size > 1000
+
+
+def test_a_page_warms_its_system_prompt_and_the_first_question_finds_it_cached(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    import json
+    import urllib.request
+
+    system = "You are the help desk of the Hello bakery. Answer kindly. " * 3
+    node = start_node(slots=2)
+    assert node.node is not None and node.node.http is not None
+    host = node.engine.hosts["tiny"]
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{node.node.http.url}/?model=tiny")
+            page.evaluate("system => window.meshdWarm('tiny', {system: system})", system)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and not any(
+                system in c.text and c.held_until > time.time() for c in host.free.caches
+            ):
+                time.sleep(0.02)
+        finally:
+            browser.close()
+    assert any(system in c.text for c in host.free.caches), "the page warmed its system prompt"
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "system", "content": system}, {"role": "user", "content": "Hi"}],
+        "max_tokens": 2,
+    }
+    request = urllib.request.Request(
+        f"{node.node.http.url}/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        usage = json.load(reply)["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] > 100

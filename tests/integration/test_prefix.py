@@ -97,3 +97,19 @@ def test_the_mesh_routes_a_request_to_the_peer_holding_its_prefix(
     assert answer.routing_reason.startswith(f"prefix warm on {a.node.peer_id}, ~")
     assert answer.cached_tokens > 100
     assert short.served_by == b.node.peer_id  # nothing warm elsewhere: this peer, as before
+
+
+def test_meshd_warm_with_a_prefix_file(
+    start_node: Callable[..., NodeThread], tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    from helpers import meshd
+
+    node = start_node(slots=2)
+    prefix = Path(str(tmp_path)) / "system.txt"
+    prefix.write_text(SYSTEM)
+    out = meshd("warm", "tiny", "--prefix-file", str(prefix), "--wait", home=node.settings.home)
+    assert out.returncode == 0, out.stderr
+    assert "prefix of" in out.stdout and "tokens warm in a slot" in out.stdout
+    assert _ask(node, SYSTEM + "Hello?").cached_tokens > 100  # type: ignore[attr-defined]

@@ -2,17 +2,25 @@
 //   <script src="http://127.0.0.1:7071/meshd-warm.js" data-model="gemma3-270m"></script>
 // It warms the model when the page opens, and again when the page comes back into view
 // after most of the lease has passed. data-lease sets the lease in seconds (default 300).
-// window.meshdWarm(model) warms another model on demand.
+// data-system="..." also warms that system prompt into a slot, so the first question
+// prefills only itself. window.meshdWarm(model, {system: "..."} or {prefix: "..."}) warms
+// another model (and prefix) on demand.
 (function () {
   "use strict";
   var script = document.currentScript;
   var base = script ? new URL(script.src, location.href).origin : location.origin;
   var lease = Number((script && script.dataset.lease) || 300);
   var warmed = {};
+  var options = {};
 
-  function warm(model) {
+  function warm(model, opts) {
     if (!model) return;
-    var body = JSON.stringify({ model: model, lease_seconds: lease });
+    opts = opts || options[model] || {};
+    options[model] = opts;
+    var fields = { model: model, lease_seconds: lease };
+    if (opts.system) fields.messages = [{ role: "system", content: opts.system }];
+    else if (opts.prefix) fields.prefix = opts.prefix;
+    var body = JSON.stringify(fields);
     var url = base + "/v1/warm";
     // sendBeacon: sent even while the page is busy loading, and it needs no CORS preflight.
     var sent = navigator.sendBeacon && navigator.sendBeacon(url, body);
@@ -36,5 +44,7 @@
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "visible") again();
   });
-  if (script && script.dataset.model) warm(script.dataset.model);
+  if (script && script.dataset.model) {
+    warm(script.dataset.model, { system: script.dataset.system });
+  }
 })();
