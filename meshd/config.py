@@ -76,6 +76,9 @@ class Settings:
     yield_to_host: bool = True
     yield_busy_cpu: float = 0.75
     yield_on_battery: bool = True
+    # Route a request to the peer holding its prompt's prefix warm, counting the prefill that
+    # each peer would still do (off: by load and RTT alone, as before prefix warming).
+    route_by_prefix: bool = True
     # Models kept warm on this many peers while apps use them through this peer, e.g.
     # {gemma = 2}: peers that lack the file pull a copy from one that has it.
     auto_replicas: tuple[tuple[str, int], ...] = ()
@@ -281,6 +284,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "quiet_hours": _quiet_hours,
     "paused_unload_after": parse_duration,
     "auto_replicas": _auto_replicas,
+    "route_by_prefix": _boolean,
     "renew_before": parse_duration,
     "yield_to_host": _boolean,
     "yield_busy_cpu": _share,

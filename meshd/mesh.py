@@ -85,6 +85,7 @@ class Mesh:
         self.ca_holder: Callable[[], bool] = lambda: False  # it may invite, revoke, renew
         self.fetcher: ReplicaFetcher | None = None  # copies model files for replicas
         self.routed_at: dict[str, float] = {}  # model → when a request for it last came in here
+        self.route_by_prefix = True  # count the prefill a peer would still do (fingerprints)
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -157,8 +158,10 @@ class Mesh:
             return
         tried: list[str] = []
         failure: Exception | None = None
-        text = canonical_of(request)
-        prompt = PromptShape(len(text), tuple(fingerprints(text)))
+        prompt = None
+        if self.route_by_prefix:
+            text = canonical_of(request)
+            prompt = PromptShape(len(text), tuple(fingerprints(text)))
         while True:
             decision = self._decide(request.model, tried, failure, prompt)
             self.routed_at[request.model] = time.monotonic()
@@ -176,7 +179,7 @@ class Mesh:
                 failure = error
 
     def _decide(
-        self, model: str, tried: list[str], failure: Exception | None, prompt: PromptShape
+        self, model: str, tried: list[str], failure: Exception | None, prompt: PromptShape | None
     ) -> Decision:
         views = self.views()
         decision = choose(views, model, exclude=tried, rng=self.rng, prompt=prompt)

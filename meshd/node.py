@@ -83,6 +83,7 @@ class Node:
             self.mesh.paused, self.engine.unload_idle, settings.paused_unload_after
         )
         self.mesh.ca_holder = self.keyring.is_founder
+        self.mesh.route_by_prefix = settings.route_by_prefix
         self.fetcher = PeerFetcher(
             self.store, self.engine, lambda: self.credentials, settings.max_pull_bytes
         )
