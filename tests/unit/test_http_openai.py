@@ -110,12 +110,13 @@ def test_stream_chunks_and_whole_answers_have_openai_shapes() -> None:
         "logprobs": None,
         "finish_reason": "stop",
     }
-    end = Chunk("", 5, FinishReason.LENGTH, prompt_tokens=3)
+    end = Chunk("", 5, FinishReason.LENGTH, prompt_tokens=3, cached_tokens=2)
     assert shaper.usage_chunk(end)["choices"] == []
     assert shaper.usage_chunk(end)["usage"] == {
         "prompt_tokens": 3,
         "completion_tokens": 5,
         "total_tokens": 8,
+        "prompt_tokens_details": {"cached_tokens": 2},
     }
     whole = Shaper("m", chat=False).whole("text", end)
     assert whole["object"] == "text_completion" and whole["choices"][0]["finish_reason"] == "length"
