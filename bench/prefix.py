@@ -5,6 +5,9 @@ On the demo model (Gemma 3 270M, Q4_K_M), with `meshd serve` processes on loopba
   cold (no warm), warm (Warm() waited for, another team's system prompt in its slot), or warm
   with that system prompt warmed too (Warm(prefix=...) waited for). Goal: prefix warmed
   ≤ 0.1 × model warmed. Rounds alternate, each with system prompts of its own.
+- a pinned prefix ([prefixes.NAME] in meshd.toml) after a daemon restart: the first question
+  after the load, with the prefix's saved state on disk (restored) or not (evaluated again),
+  and the time the daemon logs for each, rounds alternating.
 - two peers, the model warm on both, a different system prompt warmed on each; an app asks
   the two peers in turn (equal load), each question after one of the two system prompts at
   random. Share of requests served by the peer holding their prefix (goal ≥ 95%) and TTFT
@@ -82,6 +85,37 @@ def one_peer(root: Path, model: Path, rounds: int) -> dict[str, Any]:
     }
 
 
+def pinned(root: Path, model: Path, rounds: int) -> dict[str, float]:
+    home = root / "pinned"
+    home.mkdir(parents=True, exist_ok=True)
+    system = system_prompt("pinned desk")
+    (home / "desk.txt").write_text(system)
+    (home / "meshd.toml").write_text('[prefixes.desk]\nmodel = "demo"\nfile = "desk.txt"\n')
+    state = home / "prefixes" / "desk.state"
+    times: dict[str, list[float]] = {"restored": [], "evaluated": []}
+    logged: dict[str, list[float]] = {"restored": [], "evaluated": []}
+    for i in range(2 * rounds + 1):
+        kind = "evaluated" if i % 2 == 0 else "restored"
+        if kind == "evaluated":
+            state.unlink(missing_ok=True)
+        with daemon(home, model) as d, MeshClient(d.address) as mesh:
+            mesh.warm(MODEL, wait=True)
+            seconds, last = ttft(mesh, system + QUESTION)
+            log_text = d.log_path.read_text()
+        if i == 0:
+            continue  # the first load of the file from disk: not compared
+        times[kind].append(seconds)
+        word = "restored from disk" if kind == "restored" else "evaluated and saved"
+        took = [line for line in log_text.splitlines() if "'desk'" in line and word in line]
+        logged[kind].append(float(took[-1].rsplit(" in ", 1)[1].split()[0]) / 1000 if took else 0)
+        assert last.cached_tokens > 1000, "the question found the pinned prefix"
+    return {
+        **{f"first_question_{k}_p50_s": percentile(v, 50) for k, v in times.items()},
+        **{f"logged_{k}_p50_s": percentile(v, 50) for k, v in logged.items()},
+        "state_mib": state.stat().st_size / 2**20,
+    }
+
+
 def two_peers(root: Path, model: Path, requests: int, by_prefix: bool) -> dict[str, float]:
     flag = {"MESHD_ROUTE_BY_PREFIX": "true" if by_prefix else "false"}
     name = "prefix" if by_prefix else "load"
@@ -122,6 +156,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="meshd-bench-prefix-") as tmp:
         root = Path(tmp)
         single = one_peer(root, model, args.rounds)
+        pin = pinned(root, model, args.rounds)
         mesh = {
             "by_prefix": two_peers(root, model, args.requests, by_prefix=True),
             "by_load": two_peers(root, model, args.requests, by_prefix=False),
@@ -139,6 +174,22 @@ def main() -> None:
                 f"{ratio:.3f} × model warmed (goal ≤ {PREFIX_GOAL}: "
                 f"{verdict(ratio <= PREFIX_GOAL)}); "
                 f"{single['cached_tokens_p50']:,.0f} tokens cached",
+            ],
+        ],
+    )
+    print_table(
+        f"a pinned prefix after a restart ({pin['state_mib']:.0f} MiB of saved state, p50)",
+        ["its saved state", "first question's TTFT", "the daemon's own figure"],
+        [
+            [
+                "restored from disk",
+                f"{1000 * pin['first_question_restored_p50_s']:,.0f} ms",
+                f"{1000 * pin['logged_restored_p50_s']:,.0f} ms to restore",
+            ],
+            [
+                "evaluated again",
+                f"{1000 * pin['first_question_evaluated_p50_s']:,.0f} ms",
+                f"{1000 * pin['logged_evaluated_p50_s']:,.0f} ms to evaluate and save",
             ],
         ],
     )
@@ -160,7 +211,8 @@ def main() -> None:
             ],
         ],
     )
-    path = write_json("prefix", {"machine": machine(), "single": single, "mesh": mesh})
+    record = {"machine": machine(), "single": single, "pinned": pin, "mesh": mesh}
+    path = write_json("prefix", record)
     print(f"wrote {path}")
 
 

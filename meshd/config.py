@@ -31,6 +31,16 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class PinnedPrefix:
+    """A prompt's beginning kept warm in a slot of its model whenever the model is loaded (and
+    saved to disk as llama.cpp state, so that a load restores it instead of evaluating it)."""
+
+    name: str
+    model: str
+    text: str
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one daemon needs to know; built once by load_settings()."""
 
@@ -76,6 +86,8 @@ class Settings:
     yield_to_host: bool = True
     yield_busy_cpu: float = 0.75
     yield_on_battery: bool = True
+    # Pinned prefixes, [prefixes.NAME] with model and text (or file, from the home).
+    prefixes: tuple[PinnedPrefix, ...] = ()
     # Route a request to the peer holding its prompt's prefix warm, counting the prefill that
     # each peer would still do (off: by load and RTT alone, as before prefix warming).
     route_by_prefix: bool = True
@@ -238,6 +250,42 @@ def _auto_replicas(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(counts)
 
 
+MAX_PREFIX_BYTES = 1024 * 1024
+
+
+def _prefixes(value: Any, base: Path | None) -> tuple[PinnedPrefix, ...]:
+    if not isinstance(value, Mapping):
+        raise ConfigError("a table: [prefixes.NAME] with model = ... and text = ... or file = ...")
+    pinned = []
+    for name, entry in value.items():
+        if not MODEL_NAME.match(str(name)):
+            raise ConfigError(f"bad prefix name {str(name)!r}")
+        if not isinstance(entry, Mapping) or not MODEL_NAME.match(str(entry.get("model", ""))):
+            raise ConfigError(f"{name}: needs model = the name of one of this peer's models")
+        text, file = entry.get("text"), entry.get("file")
+        if (text is None) == (file is None):
+            raise ConfigError(f"{name}: give text = ... or file = ..., one of them")
+        if file is not None:
+            text = _prefix_file(Path(str(file)).expanduser(), base, str(name))
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{name}: the prefix is empty")
+        if len(text.encode()) > MAX_PREFIX_BYTES:
+            raise ConfigError(f"{name}: the prefix is over 1 MiB")
+        pinned.append(PinnedPrefix(str(name), str(entry["model"]), text))
+    return tuple(pinned)
+
+
+def _prefix_file(path: Path, base: Path | None, name: str) -> str:
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    try:
+        if path.stat().st_size > MAX_PREFIX_BYTES:
+            raise ConfigError(f"{name}: {path} is over 1 MiB")
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{name}: cannot read {path}: {exc}") from None
+
+
 def _mesh_id(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
         raise ConfigError(f"bad mesh id {value!r}: letters, digits, '.', '_' or '-'")
@@ -310,6 +358,8 @@ def _apply(
             if key == "models":
                 merged = settings.model_paths() | {m.name: m.path for m in _models(raw, base)}
                 changes[key] = tuple(ModelSpec(n, p) for n, p in merged.items())
+            elif key == "prefixes":
+                changes[key] = _prefixes(raw, base)
             else:
                 changes[key] = _PARSERS[key](raw)
         except ConfigError as exc:

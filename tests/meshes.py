@@ -54,15 +54,15 @@ def served_by(node: NodeThread) -> str:
         return mesh.complete("tiny", "Hello", max_tokens=2).served_by
 
 
-def two_warm_peers(start: Start) -> tuple[NodeThread, NodeThread]:
+def two_warm_peers(start: Start, **settings: Any) -> tuple[NodeThread, NodeThread]:
     """Two loopback peers (insecure-dev), each with its own warm copy of tiny, live to each
     other, b serving what is asked of it."""
     import time
 
     from helpers import eventually
 
-    a = start(**FAST)
-    b = start(peers=[a.address], **FAST)
+    a = start(**FAST, **settings)
+    b = start(peers=[a.address], **FAST, **settings)
     assert a.node is not None and b.node is not None
     for node in (a, b):  # each its own copy (a Warm asked of b may be served by a warm a)
         node.call(node.engine.warm("tiny", wait=True))

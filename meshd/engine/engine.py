@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import importlib.metadata
+import json
 import logging
+import math
 import time
 from collections.abc import AsyncGenerator, Coroutine
 from pathlib import Path
 from typing import Any
 
-from meshd.config import Settings, with_machine_defaults
+from meshd.config import PinnedPrefix, Settings, with_machine_defaults
 from meshd.engine.eviction import expired, plan_eviction
-from meshd.engine.model import ModelHost, SlotOptions
+from meshd.engine.model import ModelHost, PinnedReport, SlotOptions
 from meshd.engine.runnerproc import RunnerOptions
 from meshd.engine.runnersupply import RunnerSupply
 from meshd.engine.validate import Limits, validate_request
@@ -36,6 +40,20 @@ from meshd.types import (
 )
 
 log = logging.getLogger("meshd.engine")
+PREFIX_DIR = "prefixes"  # pinned prefixes' saved states, in the home
+
+
+def prefix_key(host: ModelHost, pin: PinnedPrefix, context: int) -> str:
+    """What a saved prefix state belongs to: this model file, context size, llama.cpp build
+    and prefix text. A state with another key is ignored."""
+    try:
+        build = importlib.metadata.version("llama_cpp_python")
+    except importlib.metadata.PackageNotFoundError:
+        build = "unknown"
+    identity = [host.digest or str(host.file_stamp()), context, build, pin.model, pin.text]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
+
+
 REAP_INTERVAL_S = 1.0
 # Until a model has loaded once, its load time is guessed from its size at this rate.
 ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
@@ -215,13 +233,18 @@ class Engine:
         await self._prefill(host, prefill, hold_until)
 
     async def _prefill(
-        self, host: ModelHost, prefill: GenerateRequest, hold_until: float
+        self,
+        host: ModelHost,
+        prefill: GenerateRequest,
+        hold_until: float,
+        saved: dict[str, str] | None = None,
     ) -> Chunk | None:
         """Evaluate a prefix into the slot that holds most of it; the last chunk says how
         many tokens it has and how many were there already."""
         last = None
         with host.admit():
-            async with contextlib.aclosing(host.stream(prefill, hold_until=hold_until)) as chunks:
+            stream = host.stream(prefill, hold_until=hold_until, saved=saved)
+            async with contextlib.aclosing(stream) as chunks:
                 async for chunk in chunks:
                     last = chunk
         if last is not None:
@@ -277,6 +300,32 @@ class Engine:
             for name in victims:
                 await self.hosts[name].unload()
             await host.load()
+        for pin in self.settings.prefixes:
+            if pin.model == host.name:
+                self._background(self._pin_prefix(host, pin), f"pin-{pin.name}")
+
+    async def _pin_prefix(self, host: ModelHost, pin: PinnedPrefix) -> None:
+        """Hold a pinned prefix in a slot for as long as the model is loaded: restored from its
+        saved state when that belongs to this model file and text, else evaluated and saved."""
+        started = time.monotonic()
+        request = self._prefill_request(host.name, Prefix(pin.text))
+        saved = {
+            "path": str(self.settings.home / PREFIX_DIR / f"{pin.name}.state"),
+            "key": prefix_key(host, pin, self.settings.context),
+        }
+        last = await self._prefill(host, request, math.inf, saved)
+        if last is None:
+            return
+        restored = last.cached_tokens == last.prompt_tokens
+        host.pinned_prefixes[pin.name] = PinnedReport(restored, time.monotonic() - started)
+        log.info(
+            "%s: pinned prefix %r (%d tokens) %s in %.0f ms",
+            host.name,
+            pin.name,
+            last.prompt_tokens,
+            "restored from disk" if restored else "evaluated and saved",
+            1000 * host.pinned_prefixes[pin.name].seconds,
+        )
 
     def _refusal(self, host: ModelHost, need: int, others: list[ModelHost]) -> str:
         held = sum(h.projected_memory() for h in others if h.pinned or h.busy)

@@ -41,6 +41,14 @@ class SlotOptions:
     use_mmap: bool
 
 
+@dataclass(frozen=True)
+class PinnedReport:
+    """How a pinned prefix came into its slot at the last load."""
+
+    restored: bool  # from its saved state, not evaluated
+    seconds: float
+
+
 class ModelHost:
     """Owns one model's runner and the daemon's view of its slots; the Engine decides when it
     loads and unloads. Slot numbers go out to requests through `free`."""
@@ -68,6 +76,7 @@ class ModelHost:
         self.runner: RunnerProcess | None = None
         self.free = SlotPool()
         self.prefill_rates: deque[float] = deque(maxlen=16)  # prompt tokens per second
+        self.pinned_prefixes: dict[str, PinnedReport] = {}  # by name, since the last load
         self.inflight = 0
         self.last_used = 0.0
         self.lease_until = 0.0
@@ -263,10 +272,12 @@ class ModelHost:
         request: GenerateRequest,
         waited: Callable[[float], None] | None = None,
         hold_until: float = 0.0,
+        saved: dict[str, str] | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Run the request on the free slot that holds the longest prefix of it and yield its
         chunks; cancels it on exit. `waited` is told how long the request waited for its
-        slot; a prefill_only request's prefix is held in its slot until hold_until."""
+        slot; a prefill_only request's prefix is held in its slot until hold_until, and
+        restored from (or saved to) `saved` when given."""
         asked = time.monotonic()
         text = canonical_of(request)
         runner, slot = await self._take_slot(text)
@@ -284,7 +295,7 @@ class ModelHost:
             if self.free is free:
                 free.put_nowait(slot)
 
-        async with contextlib.aclosing(runner.stream(slot, request, released)) as chunks:
+        async with contextlib.aclosing(runner.stream(slot, request, released, saved)) as chunks:
             async for chunk in chunks:
                 first_at = first_at or time.monotonic()
                 completed = chunk.finish_reason is not None

@@ -195,16 +195,21 @@ class RunnerProcess:
     # -- requests --------------------------------------------------------------------------
 
     async def stream(
-        self, slot: int, request: GenerateRequest, released: Callable[[], None]
+        self,
+        slot: int,
+        request: GenerateRequest,
+        released: Callable[[], None],
+        saved: dict[str, str] | None = None,
     ) -> AsyncGenerator[Chunk, None]:
-        """Run request on slot and yield its chunks; released() runs once the slot is free."""
+        """Run request on slot and yield its chunks; released() runs once the slot is free.
+        saved ({"path", "key"}) names a pinned prefix's state on disk."""
         if not self.alive:
             released()
             raise RunnerFailed(self.ended.result() if self.ended.done() else "runner not started")
         request_id = next(self.ids)
         entry = _Request(asyncio.Queue(), released, time.monotonic(), request.max_tokens)
         self.requests[request_id] = entry
-        self._send({"op": "generate", "id": request_id, "slot": slot,
+        self._send({"op": "generate", "id": request_id, "slot": slot, "saved": saved,
                     "request": protocol.request_to_wire(request)})  # fmt: skip
         try:
             while True:

@@ -17,6 +17,8 @@ import llama_cpp
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from meshd.errors import Cancelled, InvalidRequest
+from meshd.runner import savedstate
+from meshd.runner.savedstate import SavedState
 from meshd.runner.stops import StopMatcher
 from meshd.types import Chunk, FinishReason, GenerateRequest
 
@@ -31,6 +33,9 @@ class Job:
     cancel: threading.Event = field(default_factory=threading.Event)
     # Called between prefill batches, so that the daemon sees a long prompt is progressing.
     progress: Callable[[], None] = lambda: None
+    # A pinned prefix's state on disk: restored instead of evaluated when it matches, saved
+    # after it was evaluated.
+    saved: SavedState | None = None
 
     def check(self) -> None:
         """Raise Cancelled once the daemon cancelled this job."""
@@ -119,16 +124,22 @@ def cached_prefix(llm: Any, tokens: list[int]) -> int:
 
 def run_prefill(llm: Any, job: Job, emit: Emit) -> None:
     """Evaluate the prompt into the context and keep it (a warmed prefix); emits one last
-    chunk with the prompt's tokens and how many were already there."""
+    chunk with the prompt's tokens and how many were already there: all of them when it was
+    restored from a saved state (an evaluation always evaluates at least one)."""
     tokens = prompt_tokens(llm, job.request)
     if len(tokens) >= llm.n_ctx():
         raise InvalidRequest(
             f"prefix is {len(tokens)} tokens; the context holds {llm.n_ctx()}", field="prefix"
         )
+    if job.saved is not None and savedstate.restore(llm, job.saved, tokens):
+        emit(Chunk("", 0, FinishReason.LENGTH, len(tokens), cached_tokens=len(tokens)))
+        return
     cached = cached_prefix(llm, tokens)
     llm.between_batches = _between_batches(job)
     llm.n_tokens = cached
     llm.eval(tokens[cached:])
+    if job.saved is not None:
+        savedstate.save(llm, job.saved, tokens)
     emit(Chunk("", 0, FinishReason.LENGTH, prompt_tokens=len(tokens), cached_tokens=cached))
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from meshd.errors import MeshdError
 from meshd.runner import protocol
 from meshd.runner.generation import Job
+from meshd.runner.savedstate import SavedState
 from meshd.runner.slot import Slot
 
 log = logging.getLogger("meshd.runner")
@@ -98,6 +99,7 @@ class Runner:
     def on_generate(self, message: dict[str, Any]) -> None:
         request_id, index = int(message["id"]), int(message["slot"])
         job = Job(protocol.request_from_wire(message["request"]))
+        job.saved = SavedState.from_wire(message.get("saved"))
         job.progress = lambda: self.send({"op": "progress", "id": request_id})
         with self.jobs_lock:
             self.jobs[request_id] = job

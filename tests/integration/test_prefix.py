@@ -79,10 +79,10 @@ def test_the_mesh_routes_a_request_to_the_peer_holding_its_prefix(
     from meshd.prefixes import BLOCK_CHARS
     from meshd.types import Prefix
 
-    a, b = two_warm_peers(start_node)
+    a, b = two_warm_peers(start_node, context=2048)
     assert a.node is not None and b.node is not None
-    system = SYSTEM * 3  # past a fingerprint block
-    assert len(system) > BLOCK_CHARS
+    system = SYSTEM * 10  # five fingerprint blocks: a prefill that matters even on tiny
+    assert len(system) > 5 * BLOCK_CHARS
     a.call(a.node.engine.warm("tiny", wait=True, prefix=Prefix(system), lease=60))
 
     def b_sees_a_prefix() -> bool:
@@ -113,3 +113,45 @@ def test_meshd_warm_with_a_prefix_file(
     assert out.returncode == 0, out.stderr
     assert "prefix of" in out.stdout and "tokens warm in a slot" in out.stdout
     assert _ask(node, SYSTEM + "Hello?").cached_tokens > 100  # type: ignore[attr-defined]
+
+
+def test_a_pinned_prefix_is_saved_then_restored_and_ignored_once_its_model_changes(
+    start_node: Callable[..., NodeThread], tiny_model: object, tmp_path: object
+) -> None:
+    import shutil
+    import time
+    from pathlib import Path
+
+    from helpers import eventually
+    from tinygguf import write_tiny_gguf
+
+    model = Path(str(tmp_path)) / "pinned.gguf"
+    shutil.copyfile(str(tiny_model), model)
+    pinned = {"team": {"model": "tiny", "text": SYSTEM}}
+
+    def run() -> tuple[bool, str, int]:
+        node = start_node(models={"tiny": model}, name="pinned", slots=2, prefixes=pinned)
+        assert node.node is not None
+        host = node.node.engine.hosts["tiny"]
+        try:
+            node.call(node.node.engine.warm("tiny", wait=True))
+            eventually(lambda: "team" in host.pinned_prefixes)
+            answer = _ask(node, SYSTEM + "Hello?")
+            return (
+                host.pinned_prefixes["team"].restored,
+                answer.text,  # type: ignore[attr-defined]
+                answer.cached_tokens,  # type: ignore[attr-defined]
+            )
+        finally:
+            node.stop()
+
+    first = run()
+    saved = Path(str(tmp_path)) / "pinned" / "prefixes" / "team.state"
+    assert not first[0] and saved.stat().st_size > 0 and first[2] > 100
+    again = run()
+    assert again[0], "restored from its saved state"
+    assert again[1:] == first[1:], "the same greedy answer, the same cached tokens"
+    time.sleep(0.01)
+    write_tiny_gguf(model, seed=1)  # the model file changes: its saved prefix is another's
+    changed = run()
+    assert not changed[0] and changed[2] > 100

@@ -103,3 +103,27 @@ def test_auto_replicas_from_the_file_or_a_flag(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             load_settings(tmp_path, flags={"auto_replicas": bad})
+
+
+def test_pinned_prefixes_from_text_or_a_file_in_the_home(tmp_path: Path) -> None:
+    (tmp_path / "team.txt").write_text("You are the team's assistant.")
+    (tmp_path / "meshd.toml").write_text(
+        '[prefixes.team]\nmodel = "gemma"\nfile = "team.txt"\n'
+        '[prefixes.short]\nmodel = "gemma"\ntext = "Be brief."\n'
+    )
+    pins = load_settings(tmp_path, environ={}).prefixes
+    assert [(p.name, p.model, p.text) for p in pins] == [
+        ("team", "gemma", "You are the team's assistant."),
+        ("short", "gemma", "Be brief."),
+    ]
+    for body, message in (
+        ('[prefixes.x]\nmodel = "gemma"\n', "give text"),
+        ('[prefixes.x]\nmodel = "gemma"\ntext = "a"\nfile = "b"\n', "give text"),
+        ('[prefixes.x]\ntext = "a"\n', "needs model"),
+        ('[prefixes.x]\nmodel = "gemma"\nfile = "missing.txt"\n', "cannot read"),
+        ('[prefixes.x]\nmodel = "gemma"\ntext = "  "\n', "empty"),
+        ('prefixes = "nope"\n', "a table"),
+    ):
+        (tmp_path / "meshd.toml").write_text(body)
+        with pytest.raises(ConfigError, match=message):
+            load_settings(tmp_path, environ={})
