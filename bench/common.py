@@ -17,6 +17,7 @@ from rich.table import Table
 
 from meshd.config import default_home
 from meshd.demo_model import demo_model_path
+from meshd.process import DaemonProcess
 
 # Benchmarks measure meshd's own overhead on loopback between daemons outside any mesh, so
 # plaintext; the mutual-TLS handshake happens once per connection, not per request.
@@ -79,6 +80,19 @@ def write_json(name: str, record: dict[str, Any]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps({"machine": machine(), **record}, indent=2) + "\n")
     return path
+
+
+def loopback_daemon(home: Path, model: str, path: Path, **env: str) -> DaemonProcess:
+    """A `meshd serve` process on loopback, plaintext, no mDNS, no spare runner; several
+    share this machine's cores, so host yield is off (each would take another's prefill for
+    its owner's work and yield to it). env adds or overrides MESHD_* settings."""
+    base = {
+        "MESHD_INSECURE_DEV": "true",
+        "MESHD_DISCOVERY": "false",
+        "MESHD_SPARE_RUNNER": "false",
+        "MESHD_YIELD_TO_HOST": "false",
+    }
+    return DaemonProcess(home, [f"{model}={path}"], env={**base, **env})
 
 
 def verdict(ok: bool) -> str:

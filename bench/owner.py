@@ -29,7 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from common import bench_model, machine, percentile, print_table, verdict, write_json
+from common import (
+    bench_model,
+    loopback_daemon,
+    machine,
+    percentile,
+    print_table,
+    verdict,
+    write_json,
+)
 
 from meshd.client import AsyncMeshClient
 from meshd.config import load_settings
@@ -81,16 +89,8 @@ async def _live(nodes: list[Node], count: int) -> None:
 
 
 def _daemon(home: Path, model: Path, **env: str) -> DaemonProcess:
-    """A `meshd serve` process as a friend's machine runs it (one thread, plaintext loopback)."""
-    base = {
-        "MESHD_INSECURE_DEV": "true",
-        "MESHD_DISCOVERY": "false",
-        "MESHD_YIELD_TO_HOST": "false",
-        "MESHD_THREADS": "1",
-        "MESHD_CONTEXT": "512",
-        "MESHD_SPARE_RUNNER": "false",
-    }
-    return DaemonProcess(home, [f"{MODEL}={model}"], env={**base, **env})
+    """A `meshd serve` process on loopback with one thread and a small context."""
+    return loopback_daemon(home, MODEL, model, MESHD_THREADS="1", MESHD_CONTEXT="512", **env)
 
 
 async def pause(root: Path, model: Path) -> dict[str, float]:

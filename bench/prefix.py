@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import bench_model, machine, percentile, print_table, verdict, write_json
+from common import (
+    bench_model,
+    loopback_daemon,
+    machine,
+    percentile,
+    print_table,
+    verdict,
+    write_json,
+)
 from meshd.cli.demo import system_prompt  # ~1,500 tokens, as `meshd demo` uses
 
 from meshd.client import MeshClient
@@ -39,15 +47,8 @@ QUESTION = "\n\nCustomer: Hello, can I exchange a gift?\nAnswer:"
 
 
 def daemon(home: Path, model: Path, **env: str) -> DaemonProcess:
-    base = {
-        "MESHD_INSECURE_DEV": "true",
-        "MESHD_DISCOVERY": "false",
-        "MESHD_SPARE_RUNNER": "false",
-        # Both peers share this machine's cores: each would see the other's prefill as its
-        # owner's work and yield to it.
-        "MESHD_YIELD_TO_HOST": "false",
-    }
-    return DaemonProcess(home, [f"{MODEL}={model}"], env={**base, **env})
+    """A `meshd serve` process on loopback with default settings (one slot, 2 threads)."""
+    return loopback_daemon(home, MODEL, model, **env)
 
 
 def ttft(mesh: MeshClient, prompt: str) -> tuple[float, Any]:

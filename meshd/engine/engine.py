@@ -42,6 +42,10 @@ from meshd.types import (
 log = logging.getLogger("meshd.engine")
 PREFIX_DIR = "prefixes"  # pinned prefixes' saved states, in the home
 
+REAP_INTERVAL_S = 1.0
+# Until a model has loaded once, its load time is guessed from its size at this rate.
+ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
+
 
 def prefix_key(host: ModelHost, pin: PinnedPrefix, context: int) -> str:
     """What a saved prefix state belongs to: this model file, context size, llama.cpp build
@@ -52,11 +56,6 @@ def prefix_key(host: ModelHost, pin: PinnedPrefix, context: int) -> str:
         build = "unknown"
     identity = [host.digest or str(host.file_stamp()), context, build, pin.model, pin.text]
     return hashlib.sha256(json.dumps(identity).encode()).hexdigest()
-
-
-REAP_INTERVAL_S = 1.0
-# Until a model has loaded once, its load time is guessed from its size at this rate.
-ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
 
 
 class Engine:
