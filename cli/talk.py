@@ -15,7 +15,8 @@ from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
 from meshd.daemonfile import running_daemon_http
-from meshd.errors import InvalidRequest, quoted
+from meshd.errors import InvalidRequest
+from meshd.prefixes import read_prefix_file
 
 if TYPE_CHECKING:
     from meshd.types import Chunk, MeshStatus, ModelInfo
@@ -158,9 +159,6 @@ def warm(
         )
 
 
-MAX_PREFIX_FILE_BYTES = 1024 * 1024
-
-
 def _prefix_text(prefix_file: Path | None, system_file: Path | None) -> tuple[str, str]:
     """The text of --prefix-file and --system-file (one of them at most), checked."""
     if prefix_file and system_file:
@@ -168,16 +166,7 @@ def _prefix_text(prefix_file: Path | None, system_file: Path | None) -> tuple[st
     path = prefix_file or system_file
     if path is None:
         return "", ""
-    if not path.is_file():
-        raise InvalidRequest(f"not a file: {quoted(str(path))}", "prefix")
-    if path.stat().st_size > MAX_PREFIX_FILE_BYTES:
-        raise InvalidRequest(f"{quoted(str(path))} is over 1 MiB: not a prompt prefix", "prefix")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"cannot read {quoted(str(path))} as UTF-8 text: {exc}") from None
-    if not text.strip():
-        raise InvalidRequest(f"{quoted(str(path))} is empty", "prefix")
+    text = read_prefix_file(path)
     return (text, "") if prefix_file else ("", text)
 
 

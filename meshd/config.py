@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from meshd.errors import ConfigError
+from meshd.errors import ConfigError, InvalidRequest
+from meshd.prefixes import MAX_PREFIX_FILE_BYTES, read_prefix_file
 
 CONFIG_FILE = "meshd.toml"
 DEFAULT_LISTEN = "0.0.0.0:7070"  # every interface, but only ever with mutual TLS
@@ -250,9 +251,6 @@ def _auto_replicas(value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(counts)
 
 
-MAX_PREFIX_BYTES = 1024 * 1024
-
-
 def _prefixes(value: Any, base: Path | None) -> tuple[PinnedPrefix, ...]:
     if not isinstance(value, Mapping):
         raise ConfigError("a table: [prefixes.NAME] with model = ... and text = ... or file = ...")
@@ -269,7 +267,7 @@ def _prefixes(value: Any, base: Path | None) -> tuple[PinnedPrefix, ...]:
             text = _prefix_file(Path(str(file)).expanduser(), base, str(name))
         if not isinstance(text, str) or not text.strip():
             raise ConfigError(f"{name}: the prefix is empty")
-        if len(text.encode()) > MAX_PREFIX_BYTES:
+        if len(text.encode()) > MAX_PREFIX_FILE_BYTES:
             raise ConfigError(f"{name}: the prefix is over 1 MiB")
         pinned.append(PinnedPrefix(str(name), str(entry["model"]), text))
     return tuple(pinned)
@@ -279,11 +277,9 @@ def _prefix_file(path: Path, base: Path | None, name: str) -> str:
     if not path.is_absolute() and base is not None:
         path = base / path
     try:
-        if path.stat().st_size > MAX_PREFIX_BYTES:
-            raise ConfigError(f"{name}: {path} is over 1 MiB")
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{name}: cannot read {path}: {exc}") from None
+        return read_prefix_file(path)
+    except InvalidRequest as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _mesh_id(value: str) -> str:

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
+from meshd.errors import InvalidRequest, quoted
 from meshd.types import ChatMessage, GenerateRequest
 
 BLOCK_CHARS = 256  # one fingerprint per this many characters of canonical text
 MAX_FINGERPRINTS = 128  # per model in a heartbeat: ~32k characters of warm text
 CHARS_PER_TOKEN = 4.0  # the router's guess, for text it cannot tokenize
+MAX_PREFIX_FILE_BYTES = 1024 * 1024
 _PROMPT, _TURN, _ROLE = "\x1d", "\x1e", "\x1f"
 
 
@@ -72,3 +75,19 @@ def warm_chars(request_prints: Sequence[int], held: Iterable[int]) -> int:
 def tokens_of(chars: int) -> int:
     """The router's estimate of the tokens in `chars` characters."""
     return round(chars / CHARS_PER_TOKEN)
+
+
+def read_prefix_file(path: Path) -> str:
+    """A prompt prefix from a file: UTF-8 text, at most 1 MiB, not empty."""
+    name = quoted(str(path))
+    try:
+        if not path.is_file():
+            raise InvalidRequest(f"cannot read {name}: not a file", "prefix")
+        if path.stat().st_size > MAX_PREFIX_FILE_BYTES:
+            raise InvalidRequest(f"{name} is over 1 MiB: not a prompt prefix", "prefix")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read {name} as UTF-8 text: {exc}", "prefix") from None
+    if not text.strip():
+        raise InvalidRequest(f"{name} is empty", "prefix")
+    return text

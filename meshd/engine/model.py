@@ -345,7 +345,7 @@ class ModelHost:
         active, queued = self.active, max(self.inflight - self.active, 0)
         slots, memory = self.options.count, self.projected_memory()
         size = self.facts.file_size if self.facts else 0
-        prints = tuple(self.free.fingerprints()) if self.state is ModelState.WARM else ()
+        prints = self.free.fingerprints() if self.state is ModelState.WARM else ()
         return PeerModel(
             self.name, self.state, active, queued, slots, mean, memory, size, prints,
             self.prefill_rate,

@@ -46,6 +46,7 @@ class SlotPool:
         self.caches = [SlotCache() for _ in range(count)]
         self._free = set(range(count))
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._prints: tuple[int, ...] | None = None  # fingerprints, until a slot's text changes
 
     def qsize(self) -> int:
         """Free slots now."""
@@ -87,10 +88,14 @@ class SlotPool:
         kept = cache.held_until if text.startswith(cache.text) else 0.0
         cache.text, cache.held_until = text, max(hold_until, kept)
         cache.last_used = time.monotonic()
+        self._prints = None
 
-    def fingerprints(self) -> list[int]:
-        """Fingerprints of what every slot holds (for heartbeats), at most MAX_FINGERPRINTS."""
-        prints: list[int] = []
-        for cache in sorted(self.caches, key=lambda c: -c.held_until):  # held prefixes first
-            prints += fingerprints(cache.text, MAX_FINGERPRINTS - len(prints))
-        return prints[:MAX_FINGERPRINTS]
+    def fingerprints(self) -> tuple[int, ...]:
+        """Fingerprints of what every slot holds, at most MAX_FINGERPRINTS: asked by every
+        heartbeat and routing decision, computed again only after a slot's text changed."""
+        if self._prints is None:
+            prints: list[int] = []
+            for cache in sorted(self.caches, key=lambda c: -c.held_until):  # held ones first
+                prints += fingerprints(cache.text, MAX_FINGERPRINTS - len(prints))
+            self._prints = tuple(prints[:MAX_FINGERPRINTS])
+        return self._prints
