@@ -62,9 +62,11 @@ class PeerLink(Protocol):
 class ReplicaFetcher(Protocol):
     """How this peer copies a model file from another peer, then warms it (a replica)."""
 
-    def start(self, model: str, address: str, source: str, lease: float) -> asyncio.Task[None]:
-        """Pull model from the peer at address (peer id source), then warm it for the lease;
-        a pull of the same model under way is joined, not repeated."""
+    def start(
+        self, model: str, address: str, source: str, lease: float, prefix: Prefix | None = None
+    ) -> asyncio.Task[None]:
+        """Pull model from the peer at address (peer id source), then warm it (and the
+        prefix) for the lease; a pull of the same model under way is joined, not repeated."""
         ...
 
     def pulling(self) -> tuple[ReplicaPull, ...]:

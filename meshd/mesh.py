@@ -318,7 +318,7 @@ class Mesh:
             )
         if self.fetcher is None:
             raise ModelNotFound(f"no model named {model!r} on {self.peer_id}, which pulls none")
-        task = self.fetcher.start(model, address, entry.info.peer_id, lease)
+        task = self.fetcher.start(model, address, entry.info.peer_id, lease, prefix)
         if wait:
             await asyncio.shield(task)
             return await self.engine.warm(model, lease, True, prefix)

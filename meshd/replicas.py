@@ -24,7 +24,7 @@ from meshd.pull import PeerSource, pull
 from meshd.security.credentials import TlsCredentials
 from meshd.store import ModelStore
 from meshd.tasks import stop_task
-from meshd.types import ReplicaPull
+from meshd.types import Prefix, ReplicaPull
 
 log = logging.getLogger("meshd.replicas")
 MAX_PULLS = 2  # model files copied at once: each is a disk and network hog
@@ -57,9 +57,11 @@ class PeerFetcher:
         """The pulls under way, with their progress."""
         return tuple(self._progress.values())
 
-    def start(self, model: str, address: str, source: str, lease: float) -> asyncio.Task[None]:
-        """Pull model from the peer at address (peer id source), then warm it for the lease;
-        a pull of the same model under way is joined, not repeated."""
+    def start(
+        self, model: str, address: str, source: str, lease: float, prefix: Prefix | None = None
+    ) -> asyncio.Task[None]:
+        """Pull model from the peer at address (peer id source), then warm it (and the
+        prefix) for the lease; a pull of the same model under way is joined, not repeated."""
         task = self._tasks.get(model)
         if task is not None and not task.done():
             return task
@@ -67,12 +69,15 @@ class PeerFetcher:
         if running >= MAX_PULLS:
             raise Overloaded(f"already pulling {running} models; try again when one is done")
         self._progress[model] = ReplicaPull(model, source)
-        task = asyncio.create_task(self._run(model, address, source, lease), name=f"pull-{model}")
+        pulling = self._run(model, address, source, lease, prefix)
+        task = asyncio.create_task(pulling, name=f"pull-{model}")
         task.add_done_callback(_observed)  # its failure is logged and kept in failures
         self._tasks[model] = task
         return task
 
-    async def _run(self, model: str, address: str, source: str, lease: float) -> None:
+    async def _run(
+        self, model: str, address: str, source: str, lease: float, prefix: Prefix | None
+    ) -> None:
         started = time.monotonic()
         try:
             peer = PeerSource(address, model, credentials=self.credentials(), peer_id=source)
@@ -101,7 +106,7 @@ class PeerFetcher:
             )
             self.failures.pop(model, None)
             await self.engine.refresh()
-            await self.engine.warm(model, lease, wait=True)
+            await self.engine.warm(model, lease, True, prefix)
         except MeshdError as error:
             self.failures[model] = str(error)
             self._throttle.log(log, logging.WARNING, model, "replica of %s: %s", model, error)
