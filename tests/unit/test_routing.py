@@ -242,3 +242,47 @@ def test_without_a_prompt_shape_routing_is_as_before() -> None:
     other = _prefix_peer("other", (), local=True)
     decision = choose([other, holder], "m")
     assert decision is not None and decision.peer.local
+
+
+def test_the_shared_prefill_rate_is_the_median_of_measured_ones() -> None:
+    from meshd.routing import DEFAULT_PREFILL_RATE, Prefill, shared_rate
+
+    def rated(*rates: float) -> list[PeerView]:
+        return [
+            PeerView(
+                f"p{i}",
+                "a:1",
+                False,
+                0.0,
+                0,
+                {"m": PeerModel("m", ModelState.WARM, prefill_rate=r)},
+            )
+            for i, r in enumerate(rates)
+        ]
+
+    assert shared_rate(rated(0, 0.5, 0.7, 300), "m") == 0.7  # unmeasured (0) left out
+    assert shared_rate(rated(1, 2, 3, 4), "m") == 3
+    assert shared_rate(rated(0, 0), "m") == DEFAULT_PREFILL_RATE
+    assert prefill(rated(5)[0], "m", None) == Prefill(0, 0, 0.0)
+
+
+def test_a_yielding_peer_serves_only_when_no_other_can() -> None:
+    quick = PeerView("y", "y:1", False, 0.0, 100, {"m": WARM}, yielding="cpu")
+    slower = PeerView("o", "o:1", False, 0.05, 100, {"m": WARM})
+    decision = choose([quick, slower], "m")
+    assert decision is not None and decision.peer.peer_id == "o"
+    decision = choose([quick], "m")
+    assert decision is not None and decision.peer.peer_id == "y"
+
+
+def test_replica_edges_room_exactly_and_sources_that_hold_it() -> None:
+    holder = _holding("a", memory=50)
+    exact = peer("b", free=50)
+    assert [p.peer_id for p in replica_targets([holder, exact], "m", 2)] == ["b"]
+    target = peer("t", free=500)
+    assert replica_source([peer("x"), target], "m", target) is None
+    yielding_warm = PeerView(
+        "w", "w:1", False, 0.0, 0, {"m": PeerModel("m", ModelState.WARM)}, yielding="cpu"
+    )
+    cold = _holding("c")
+    assert replica_source([yielding_warm, cold, target], "m", target) is cold
