@@ -4,18 +4,22 @@ all going through the same router as gRPC (meshd.links.Router)."""
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from meshd import errors
-from meshd.http.gate import Gate
+from meshd.http.gate import Gate, origin_allowed
 from meshd.http.openai import (
     Completion,
     HttpError,
@@ -27,6 +31,7 @@ from meshd.http.openai import (
     sse,
 )
 from meshd.links import Router
+from meshd.logthrottle import Throttle
 from meshd.telemetry import Telemetry, Tracked, routing_kind
 from meshd.types import Chunk, ModelState
 
@@ -61,6 +66,7 @@ class Door:
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/v1/warm", self.warm, methods=["POST"]),
             Route("/metrics", self.metrics, methods=["GET"]),
             Route("/meshd-warm.js", self.warm_script, methods=["GET"]),
@@ -87,6 +93,7 @@ class Door:
 
     async def _complete(self, request: Request, chat: bool) -> Response:
         asked = parse_completion(parse_body(await self._body(request)), chat)
+        noted(request)["model"] = asked.request.model
         tracked = self.telemetry.track(asked.request.model, "http")
         stream = self.router.generate(asked.request)
         try:
@@ -99,6 +106,7 @@ class Door:
             raise
         tracked.token()
         served_by = first.served_by or self.router.peer_id
+        noted(request)["served_by"] = served_by
         headers = {
             "x-meshd-served-by": served_by,
             "x-meshd-routing-reason": first.routing_reason or "local",
@@ -174,8 +182,8 @@ class Door:
             body["meshd"] = {"served_by": served_by, "routing_reason": reason}
         return sse(body)
 
-    async def models(self, request: Request) -> Response:
-        """Every model in the mesh: where it is warm, and its best state."""
+    def _listing(self) -> list[dict[str, Any]]:
+        """Every model in the mesh: where it is warm, its best state, whether it chats."""
         seen = self.router.status()
         order = [ModelState.WARM, ModelState.LOADING, ModelState.COLD, ModelState.FAILED]
         found: dict[str, dict[str, Any]] = {}
@@ -192,14 +200,29 @@ class Door:
                         "owned_by": "meshd",
                         "state": m.state.value,
                         "warm_on": [],
+                        "chat_template": m.chat_template,
                     },
                 )
                 if m.state is ModelState.WARM:
                     entry["warm_on"].append(peer.info.peer_id)
                 if order.index(m.state) < order.index(ModelState(entry["state"])):
                     entry["state"] = m.state.value
-        return JSONResponse(
-            {"object": "list", "data": sorted(found.values(), key=lambda e: e["id"])}
+                entry["chat_template"] = entry["chat_template"] or m.chat_template
+        for entry in found.values():
+            entry["chat"] = bool(entry["chat_template"])
+        return sorted(found.values(), key=lambda e: e["id"])
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": self._listing()})
+
+    async def model(self, request: Request) -> Response:
+        """One model of the mesh, or OpenAI's 404."""
+        name = request.path_params["model"]
+        for entry in self._listing():
+            if entry["id"] == name:
+                return JSONResponse(entry)
+        raise HttpError(
+            404, f"no model named {name[:64]!r} in the mesh", param="model", code="model_not_found"
         )
 
     async def warm(self, request: Request) -> Response:
@@ -215,6 +238,7 @@ class Door:
         model = fields.get("model")
         if not isinstance(model, str) or not model:
             raise HttpError(400, "model must be a non-empty string", param="model")
+        noted(request)["model"] = model
         lease = fields.get("lease_seconds", DEFAULT_WARM_LEASE_S)
         try:
             lease = float(lease)
@@ -222,6 +246,7 @@ class Door:
             raise HttpError(400, "lease_seconds must be a number", param="lease_seconds") from None
         prefix = parse_prefix(fields)
         result = await self.router.warm(model, lease, False, 1, 0, prefix=prefix)
+        noted(request)["served_by"] = result.served_by or self.router.peer_id
         body = {
             "model": result.model,
             "state": result.state.value,
@@ -243,59 +268,128 @@ class Door:
         return Response(self.index, media_type="text/html; charset=utf-8")
 
 
+SERVED = (
+    "POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /v1/models/{id}, "
+    "POST /v1/warm, GET /metrics, GET /meshd-warm.js and GET /"
+)
+NOTED = "meshd.noted"  # the scope key of what the access log says beyond method and path
+MAX_ASKED_HEADERS = 2048  # bytes of Access-Control-Request-Headers a preflight may list
+_HEADER_NAME = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}\Z")
+access_log = logging.getLogger("meshd.http.access")
+log = logging.getLogger("meshd.http")
+
+
+def noted(request: Request) -> dict[str, str]:
+    """What the access log line of this request says beyond its method, path and status."""
+    notes: dict[str, str] = request.scope.setdefault(NOTED, {})
+    return notes
+
+
 class Guarded:
-    """ASGI middleware: the gate's checks before any route, CORS headers after, and every
-    error in OpenAI's shape."""
+    """ASGI middleware: the gate's checks before any route, CORS headers after, every error in
+    OpenAI's shape (an unexpected one as a 500, its traceback logged once a minute), and one
+    access-log line per request."""
 
     def __init__(self, app: ASGIApp, gate: Gate) -> None:
         self.app, self.gate = app, gate
+        self._throttle = Throttle()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.monotonic()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin")
+        cors = origin is not None and origin_allowed(origin, self.gate.origins)
+        status = 0
+
+        async def send_with_cors(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if cors and origin is not None:
+                    extra = _cors_headers(origin)
+                    message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        try:
+            await self._guarded(scope, receive, send_with_cors, headers, origin)
+        except Exception as exc:  # a bug, or llama.cpp's: answered, never a dropped connection
+            if self._throttle.allow(("500", scope["path"][:64], type(exc).__name__)):
+                path = scope["path"][:200]
+                log.error("HTTP %s %s failed unexpectedly", scope["method"], path, exc_info=exc)
+            if not status:
+                await error_response(
+                    HttpError(500, f"internal error: {exc}"[:300], "server_error")
+                )(scope, receive, send_with_cors)
+        finally:
+            notes = scope.get(NOTED, {})
+            access_log.info(
+                "%s %s %d model=%s served_by=%s %.0fms",
+                scope["method"],
+                scope["path"][:200],
+                status or 499,
+                notes.get("model", "-")[:64],
+                notes.get("served_by", "-")[:64],
+                (time.monotonic() - started) * 1000,
+            )
+
+    async def _guarded(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: dict[str, str],
+        origin: str | None,
+    ) -> None:
         client = scope.get("client") or ("", 0)
         try:
             self.gate.check_host(headers.get("host", ""))
             self.gate.check_origin(origin)
             if scope["method"] == "OPTIONS":
-                await _cors(Response(status_code=204), origin, preflight=True)(scope, receive, send)
+                asked = headers.get("access-control-request-headers", "")
+                response = Response(status_code=204)
+                response.raw_headers.extend(_preflight_headers(asked))
+                await response(scope, receive, send)
                 return
             self.gate.authenticate(scope["path"], headers.get("authorization"), client[0])
         except HttpError as error:
             await error_response(error)(scope, receive, send)
             return
-
-        async def send_with_cors(message: Message) -> None:
-            if message["type"] == "http.response.start" and origin is not None:
-                extra = _cors_headers(origin, preflight=False)
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_cors)
+        await self.app(scope, receive, send)
 
 
-def _cors_headers(origin: str, preflight: bool) -> list[tuple[bytes, bytes]]:
+def allowed_headers(asked: str) -> str:
+    """The headers a preflight allows: authorization and content-type, and whatever well-formed
+    names the page asked for (the openai SDK sends x-stainless-*, others their own): the origin
+    is already on the allowlist, and no header name grants more than the key it carries."""
+    names = ["authorization", "content-type"]
+    for name in asked[:MAX_ASKED_HEADERS].split(","):
+        name = name.strip().lower()
+        if _HEADER_NAME.match(name) and name not in names:
+            names.append(name)
+    return ", ".join(names)
+
+
+def _cors_headers(origin: str) -> list[tuple[bytes, bytes]]:
+    """The CORS headers of every answer to an allowed origin."""
     pairs = [
         ("access-control-allow-origin", origin),
         ("vary", "Origin"),
         ("access-control-expose-headers", MESHD_HEADERS),
     ]
-    if preflight:
-        pairs += [
-            ("access-control-allow-methods", "GET, POST, OPTIONS"),
-            ("access-control-allow-headers", "authorization, content-type"),
-            ("access-control-max-age", "600"),
-        ]
-    return [(k.encode(), v.encode()) for k, v in pairs]
+    return [(k.encode(), v.encode("latin-1")) for k, v in pairs]
 
 
-def _cors(response: Response, origin: str | None, preflight: bool) -> Response:
-    if origin is not None:
-        response.raw_headers.extend(_cors_headers(origin, preflight))
-    return response
+def _preflight_headers(asked: str) -> list[tuple[bytes, bytes]]:
+    """What a preflight answer adds: methods, the headers the page asked for, how long."""
+    pairs = [
+        ("access-control-allow-methods", "GET, POST, OPTIONS"),
+        ("access-control-allow-headers", allowed_headers(asked)),
+        ("access-control-max-age", "600"),
+    ]
+    return [(k.encode(), v.encode("latin-1")) for k, v in pairs]
 
 
 def create_app(router: Router, telemetry: Telemetry, gate: Gate, max_body: int) -> ASGIApp:
@@ -305,6 +399,8 @@ def create_app(router: Router, telemetry: Telemetry, gate: Gate, max_body: int) 
         HttpError: _as_response,
         errors.MeshdError: _as_response,
         ClientDisconnect: _as_response,
+        HTTPException: _as_response,
+        Exception: _as_response,  # answered here; Guarded logs it
     }
     return Guarded(Starlette(routes=door.routes(), exception_handlers=handlers), gate)
 
@@ -314,4 +410,17 @@ async def _as_response(request: Request, exc: Exception) -> Response:
         return error_response(exc)
     if isinstance(exc, errors.MeshdError):
         return error_response(http_error(exc))
-    return Response(status_code=499)  # the client went away: nobody reads this
+    if isinstance(exc, HTTPException) and exc.status_code == 404:
+        where = f"{request.method} {request.url.path[:100]}"
+        return error_response(
+            HttpError(404, f"no such endpoint: {where}; meshd serves {SERVED}", code="not_found")
+        )
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        where = f"{request.method} {request.url.path[:100]}"
+        message = f"{where} is not served; meshd serves {SERVED}"
+        return error_response(HttpError(405, message, code="method_not_allowed"))
+    if isinstance(exc, HTTPException):
+        return error_response(HttpError(exc.status_code, str(exc.detail)[:200]))
+    if isinstance(exc, ClientDisconnect):
+        return Response(status_code=499)  # the client went away: nobody reads this
+    return error_response(HttpError(500, f"internal error: {exc}"[:300], "server_error"))

@@ -18,16 +18,24 @@ DEFAULT_MAX_TOKENS = 256
 ROLES = frozenset({"system", "user", "assistant", "developer", "tool"})
 
 
-@dataclass(frozen=True)
 class HttpError(Exception):
-    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}.
 
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    code: str | None = None
-    retry_after: int | None = None
+    A plain exception, not a frozen dataclass: whoever handles it (Python, Starlette, uvicorn)
+    may set its traceback and context."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type = status, message, type
+        self.param, self.code, self.retry_after = param, code, retry_after
 
     def body(self) -> dict[str, Any]:
         return {
@@ -87,6 +95,8 @@ def parse_body(raw: bytes) -> Mapping[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise HttpError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise HttpError(400, "the body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise HttpError(400, "the body must be a JSON object", code="invalid_json")
     return body

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import logging
 import os
 import shutil
 import signal
@@ -375,3 +376,99 @@ def test_a_failure_after_the_first_token_is_one_error_event(node: NodeThread) ->
     assert set(last) == {"error"} and last["error"]["code"] == "no_peer_available"
     assert "partial" in last["error"]["message"]
     assert b"data: [DONE]" not in events, "the stream just ends: no text is repeated"
+
+
+BAD_REQUESTS = [
+    ("POST", "/v1/chat/completions", "{not json", 400),
+    ("POST", "/v1/completions", json.dumps({"model": "tiny", "prompt": "Hi", "n": 2}), 400),
+    ("POST", "/v1/completions", json.dumps({"model": "tiny", "prompt": 7}), 400),
+    ("POST", "/v1/completions", "[" * 100_000 + "]" * 100_000, 400),  # nested past any parser
+    ("POST", "/v1/completions", json.dumps({"model": "nope", "prompt": "Hi"}), 404),
+    ("POST", "/v1/warm", json.dumps({"model": 3}), 400),
+    ("GET", "/v1/chat/completion", None, 404),  # a typo'd endpoint
+    ("GET", "/v1/completions", None, 405),
+    ("GET", "/v1/models/nope", None, 404),
+]
+
+
+def test_a_refused_request_costs_nothing_and_keeps_the_connection(
+    node: NodeThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every 4xx is answered in OpenAI's shape, logs no traceback, and the same keep-alive
+    connection then serves a good request."""
+    parts = urlsplit(url_of(node))
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    good = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 2})
+    headers = {"content-type": "application/json"}
+    try:
+        for method, path, body, status in BAD_REQUESTS:
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            reply = json.loads(response.read())
+            assert response.status == status, (path, reply)
+            assert set(reply["error"]) == {"message", "type", "param", "code"}
+            sock = conn.sock
+            conn.request("POST", "/v1/completions", body=good, headers=headers)
+            answer = conn.getresponse()
+            assert answer.status == 200 and json.loads(answer.read())["usage"]
+            assert conn.sock is sock, f"the connection survived {method} {path}"
+    finally:
+        conn.close()
+    tracebacks = [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
+
+
+def test_unknown_endpoints_say_what_is_served(node: NodeThread) -> None:
+    status, _, body = call(url_of(node), "POST", "/v1/embeddings", "{}")
+    error = json.loads(body)["error"]
+    assert status == 404 and error["code"] == "not_found"
+    assert "POST /v1/embeddings" in error["message"] and "/v1/chat/completions" in error["message"]
+
+
+def test_one_model_by_id(node: NodeThread) -> None:
+    status, _, body = call(url_of(node), "GET", "/v1/models/tiny")
+    model = json.loads(body)
+    assert status == 200 and model["id"] == "tiny" and model["object"] == "model"
+    assert model["chat"] is True and model["chat_template"] == "gguf"  # its file has one
+    status, _, body = call(url_of(node), "GET", "/v1/models/missing")
+    assert status == 404 and json.loads(body)["error"]["code"] == "model_not_found"
+
+
+def test_one_access_log_line_per_request_without_the_prompt(
+    node: NodeThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="meshd.http.access")
+    base = url_of(node)
+    secret = "the-launch-code-is-0000"
+    assert post(base, "/v1/completions", {"model": "tiny", "prompt": secret, "max_tokens": 2})[0]
+    beacon = json.dumps({"model": "tiny"})
+    assert call(base, "POST", "/v1/warm", beacon, content_type="text/plain")[0] == 202
+    assert call(base, "GET", "/nowhere")[0] == 404
+
+    def access_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
+
+    eventually(lambda: len(access_lines()) >= 3)  # written once the answer has gone out
+    lines = access_lines()
+    assert len(lines) == 3, lines
+    served = node.node.peer_id if node.node is not None else "?"
+    assert lines[0].startswith("POST /v1/completions 200 model=tiny served_by=" + served)
+    assert lines[1].startswith("POST /v1/warm 202 model=tiny served_by=")
+    assert lines[2].startswith("GET /nowhere 404 model=- served_by=-")
+    assert all(line.endswith("ms") for line in lines)
+    assert not any(secret in r.getMessage() for r in caplog.records)
+
+
+def test_a_preflight_allows_the_headers_an_sdk_sends(node: NodeThread) -> None:
+    asked = "authorization, content-type, x-stainless-lang, x-stainless-retry-count, bad header"
+    status, headers, _ = call(
+        url_of(node),
+        "OPTIONS",
+        "/v1/chat/completions",
+        Origin="http://localhost:5173",
+        Access_Control_Request_Method="POST",
+        Access_Control_Request_Headers=asked,
+    )
+    allowed = {h.strip() for h in headers["access-control-allow-headers"].split(",")}
+    assert status == 204 and {"x-stainless-lang", "x-stainless-retry-count"} <= allowed
+    assert "bad header" not in allowed and headers["access-control-allow-origin"].endswith("5173")
