@@ -38,8 +38,6 @@ DEMO_MAX_TOKENS = 4096  # the daemon's default cap
 PROMPT = "The capital of France is"
 STORY_PROMPT = "Once upon a time, in a small village by the sea,"
 READING_TIME_S = 2.0  # the person reads the page before asking
-# ... a page with a long system prompt: its prefill (~3 s on 2 cores) is over before they ask.
-LONG_READING_TIME_S = 5.0
 TIMING_TOKENS = 4
 WARM_REPEATS = 5
 MESH_ENV = {"MESHD_INSECURE_DEV": "false", "MESHD_DISCOVERY": "false"}  # loopback only
@@ -104,8 +102,11 @@ def measure(home: Path, model_path: Path) -> list[Row]:
         warmed = first_token_seconds(mesh, model)
         long_warm = question_first_token_seconds(mesh, model, system_prompt("bakery"))
         shop = system_prompt("bicycle shop")
-        mesh.warm(model, lease=60, prefix=shop)  # the page knows its system prompt
-        time.sleep(LONG_READING_TIME_S)
+        # The page knows its system prompt and warms it on open; the person asks once it is in
+        # the cache (the demo waits for that, however long this machine takes to prefill it).
+        started = time.perf_counter()
+        mesh.warm(model, lease=60, prefix=shop, wait=True)
+        prefix_warm_s = time.perf_counter() - started
         prefix_warmed = question_first_token_seconds(mesh, model, shop)
     hidden = 1 - (warmed - warm) / (cold_model - warm) if cold_model > warm else 1.0
     hidden = min(max(hidden, 0.0), 1.0)  # a warmed request faster than the warm median: all hidden
@@ -127,8 +128,8 @@ def measure(home: Path, model_path: Path) -> list[Row]:
         Row(
             "system prompt warmed",
             prefix_warmed,
-            f"Warm(prefix=system prompt) on page open, question {LONG_READING_TIME_S:.0f} s "
-            f"later: {long_warm / prefix_warmed:.0f}× faster",
+            f"Warm(prefix=system prompt) on page open ({prefix_warm_s:.1f} s to warm), "
+            f"question after it: {long_warm / prefix_warmed:.0f}× faster",
         ),
     ]
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from meshd.chattemplates import ChatTemplate, parse_chat_template
 from meshd.errors import ConfigError, InvalidRequest
 from meshd.prefixes import MAX_PREFIX_FILE_BYTES, read_prefix_file
 
@@ -25,10 +26,12 @@ _UNITS_B = {"": 1, "b": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A model this peer serves: its name and its GGUF file."""
+    """A model this peer serves: its name, its GGUF file, and the chat template meshd.toml
+    names for it (None: the file's own, else a built-in one for its family)."""
 
     name: str
     path: Path
+    chat_template: ChatTemplate | None = None
 
 
 @dataclass(frozen=True)
@@ -290,9 +293,32 @@ def _mesh_id(value: str) -> str:
 
 def _models(value: Any, base: Path | None) -> tuple[ModelSpec, ...]:
     if isinstance(value, Mapping):
-        return tuple(model_spec(str(k), str(v), base) for k, v in value.items())
+        return tuple(_model_entry(str(k), v, base) for k, v in value.items())
     items = value.split(",") if isinstance(value, str) else list(value)
     return tuple(parse_model(str(item), base) for item in items if str(item).strip())
+
+
+MODEL_KEYS = ("file", "chat_template")
+
+
+def _model_entry(name: str, entry: Any, base: Path | None) -> ModelSpec:
+    """`name = "path"`, or a table: `[models.NAME]` with file = ... and chat_template = ..."""
+    if not isinstance(entry, Mapping):
+        return model_spec(name, str(entry), base)
+    unknown = sorted(set(entry) - set(MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"{name}: unknown key {unknown[0]!r} (known: {', '.join(MODEL_KEYS)})")
+    if not isinstance(entry.get("file"), str) or not entry["file"]:
+        raise ConfigError(f"{name}: needs file = the path of its GGUF")
+    template = entry.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ConfigError(f"{name}: chat_template must be a string")
+    spec = model_spec(name, entry["file"], base)
+    try:
+        chosen = parse_chat_template(template, base) if template is not None else None
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+    return replace(spec, chat_template=chosen)
 
 
 _PARSERS: dict[str, Callable[[Any], Any]] = {
@@ -352,8 +378,9 @@ def _apply(
             raise ConfigError(f"{origin}: unknown setting {key!r}")
         try:
             if key == "models":
-                merged = settings.model_paths() | {m.name: m.path for m in _models(raw, base)}
-                changes[key] = tuple(ModelSpec(n, p) for n, p in merged.items())
+                merged = {m.name: m for m in settings.models}
+                merged |= {m.name: m for m in _models(raw, base)}
+                changes[key] = tuple(merged.values())
             elif key == "prefixes":
                 changes[key] = _prefixes(raw, base)
             else:

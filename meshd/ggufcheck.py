@@ -16,6 +16,7 @@ from typing import Any
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
+from meshd.chattemplates import MARKERS
 from meshd.errors import InvalidModelFile
 from meshd.ggufarch import check_architecture
 
@@ -45,6 +46,9 @@ _STRING, _ARRAY = 8, 9
 _U64 = struct.Struct("<Q")
 
 
+_MARKERS = tuple(MARKERS.values())
+
+
 @dataclass(frozen=True)
 class GGUFFacts:
     """What a valid GGUF says about itself."""
@@ -64,6 +68,7 @@ class GGUFFacts:
     has_chat_template: bool
     tensor_count: int
     file_size: int
+    chat_markers: frozenset[str] = frozenset()  # chat formats' turn tokens in the vocabulary
 
     def kv_cache_bytes(self, context: int) -> int:
         """Bytes of an f16 KV cache for one slot of `context` tokens."""
@@ -133,8 +138,9 @@ class _Cursor:
                 self.value(item_type, depth + 1)
         return n
 
-    def first_repeated_string(self) -> str | None:
-        """Read a string array (its type and length first); the first string seen twice."""
+    def read_vocabulary(self) -> tuple[str | None, frozenset[str]]:
+        """Read a string array (its type and length first): the first string seen twice, and
+        which of the chat formats' turn markers (meshd.chattemplates.MARKERS) it holds."""
         if int(self.unpack("<I", 4)) != _STRING:
             raise InvalidModelFile(f"{TOKENS_KEY} is not an array of strings")
         n = self.count("array length", 8)
@@ -147,9 +153,9 @@ class _Cursor:
             piece = bytes(buf[pos : pos + length])
             self.pos += length
             if piece in seen:  # the file is refused: no need to read the rest
-                return piece.decode(errors="replace")
+                return piece.decode(errors="replace"), frozenset()
             seen.add(piece)
-        return None
+        return None, frozenset(m for m in _MARKERS if m.encode() in seen)
 
     def skip_strings(self, n: int) -> None:
         """Step over n strings: a vocabulary holds hundreds of thousands, so this loop is tight."""
@@ -220,7 +226,12 @@ def _quantization(meta: dict[str, Any]) -> str:
         return f"type {file_type}"
 
 
-def _facts(meta: dict[str, Any], tensors: list[tuple[str, int, int, int]], size: int) -> GGUFFacts:
+def _facts(
+    meta: dict[str, Any],
+    tensors: list[tuple[str, int, int, int]],
+    size: int,
+    markers: frozenset[str] = frozenset(),
+) -> GGUFFacts:
     arch = meta.get("general.architecture")
     if not isinstance(arch, str) or not arch:
         raise InvalidModelFile("no general.architecture in the metadata")
@@ -250,6 +261,7 @@ def _facts(meta: dict[str, Any], tensors: list[tuple[str, int, int, int]], size:
         has_chat_template="tokenizer.chat_template" in meta,
         tensor_count=len(tensors),
         file_size=size,
+        chat_markers=markers,
     )
 
 
@@ -279,12 +291,13 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFFacts:
     tensor_count = cur.count("tensor", 24)
     kv_count = cur.count("metadata", 12)
     meta: dict[str, Any] = {}
+    markers: frozenset[str] = frozenset()
     for _ in range(kv_count):
         key = cur.string(limit=MAX_KEY_BYTES)
         vtype = int(cur.unpack("<I", 4))
         if key == TOKENS_KEY and vtype == _ARRAY:
             start = cur.pos
-            repeated = cur.first_repeated_string()
+            repeated, markers = cur.read_vocabulary()
             if repeated is not None:  # llama.cpp asserts every token string is unique
                 raise InvalidModelFile(f"token {repeated[:40]!r} appears twice in the vocabulary")
             meta[key] = _U64.unpack_from(buf, start + 4)[0]
@@ -296,4 +309,4 @@ def _parse(buf: mmap.mmap, size: int) -> GGUFFacts:
         raise InvalidModelFile(f"bad general.alignment {alignment!r}")
     data_start = -(-cur.pos // alignment) * alignment
     _check_data(tensors, data_start, size, alignment)
-    return _facts(meta, tensors, size)
+    return _facts(meta, tensors, size, markers)

@@ -118,6 +118,7 @@ class ModelInfo:
     runner_pid: int = 0  # the runner process holding the model, 0 when none runs
     runner_rss: int = 0  # its resident bytes
     restarts: int = 0  # runners started again after the previous one failed
+    chat_template: str = ""  # where its chat template comes from; "" when it takes prompts only
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class PeerModel:
     size_bytes: int = 0  # the file, as a peer pulling a replica needs it on disk
     prefix_prints: tuple[int, ...] = ()  # fingerprints of what its slots hold (meshd.prefixes)
     prefill_rate: float = 0.0  # prompt tokens per second it prefills; 0 while unmeasured
+    chat_template: str = ""  # where its chat template comes from; "" when it takes prompts only
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,10 @@ def _vocab(extra: list[str]) -> tuple[list[str], list[float], list[int]]:
     pieces = ["▁", *(string.ascii_letters + string.digits + string.punctuation)]
     pieces += ["▁" + w for w in WORDS] + extra
     tokens += pieces
-    types += [gguf.TokenType.NORMAL] * len(pieces)
+    types += [gguf.TokenType.NORMAL] * (len(pieces) - len(extra))
+    # An extra <|…|> token is a control token, as a chat format's turn markers are.
+    special = [t.startswith("<|") and t.endswith("|>") for t in extra]
+    types += [gguf.TokenType.CONTROL if s else gguf.TokenType.NORMAL for s in special]
     scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
     return tokens, scores, [int(t) for t in types]
 
@@ -104,7 +107,8 @@ def write_tiny_gguf(
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(True)
-    writer.add_chat_template(chat_template)
+    if chat_template:  # "": a file with no template, as many base models are
+        writer.add_chat_template(chat_template)
 
     def weights(*shape: int, scale: float = 0.2) -> np.ndarray:
         return (rng.standard_normal(shape) * scale).astype(np.float32)

@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Coroutine
 from pathlib import Path
 from typing import Any
 
+from meshd.chattemplates import ChatTemplate
 from meshd.config import PinnedPrefix, Settings, with_machine_defaults
 from meshd.engine.eviction import expired, plan_eviction
 from meshd.engine.model import ModelHost, PinnedReport, SlotOptions
@@ -84,7 +85,10 @@ class Engine:
         self.supply = RunnerSupply(
             RunnerOptions(stall_timeout=settings.runner_stall_timeout), settings.spare_runner
         )
-        self.hosts = {spec.name: self._new_host(spec.name, spec.path) for spec in settings.models}
+        self.hosts = {
+            spec.name: self._new_host(spec.name, spec.path, chat_template=spec.chat_template)
+            for spec in settings.models
+        }
         self._store_seen = -1
         self._retired: list[ModelHost] = []  # out of the store, still loaded
         self._load_lock = asyncio.Lock()
@@ -123,7 +127,9 @@ class Engine:
             self._retired.clear()
         await self.supply.close()
 
-    def _new_host(self, name: str, path: Path, digest: str = "") -> ModelHost:
+    def _new_host(
+        self, name: str, path: Path, digest: str = "", chat_template: ChatTemplate | None = None
+    ) -> ModelHost:
         return ModelHost(
             name,
             path,
@@ -132,6 +138,7 @@ class Engine:
             pinned=name in self.settings.pins,
             max_queue=self.settings.max_queue,
             digest=digest,
+            chat_template=chat_template,
         )
 
     async def refresh(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from meshd.chattemplates import ChatTemplate, choose_template
 from meshd.engine import failures
 from meshd.engine.eviction import Resident, warm_until
 from meshd.engine.failures import FailureRecord, FileStamp, Verdict
@@ -63,8 +64,10 @@ class ModelHost:
         pinned: bool,
         max_queue: int,
         digest: str = "",
+        chat_template: ChatTemplate | None = None,
     ) -> None:
         self.name, self.path, self.options = name, path, options
+        self.configured_template = chat_template  # meshd.toml's, if it names one
         self.supply = supply
         self.digest = digest  # set for models that live in the store
         self.pinned, self.max_queue = pinned, max_queue
@@ -106,6 +109,20 @@ class ModelHost:
         if self.file_refused:  # the file was fixed
             self.state, self.error, self.file_refused = ModelState.COLD, "", False
         return self.facts
+
+    @property
+    def chat_template(self) -> ChatTemplate | None:
+        """The template this model chats with (None: it takes prompts only), as far as its
+        file is known."""
+        facts = self.facts
+        if facts is None:
+            return self.configured_template
+        return choose_template(
+            self.configured_template,
+            facts.has_chat_template,
+            facts.architecture,
+            facts.chat_markers,
+        )
 
     def projected_memory(self) -> int:
         """Bytes the model will hold once loaded: weights once, KV cache and scratch per slot."""
@@ -206,10 +223,11 @@ class ModelHost:
         runner: RunnerProcess | None = None
         try:
             runner = self.runner = await self.supply.take(f"model {self.name!r}")
+            template = self.chat_template
             await runner.load(
                 LoadOptions(
                     str(self.path), opts.count, opts.context, opts.threads, opts.batch,
-                    opts.use_mmap,
+                    opts.use_mmap, template.text if template is not None else "",
                 )
             )  # fmt: skip
         except (ModelUnavailable, asyncio.CancelledError) as exc:
@@ -346,16 +364,17 @@ class ModelHost:
         slots, memory = self.options.count, self.projected_memory()
         size = self.facts.file_size if self.facts else 0
         prints = self.free.fingerprints() if self.state is ModelState.WARM else ()
+        template = self.chat_template
         return PeerModel(
             self.name, self.state, active, queued, slots, mean, memory, size, prints,
-            self.prefill_rate,
+            self.prefill_rate, template.source if template is not None else "",
         )  # fmt: skip
 
     def info(self, keep_alive: float) -> ModelInfo:
         """What ListModels reports for this model."""
         facts = self.facts
         until = self.warm_until(keep_alive) if self.state is ModelState.WARM else 0.0
-        runner = self.runner
+        runner, template = self.runner, self.chat_template
         return ModelInfo(
             name=self.name,
             path=str(self.path),
@@ -374,4 +393,5 @@ class ModelHost:
             runner_pid=runner.pid if runner is not None and runner.alive else 0,
             runner_rss=runner.rss() if runner is not None else 0,
             restarts=self.restarts,
+            chat_template=template.source if template is not None else "",
         )

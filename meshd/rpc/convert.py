@@ -175,6 +175,7 @@ def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
         runner_pid=info.runner_pid,
         runner_rss_bytes=info.runner_rss,
         restarts=info.restarts,
+        chat_template=info.chat_template,
     )
 
 
@@ -198,6 +199,7 @@ def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
         runner_pid=m.runner_pid,
         runner_rss=m.runner_rss_bytes,
         restarts=m.restarts,
+        chat_template=m.chat_template[:MAX_TEMPLATE_SOURCE],
     )
 
 
@@ -262,6 +264,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
                 size_bytes=m.size_bytes,
                 prefix_prints=m.prefix_prints,
                 prefill_tokens_per_second=m.prefill_rate,
+                chat_template=m.chat_template,
             )
             for m in info.models
         ],
@@ -350,6 +353,9 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
     )
 
 
+MAX_TEMPLATE_SOURCE = 256  # characters of "where its chat template comes from" kept from a peer
+
+
 def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
     """A model's state and load, from a heartbeat's PeerModel or a status reply's ModelLoad."""
     state = _STATE_FROM_PB.get(x.state, ModelState.COLD)
@@ -362,6 +368,7 @@ def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
             model,
             prefix_prints=tuple(x.prefix_prints[:MAX_FINGERPRINTS]),
             prefill_rate=rate if math.isfinite(rate) and rate > 0 else 0.0,
+            chat_template=x.chat_template[:MAX_TEMPLATE_SOURCE],
         )
     return model
 

@@ -84,10 +84,12 @@ def prompt_tokens(llm: Any, request: GenerateRequest) -> list[int]:
 
 
 def _render_chat(llm: Any, request: GenerateRequest) -> tuple[str, bool]:
-    template = llm.metadata.get("tokenizer.chat_template")
+    template = llm.chat_template
     if not template:
         raise InvalidRequest(
-            "this model has no chat template; send a prompt instead", field="messages"
+            "this model has no chat template and none is known for its family: send a prompt "
+            "instead, or name one (chat_template in its [models.NAME] entry of meshd.toml)",
+            field="messages",
         )
     formatter = Jinja2ChatFormatter(
         template=template,

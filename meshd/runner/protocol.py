@@ -37,6 +37,7 @@ class LoadOptions:
     threads: int
     batch: int
     use_mmap: bool
+    chat_template: str = ""  # Jinja text for models whose file has none ("": the file's own)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -88,6 +88,7 @@ class Runner:
                     threads=opts.threads,
                     batch=opts.batch,
                     use_mmap=opts.use_mmap,
+                    chat_template=opts.chat_template,
                 ).result()
                 self.slots.append(slot)
                 self.send({"op": "loaded", "slot": i})

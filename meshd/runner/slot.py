@@ -22,6 +22,9 @@ class BatchedLlama(Llama):
     """
 
     between_batches: Callable[[], None] = staticmethod(lambda: None)
+    # The Jinja chat template chats render with: the file's own, or the one meshd chose for a
+    # model whose file has none; "" when the model takes prompts only.
+    chat_template: str = ""
 
     def eval(self, tokens: Sequence[int]) -> None:
         step = max(int(self.n_batch), 1)
@@ -40,7 +43,16 @@ class Slot:
         self.llm: Any = None
         self.vocab: Vocabulary | None = None
 
-    def load(self, path: Path, *, context: int, threads: int, batch: int, use_mmap: bool) -> None:
+    def load(
+        self,
+        path: Path,
+        *,
+        context: int,
+        threads: int,
+        batch: int,
+        use_mmap: bool,
+        chat_template: str = "",
+    ) -> None:
         """Map the weights and evaluate one token, so that the graph is built and pages faulted.
 
         Runs on the caller's thread; call it through `submit`.
@@ -55,6 +67,7 @@ class Slot:
             use_mmap=use_mmap,
             verbose=False,
         )
+        llm.chat_template = chat_template or llm.metadata.get("tokenizer.chat_template", "")
         bos = llm.token_bos()
         llm.eval([bos if bos >= 0 else 0])
         self.llm, self.vocab = llm, Vocabulary(llm)

@@ -387,6 +387,7 @@ class ModelInfo(_message.Message):
     RUNNER_PID_FIELD_NUMBER: _builtins.int
     RUNNER_RSS_BYTES_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     path: _builtins.str
     size_bytes: _builtins.int
@@ -411,6 +412,8 @@ class ModelInfo(_message.Message):
     """its resident memory"""
     restarts: _builtins.int
     """runners started again after the previous one failed"""
+    chat_template: _builtins.str
+    """where its chat template comes from; empty: prompts only"""
     def __init__(
         self,
         *,
@@ -431,10 +434,11 @@ class ModelInfo(_message.Message):
         runner_pid: _builtins.int = ...,
         runner_rss_bytes: _builtins.int = ...,
         restarts: _builtins.int = ...,
+        chat_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "context_length", b"context_length", "digest", b"digest", "error", b"error", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "digest", b"digest", "error", b"error", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -665,6 +669,7 @@ class PeerModel(_message.Message):
     SIZE_BYTES_FIELD_NUMBER: _builtins.int
     PREFIX_PRINTS_FIELD_NUMBER: _builtins.int
     PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___ModelState.ValueType
     active: _builtins.int
@@ -676,6 +681,8 @@ class PeerModel(_message.Message):
     """the file's size: what a peer pulling a replica needs on disk"""
     prefill_tokens_per_second: _builtins.float
     """measured; 0 while unknown"""
+    chat_template: _builtins.str
+    """where its chat template comes from; empty: prompts only"""
     @_builtins.property
     def prefix_prints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """fingerprints of what its slots hold (meshd.prefixes)"""
@@ -693,10 +700,11 @@ class PeerModel(_message.Message):
         size_bytes: _builtins.int = ...,
         prefix_prints: _abc.Iterable[_builtins.int] | None = ...,
         prefill_tokens_per_second: _builtins.float = ...,
+        chat_template: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "chat_template", b"chat_template", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
