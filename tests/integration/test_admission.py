@@ -55,10 +55,11 @@ def test_requests_beyond_slots_queue_then_are_refused_at_once(start_node: Callab
         assert running.first_chunk.wait(30)
         queued = Background(node.address)
         eventually(lambda: _load(mesh) == (1, 1))
-        started = time.monotonic()
         with pytest.raises(Overloaded, match="busy"):
             list(mesh.generate("tiny", PROMPT, max_tokens=4))
-        assert time.monotonic() - started < 1.0, "a full queue must refuse at once"
+        # Refused at once: not after waiting its turn, for the two before it still hold the
+        # slot and the queue.
+        assert _load(mesh) == (1, 1) and running.thread.is_alive()
     for request in (running, queued):
         result = request.join()
         assert getattr(result, "finish_reason", None) is FinishReason.LENGTH, result
@@ -97,5 +98,5 @@ def test_deadline_stops_generation_and_frees_the_slot(start_node: Callable) -> N
         mesh.warm("tiny", wait=True)
         with pytest.raises(DeadlineExceeded):
             list(mesh.generate("tiny", PROMPT, max_tokens=LONG, timeout=0.3))
-        eventually(lambda: _load(mesh) == (0, 0), timeout=2.0)
+        eventually(lambda: _load(mesh) == (0, 0), timeout=30)
         assert mesh.complete("tiny", PROMPT, max_tokens=4).tokens == 4

@@ -79,7 +79,7 @@ def test_keep_awake_lives_as_long_as_the_daemon(tmp_path: Path, tiny_model: Path
     with DaemonProcess(home, [f"tiny={tiny_model}"], env={"MESHD_KEEP_AWAKE": "always"}) as daemon:
         assert daemon.proc is not None
         pid = daemon.proc.pid
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         held = refused = False
         while time.monotonic() < deadline and not (held or refused):
             text = log_path(home).read_text()
@@ -90,4 +90,4 @@ def test_keep_awake_lives_as_long_as_the_daemon(tmp_path: Path, tiny_model: Path
         doctor = meshd("doctor", "--json", home=home)
         kept = [c for c in json.loads(doctor.stdout) if c["name"] == "kept awake"]
         assert kept and kept[0]["outcome"] == ("ok" if held else "warn")
-    eventually(lambda: _helpers_of(pid) == [], timeout=5)  # nothing keeps the machine awake after
+    eventually(lambda: _helpers_of(pid) == [], timeout=30)  # nothing keeps the machine awake after

@@ -11,14 +11,13 @@ from pathlib import Path
 
 import pytest
 from helpers import eventually, meshd
+from meshes import FAST
 
 from meshd import errors
 from meshd.client import MeshClient
 from meshd.process import DaemonProcess
 from meshd.security.keyring import Keyring
 from meshd.types import Chunk, ModelState
-
-FAST = {"heartbeat_interval": "0.2s", "dead_after": "0.6s"}
 
 
 def live_peers(address: str) -> set[str]:
@@ -101,7 +100,7 @@ def test_a_stopped_peer_leaves_routing(start_node: Callable, tiny_model: Path) -
     b = start_node(models={"b": tiny_model}, peers=[a.address], **FAST)
     eventually(lambda: live_peers(a.address) == {b.node.peer_id})
     b.stop()
-    eventually(lambda: live_peers(a.address) == set(), timeout=3)
+    eventually(lambda: live_peers(a.address) == set(), timeout=30)
     with MeshClient(a.address) as mesh, pytest.raises(errors.ModelNotFound):
         mesh.complete("b", "Hello", max_tokens=2)
 
@@ -188,7 +187,9 @@ def test_kill_9_mid_stream_is_a_clear_partial_error(
             with pytest.raises(errors.PeerUnavailable, match="partial"):
                 for chunk in stream:
                     received.append(chunk)
-            assert time.monotonic() - killed < 2.0
+            # Not left hanging until the runner's stall timeout (60 s): the broken connection
+            # ends the stream.
+            assert time.monotonic() - killed < 30
         counts = [c.tokens for c in received]
         assert counts == sorted(set(counts)), "no chunk was sent twice"
     finally:
@@ -203,11 +204,10 @@ def test_a_paused_peer_leaves_routing_and_comes_back(
     try:
         eventually(lambda: len(live_peers(a.address)) == 1)
         b.signal(signal.SIGSTOP)
-        left = eventually(lambda: live_peers(a.address) == set(), timeout=5)
-        assert left <= 3.0, f"took {left:.1f}s to leave routing"
-        time.sleep(1.0)
+        # How fast it leaves is a figure of bench/mesh.py; here: that it leaves, and returns.
+        eventually(lambda: live_peers(a.address) == set(), timeout=30)
         b.signal(signal.SIGCONT)
-        eventually(lambda: len(live_peers(a.address)) == 1, timeout=5)
+        eventually(lambda: len(live_peers(a.address)) == 1, timeout=30)
         with MeshClient(a.address) as mesh:
             assert mesh.complete("tiny", "Hello", max_tokens=3).tokens == 3
     finally:
@@ -239,8 +239,9 @@ def test_warm_on_app_open_then_generate_hits_a_warm_peer(
     back = start_node(models={"m": tiny_model}, peers=[front.address], **FAST)
     eventually(lambda: live_peers(front.address) == {back.node.peer_id})
     with MeshClient(front.address) as app:
-        app.warm("m")  # the page opens
-        time.sleep(1.0)  # the person reads
+        app.warm("m")  # the page opens; the person reads until it is warm where it lives
+        eventually(lambda: back.engine.hosts["m"].state is ModelState.WARM, timeout=30)
+        eventually(lambda: _warm_on(front.address) == 1, timeout=30)  # as front sees it
         answer = list(app.generate("m", "Hello", max_tokens=4))
     assert answer[-1].served_by == back.node.peer_id
     assert answer[-1].routing_reason.startswith("warm on"), answer[-1].routing_reason

@@ -4,7 +4,6 @@ elsewhere within seconds, `meshd resume` brings them back, and a pause outlives 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +25,8 @@ def test_pause_and_resume_move_the_mesh_s_requests(
 
     paused = meshd("pause", "--for", "1h", home=b.settings.home)
     assert paused.returncode == 0 and "paused until" in paused.stdout
-    started = time.monotonic()
-    eventually(lambda: served_by(b) == a_id, timeout=5)  # asked of b, served by a
-    assert time.monotonic() - started <= 2.0, "the mesh's requests leave within 2 s"
+    # How fast the requests leave is a figure of bench/owner.py; here: that they do.
+    eventually(lambda: served_by(b) == a_id, timeout=30)  # asked of b, served by a
     assert served_by(a) == a_id
     status = json.loads(meshd("status", "--json", home=a.settings.home).stdout)
     seen = {p["info"]["peer_id"]: p["info"]["paused"] for p in status["peers"]}
@@ -38,7 +36,7 @@ def test_pause_and_resume_move_the_mesh_s_requests(
         list(mesh.generate("tiny", "Hello", max_tokens=2, local_only=True))
 
     assert meshd("resume", home=b.settings.home).returncode == 0
-    eventually(lambda: served_by(b) == b_id, timeout=5)
+    eventually(lambda: served_by(b) == b_id, timeout=30)
 
 
 def test_a_pause_outlives_a_restart(tmp_path: Path, tiny_model: Path) -> None:
@@ -57,14 +55,14 @@ def test_a_pause_outlives_a_restart(tmp_path: Path, tiny_model: Path) -> None:
 def test_a_paused_peer_unloads_models_nobody_used_for_a_while(
     start_node: Callable[..., NodeThread],
 ) -> None:
-    node = start_node(paused_unload_after="0.3s")
+    node = start_node(paused_unload_after="30m")
     assert node.node is not None
     host = node.node.engine.hosts["tiny"]
     node.call(node.node.engine.warm("tiny", wait=True))
     assert node.call(node.node.paused_unload.check()) == []  # not paused: kept
     assert meshd("pause", home=node.settings.home).returncode == 0
     assert node.call(node.node.paused_unload.check()) == []  # used just now: kept
-    time.sleep(0.4)
+    host.last_used -= 31 * 60  # as if nobody had used it for 31 minutes
     assert node.call(node.node.paused_unload.check()) == ["tiny"]
     assert not host.loaded
     assert meshd("resume", home=node.settings.home).returncode == 0

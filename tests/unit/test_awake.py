@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections.abc import Callable
 
 import pytest
 
@@ -26,6 +28,16 @@ def test_the_policy() -> None:
     assert not should_hold("never", warm=True)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Whether condition() came true within timeout seconds (a slow process start included)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
 def test_while_warm_holds_and_lets_go_with_a_real_helper(monkeypatch: pytest.MonkeyPatch) -> None:
     # A stand-in for caffeinate or systemd-inhibit: a real process that holds until stopped.
     monkeypatch.setattr(
@@ -40,12 +52,10 @@ def test_while_warm_holds_and_lets_go_with_a_real_helper(monkeypatch: pytest.Mon
         keeper = KeepAwake("while-warm", platform="linux")
         keeper.start(lambda: warm[0])
         seen = []
-        await asyncio.sleep(0.8)
-        seen.append(keeper.held)
+        seen.append(await until(lambda: keeper.held))  # the helper process started
         helper = keeper.helper
         warm[0] = False
-        await asyncio.sleep(0.3)
-        seen.append(keeper.held)
+        seen.append(not await until(lambda: not keeper.held))
         seen.append(helper is not None and helper.returncode is not None)
         await keeper.close()
         return seen
