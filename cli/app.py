@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -13,8 +15,7 @@ from meshd import __version__
 from meshd.config import load_settings
 from meshd.errors import MeshdError, PeerUnavailable
 
-from . import ca, doctor, logs, mesh, owner, service, store, talk
-from .common import HomeOption, console, err_console, errors_as_exit
+from .common import HomeOption, console, err_console, errors_as_exit, setting
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -56,20 +57,31 @@ def _log_to(value: str) -> str:
     return value
 
 
-@app.command()
 def serve(
     model: list[str] = typer.Option([], "--model", "-m", help="NAME=PATH of a GGUF; repeat."),
     listen: str | None = typer.Option(
-        None, help="host:port to serve on, mutual TLS only [default: 0.0.0.0:7070]."
+        None, help="host:port to serve on, mutual TLS only.", show_default=setting("listen")
     ),
     home: Path | None = HomeOption,
-    slots: int | None = typer.Option(None, help="Concurrent requests per model [default: 1]."),
-    context: int | None = typer.Option(None, help="Context tokens per slot [default: 2048]."),
-    threads: int | None = typer.Option(None, help="llama.cpp threads [default: physical cores]."),
+    slots: int | None = typer.Option(
+        None, help="Concurrent requests per model.", show_default=setting("slots")
+    ),
+    context: int | None = typer.Option(
+        None, help="Context tokens per slot.", show_default=setting("context")
+    ),
+    threads: int | None = typer.Option(
+        None, help="llama.cpp threads.", show_default="one per physical core"
+    ),
     pin: list[str] = typer.Option([], help="Keep this model warm always; repeat."),
-    keep_alive: str | None = typer.Option(None, help="Keep an idle model warm this long [30m]."),
-    memory_budget: str | None = typer.Option(None, help="Bytes for models [75% of RAM]."),
-    max_queue: int | None = typer.Option(None, help="Queued requests per model [default: 8]."),
+    keep_alive: str | None = typer.Option(
+        None, help="Keep an idle model warm this long.", show_default=setting("keep_alive")
+    ),
+    memory_budget: str | None = typer.Option(
+        None, help="Bytes for models.", show_default="75% of RAM"
+    ),
+    max_queue: int | None = typer.Option(
+        None, help="Queued requests per model.", show_default=setting("max_queue")
+    ),
     no_mmap: bool = typer.Option(False, "--no-mmap", help="Read weights into RAM, not mmap."),
     peer: list[str] = typer.Option([], "--peer", help="Static peer host:port; repeat."),
     mesh_id: str | None = typer.Option(
@@ -78,7 +90,9 @@ def serve(
     advertise: str | None = typer.Option(None, help="host:port other peers use for this one."),
     no_discovery: bool = typer.Option(False, "--no-discovery", help="No mDNS on the LAN."),
     http_listen: str | None = typer.Option(
-        None, help="host:port of the HTTP (OpenAI-compatible) API [default: 127.0.0.1:7071]."
+        None,
+        help="host:port of the HTTP (OpenAI-compatible) API.",
+        show_default=setting("http_listen"),
     ),
     no_http: bool = typer.Option(False, "--no-http", help="No HTTP API."),
     insecure_dev: bool = typer.Option(
@@ -149,33 +163,55 @@ def demo(
         run_demo(home, max_tokens)
 
 
-app.command()(talk.generate)
-app.command()(talk.warm)
-app.command()(talk.models)
-app.command()(talk.health)
-app.command()(talk.status)
-app.command(name="open")(talk.open_page)
-app.command()(store.pull)
-app.command()(store.rm)
-app.command()(store.gc)
-app.command()(demo)
-app.command()(mesh.init)
-app.command()(mesh.invite)
-app.command()(mesh.join)
-app.command()(mesh.revoke)
-app.command()(mesh.leave)
-app.command()(doctor.doctor)
-app.command()(logs.logs)
-app.command()(owner.pause)
-app.command()(owner.resume)
-app.add_typer(service.app, name="service")
-app.add_typer(ca.app, name="ca")
+# Every command by name, and where it lives: a command imports only its own module, so
+# `meshd health` does not pay for the imports of `meshd pull` or `meshd service`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("talk", "generate"),
+    "warm": ("talk", "warm"),
+    "models": ("talk", "models"),
+    "health": ("talk", "health"),
+    "status": ("talk", "status"),
+    "open": ("talk", "open_page"),
+    "pull": ("store", "pull"),
+    "rm": ("store", "rm"),
+    "gc": ("store", "gc"),
+    "init": ("mesh", "init"),
+    "invite": ("mesh", "invite"),
+    "join": ("mesh", "join"),
+    "revoke": ("mesh", "revoke"),
+    "leave": ("mesh", "leave"),
+    "doctor": ("doctor", "doctor"),
+    "logs": ("logs", "logs"),
+    "pause": ("owner", "pause"),
+    "resume": ("owner", "resume"),
+}
+GROUPS = {"service": "service", "ca": "ca"}  # sub-applications: name -> module
+HERE: dict[str, Callable[..., None]] = {"serve": serve, "demo": demo}
+
+
+def register(only: str | None = None) -> None:
+    """Add the commands to the app: only the one named, when it is one, else all of them (in
+    the order help lists them)."""
+    every = ["serve", *COMMANDS, "demo", *GROUPS]
+    names = [only] if only in every else every
+    for name in names:
+        if name in HERE:
+            app.command(name=name)(HERE[name])
+        elif name in GROUPS:
+            module = importlib.import_module(f"{__package__}.{GROUPS[name]}")
+            app.add_typer(module.app, name=name)
+        else:
+            module_name, attribute = COMMANDS[name]
+            module = importlib.import_module(f"{__package__}.{module_name}")
+            app.command(name=name)(getattr(module, attribute))
 
 
 def main() -> None:
     """Console-script entry point: every failure is one line on stderr and exit 1; the
     traceback of an unexpected one only with MESHD_DEBUG=1."""
     try:
+        if sys.argv[1:2] != ["--version"]:  # the version needs no command
+            register(sys.argv[1] if len(sys.argv) > 1 else None)
         app()
     except MeshdError as error:  # raised outside a command's errors_as_exit
         _fail(str(error))

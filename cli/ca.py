@@ -15,7 +15,7 @@ from .common import HomeOption, console, errors_as_exit
 app = typer.Typer(help="Back up the mesh CA, or make this peer a CA holder.", no_args_is_help=True)
 
 PassphraseFile = typer.Option(
-    None, "--passphrase-file", help="Read the passphrase from this file [default: ask]."
+    None, "--passphrase-file", help="Read the passphrase from this file.", show_default="ask"
 )
 
 

@@ -32,7 +32,8 @@ AddrOption = typer.Option(
     "--via",
     "-a",
     envvar="MESHD_ADDR",
-    help="Daemon address host:port [default: the running daemon of --home, else its listen].",
+    help="Daemon address host:port.",
+    show_default="the running daemon of --home, else its listen",
 )
 HomeOption = typer.Option(
     None,
@@ -42,6 +43,25 @@ HomeOption = typer.Option(
     show_default="per-user data folder",
 )
 JsonOption = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+def setting(name: str) -> str:
+    """A setting's default as help shows it, from meshd.config (durations as 30m, 90s)."""
+    from dataclasses import fields
+
+    from meshd.config import Settings
+
+    (value,) = [f.default for f in fields(Settings) if f.name == name]
+    if name in DURATIONS and isinstance(value, float):
+        seconds = int(value)
+        for unit, size in (("h", 3600), ("m", 60)):
+            if seconds >= size and seconds % size == 0:
+                return f"{seconds // size}{unit}"
+        return f"{seconds}s"
+    return str(value)
+
+
+DURATIONS = frozenset({"keep_alive"})
 
 
 def resolve_address(addr: str | None, home: Path | None) -> str:

@@ -47,11 +47,16 @@ def init(
 def invite(
     ttl: str = typer.Option("1h", "--ttl", help="How long the code works (it works once)."),
     address: list[str] = typer.Option(
-        [], "--address", help="Host friends reach this peer at; repeat [default: LAN addresses]."
+        [],
+        "--address",
+        help="Host friends reach this peer at; repeat.",
+        show_default="LAN addresses",
     ),
     client: bool = typer.Option(False, "--client", help="An app credential bundle instead."),
     name: str | None = typer.Option(None, "--name", help="The app's name (with --client)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Bundle file [NAME.meshd.json]."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Bundle file.", show_default="NAME.meshd.json"
+    ),
     api_key: bool = typer.Option(
         False, "--api-key", help="With --client: print an HTTP API key instead of a bundle."
     ),
@@ -125,7 +130,8 @@ def join(
     at_boot: bool | None = typer.Option(
         None,
         "--at-boot/--at-login",
-        help="Start the service at boot, with nobody logged in, or at login [asked].",
+        help="Start the service at boot, with nobody logged in, or at login.",
+        show_default="asked",
     ),
     home: Path | None = HomeOption,
 ) -> None:

@@ -14,7 +14,7 @@ from .common import HomeOption, console, errors_as_exit
 
 def pause(
     duration: str | None = typer.Option(
-        None, "--for", help="How long, e.g. 2h or 30m [default: until `meshd resume`]."
+        None, "--for", help="How long, e.g. 2h or 30m.", show_default="until `meshd resume`"
     ),
     home: Path | None = HomeOption,
 ) -> None:

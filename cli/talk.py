@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich import box
-from rich.table import Table
 
 from meshd.config import load_settings, parse_duration
 from meshd.daemonfile import running_daemon_http
@@ -35,6 +33,7 @@ from .common import (
     print_json,
     running_http,
 )
+from .tables import Column, WideOption, show, table
 
 
 def _print_stats(
@@ -127,8 +126,7 @@ def warm(
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
 ) -> None:
-    """Warm a model ahead of use (returns at once unless --wait); with a prefix, that text
-    is evaluated into a slot's cache too, so later requests that start with it are fast."""
+    """Warm a model ahead of use, and a prompt's beginning (returns at once unless --wait)."""
     with errors_as_exit():
         lease_s = parse_duration(lease)
         prefix, system = _prefix_text(prefix_file, system_file)
@@ -170,10 +168,27 @@ def _prefix_text(prefix_file: Path | None, system_file: Path | None) -> tuple[st
     return (text, "") if prefix_file else ("", text)
 
 
+MODEL_COLUMNS = (
+    Column("model"),
+    Column("state"),
+    Column("memory", right=True),
+    Column("warm for"),
+    Column("chat"),
+    Column("elsewhere"),
+    Column("digest", wide_only=True),
+    Column("size", wide_only=True, right=True),
+    Column("slots", wide_only=True, right=True),
+    Column("quant", wide_only=True),
+    Column("runner", wide_only=True),
+    Column("note", wide_only=True),
+)
+
+
 def models(
     addr: str | None = AddrOption,
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
+    wide: bool = WideOption,
     verify: bool = typer.Option(False, "--verify", help="Hash every stored file again first."),
 ) -> None:
     """List this peer's models, warm or cold, and their memory."""
@@ -185,34 +200,40 @@ def models(
     if json_out:
         print_json([{**asdict(m), "elsewhere": elsewhere.get(m.name, [])} for m in listed])
         return
-    table = Table(
-        "model",
-        "state",
-        "digest",
-        "size",
-        "memory",
-        "slots",
-        "quant",
-        "runner",
-        "warm for",
-        "elsewhere",
-        "note",
-    )
+    rows = []
     for m in listed:
-        table.add_row(
-            m.name,
-            str(m.state),
-            m.digest[7:19] if m.digest else "(file)",
-            human_bytes(m.size_bytes),
-            human_bytes(m.memory_bytes),
-            str(m.slots),
-            m.quantization or "-",
-            _runner_cell(m),
-            "pinned" if m.pinned else human_until(m.warm_until),
-            ", ".join(elsewhere.get(m.name, [])) or "-",
-            m.error,
+        others = elsewhere.get(m.name, [])
+        warm_others = sum(o.endswith("(warm)") for o in others)
+        rows.append(
+            [
+                m.name,
+                str(m.state),
+                human_bytes(m.memory_bytes),
+                "pinned" if m.pinned else human_until(m.warm_until),
+                _chat_cell(m.chat_template),
+                (", ".join(others) if wide else f"{len(others)} ({warm_others} warm)")
+                if others
+                else "-",
+                m.digest[7:19] if m.digest else "(file)",
+                human_bytes(m.size_bytes),
+                str(m.slots),
+                m.quantization or "-",
+                _runner_cell(m),
+                m.error,
+            ]
         )
-    console.print(table)
+    show(console, table(MODEL_COLUMNS, rows, wide), wide)
+    if not wide:  # what a narrow table has no room for, one line each
+        for m in listed:
+            if m.error:
+                console.print(f"{m.name}: {m.error}", highlight=False)
+
+
+def _chat_cell(source: str) -> str:
+    """Whether a model chats, and with what: 'gguf', 'gemma', 'file', or 'no'."""
+    if not source:
+        return "no"
+    return source.split(" ", 1)[0] if source.startswith("file ") else source.split(" (")[0]
 
 
 def _runner_cell(m: ModelInfo) -> str:
@@ -282,6 +303,20 @@ def _verify_store(home: Path | None) -> None:
     err_console.print(f"verified {len(models)} stored model(s)", highlight=False)
 
 
+PEER_COLUMNS = (
+    Column("peer"),
+    Column("state"),
+    Column("warm"),
+    Column("load", right=True),  # active/queued requests
+    Column("free mem", right=True),
+    Column("rtt", right=True),
+    Column("address", wide_only=True),
+    Column("seen", wide_only=True),
+    Column("cert", wide_only=True),
+    Column("version", wide_only=True),
+)
+
+
 def status(
     addr: str | None = AddrOption,
     home: Path | None = HomeOption,
@@ -290,6 +325,7 @@ def status(
     addresses: bool = typer.Option(
         False, "--addresses", help="List every address this peer dials, and who named it."
     ),
+    wide: bool = WideOption,
 ) -> None:
     """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
     with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
@@ -299,34 +335,36 @@ def status(
         print_json({**dataclasses.asdict(seen), "http": http})
         return
     versions = sorted({p.info.version for p in seen.peers})
-    skew = len(versions) > 1  # a version column only when the peers differ
-    columns = ["peer", "address", "state", "warm", "act/queue", "free mem", "rtt", "seen", "cert"]
     title = f"mesh {seen.mesh_id} · meshd {', '.join(versions)}"
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    for name in [*columns, *(["version"] if skew else [])]:
-        table.add_column(name, no_wrap=name in ("peer", "address"))
+    rows, notes = [], []
     for peer in seen.peers:
         info = peer.info
         warm_models = [m.name for m in info.models if m.state == "warm"]
         active, queued = sum(m.active for m in info.models), sum(m.queued for m in info.models)
         state = "this peer" if peer.local else ("[green]live[/]" if peer.alive else "[red]down[/]")
         if info.paused:
-            state += f" [yellow]({info.paused})[/]"
+            state += " [yellow]paused[/]"
+            notes.append(f"{info.peer_id}: {info.paused}")
         elif info.yielding:
-            state += f" [yellow](yielding: {info.yielding})[/]"
-        row = [
-            info.peer_id + (" (CA)" if info.ca_holder else ""),
-            info.address,
-            state,
-            ", ".join(warm_models) or "-",
-            f"{active}/{queued}",
-            human_bytes(info.memory_free),
-            "-" if peer.local else f"{1000 * peer.rtt:.1f} ms",
-            "now" if peer.local else human_ago(peer.last_seen),
-            human_until(info.certificate_expires) if info.certificate_expires else "none",
-        ]
-        table.add_row(*row, *([info.version] if skew else []))
-    console.print(table)
+            state += " [yellow]yielding[/]"
+            notes.append(f"{info.peer_id} yields: {info.yielding}")
+        rows.append(
+            [
+                info.peer_id + (" (CA)" if info.ca_holder else ""),
+                state,
+                ", ".join(warm_models) or "-",
+                f"{active}/{queued}",
+                human_bytes(info.memory_free),
+                "-" if peer.local else f"{1000 * peer.rtt:.1f} ms",
+                info.address,
+                "now" if peer.local else human_ago(peer.last_seen),
+                human_until(info.certificate_expires) if info.certificate_expires else "none",
+                info.version,
+            ]
+        )
+    show(console, table(PEER_COLUMNS, rows, wide, title), wide)
+    for note in notes:
+        console.print(note, highlight=False)
     for peer in seen.peers:
         for pull in peer.info.pulls:
             total = pull.total_bytes
@@ -374,11 +412,19 @@ def _print_dialling(seen: MeshStatus, every: bool) -> None:
     )
     if not every:
         return
-    table = Table(box=box.SIMPLE_HEAD)
-    for name in ("address", "named by", "answered", "dials", "failing", "next dial"):
-        table.add_column(name)
+    rows = []
     for a in seen.addresses:
         next_dial = f"in {a.next_dial_in:.0f} s" if a.next_dial_in >= 1 else "now"
         answered = "yes" if a.answered else "never"
-        table.add_row(a.address, a.teller, answered, str(a.dials), str(a.failures), next_dial)
-    console.print(table)
+        rows.append([a.address, a.teller, answered, str(a.dials), str(a.failures), next_dial])
+    show(console, table(ADDRESS_COLUMNS, rows, wide=True), wide=True)
+
+
+ADDRESS_COLUMNS = (
+    Column("address"),
+    Column("named by"),
+    Column("answered"),
+    Column("dials", right=True),
+    Column("failing", right=True),
+    Column("next dial"),
+)

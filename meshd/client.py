@@ -27,11 +27,11 @@ import grpc
 from grpc_health.v1 import health_pb2
 
 from meshd.errors import PeerUnavailable
-from meshd.routing import MAX_HOPS
 from meshd.rpc import channels, convert
 from meshd.rpc.status import UNREACHABLE, error_from_rpc
 from meshd.security.credentials import TlsCredentials
 from meshd.types import (
+    MAX_HOPS,
     ChatMessage,
     Chunk,
     FinishReason,

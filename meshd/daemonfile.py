@@ -7,8 +7,6 @@ import os
 import time
 from pathlib import Path
 
-import psutil
-
 from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
 
@@ -50,6 +48,8 @@ def stop_daemon(home: Path, timeout: float) -> bool:
         return False
     pid = int(record["pid"])
     deadline = time.monotonic() + timeout
+    import psutil  # here: every CLI command reads the daemon file, few stop the daemon
+
     try:
         process = psutil.Process(pid)
         process.terminate()

@@ -31,7 +31,6 @@ from meshd.links import PeerLink, ReplicaFetcher
 from meshd.peers import PeerTable
 from meshd.prefixes import canonical_of, fingerprints
 from meshd.routing import (
-    MAX_HOPS,
     Decision,
     PeerView,
     PromptShape,
@@ -42,6 +41,7 @@ from meshd.routing import (
 )
 from meshd.store import parse_name
 from meshd.types import (
+    MAX_HOPS,
     Chunk,
     GenerateRequest,
     MeshPeer,

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from meshd.prefixes import tokens_of, warm_chars
 from meshd.types import ModelState, PeerModel
 
-MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
 NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
 NEAR_EQUAL_FRACTION = 0.10
 # A peer that never served the model yet: assume this much per request.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
+
 
 class FinishReason(StrEnum):
     """Why a completion ended."""

@@ -28,10 +28,13 @@ def eventually(predicate: Callable[[], bool], timeout: float = 10.0, poll: float
     return time.monotonic() - started
 
 
-def meshd(*args: str, home: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the meshd command as a person would, with a clean MESHD_* environment."""
+def meshd(
+    *args: str, home: Path | None = None, columns: int = 200
+) -> subprocess.CompletedProcess[str]:
+    """Run the meshd command as a person would, with a clean MESHD_* environment, in a terminal
+    `columns` wide (200: one line per message)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MESHD_")}
-    env["COLUMNS"] = "200"  # one line per message, whatever the terminal
+    env["COLUMNS"] = str(columns)
     if home is not None:
         env["MESHD_HOME"] = str(home)
     return subprocess.run(

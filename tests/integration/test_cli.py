@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import meshd
+from conftest import NodeThread
+from helpers import eventually, meshd
+from meshes import FAST
 
 from meshd.process import DaemonProcess
 
@@ -129,3 +132,59 @@ def test_client_commands_read_the_same_config_and_fail_on_a_broken_one(tmp_path:
     out = meshd("status", home=tmp_path)
     assert out.returncode == 1 and "cannot read" in out.stderr and "meshd.toml" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _fits(text: str, width: int = 80) -> bool:
+    return all(len(line.rstrip()) <= width for line in text.splitlines())
+
+
+def test_tables_fit_an_80_column_terminal(
+    start_node: Callable[..., NodeThread], tiny_model: Path, tmp_path: Path
+) -> None:
+    """One line a row at 80 columns, what does not fit on a line of its own, the rest with
+    --wide; --json unchanged."""
+    broken = tmp_path / "missing-model-file-with-a-long-name.gguf"
+    a = start_node(models={"tiny": tiny_model, "broken-model": broken}, **FAST)
+    b = start_node(models={"tiny": tiny_model}, peers=[a.address], name="friend", **FAST)
+    assert a.node is not None and b.node is not None
+    home = a.settings.home
+    assert meshd("warm", "tiny", "--wait", home=home).returncode == 0
+    eventually(lambda: b.node is not None and len(b.node.table.live(time.monotonic())) == 1)
+    assert meshd("pause", "--for", "1h", home=b.settings.home).returncode == 0
+    eventually(lambda: "paused" in meshd("status", home=home).stdout, timeout=30)
+
+    models = meshd("models", home=home, columns=80)
+    assert models.returncode == 0 and _fits(models.stdout), models.stdout
+    rows = [line for line in models.stdout.splitlines() if line.startswith(("tiny", "broken"))]
+    assert len(rows) == 3, models.stdout  # two rows, and the failure's own line
+    assert rows[0].split()[:2] == ["tiny", "warm"] and rows[0].split()[-3:-1] == ["1", "(0"]
+    assert "gguf" in rows[0], "the chat column says where its template comes from"
+    assert rows[1].split()[:2] == ["broken-model", "failed"]
+    assert rows[2].startswith("broken-model: cannot read")
+    assert str(broken) in models.stdout.replace("\n", ""), "the whole reason, folded to fit"
+
+    status = meshd("status", home=home, columns=80)
+    assert status.returncode == 0 and _fits(status.stdout), status.stdout
+    peers = [line for line in status.stdout.splitlines() if line.startswith("peer-")]
+    assert len(peers) == 3, status.stdout  # two peers, and why one is paused
+    assert "this peer" in peers[0] and "live paused" in peers[1]
+    assert peers[2].startswith(f"{b.node.peer_id}: paused by its owner until")
+
+    wide = meshd("models", "--wide", home=home, columns=80)
+    assert "DIGEST" in wide.stdout and "QUANT" in wide.stdout and b.node.peer_id in wide.stdout
+    assert "ADDRESS" in meshd("status", "-w", home=home, columns=80).stdout
+    listed = json.loads(meshd("models", "--json", home=home, columns=80).stdout)
+    assert {m["name"] for m in listed} == {"tiny", "broken-model"}
+
+
+def test_help_fits_a_terminal_and_shows_defaults() -> None:
+    """Defaults come from the settings, and no text in brackets is lost to markup."""
+    serve = meshd("serve", "--help", columns=80).stdout
+    assert _fits(serve)
+    assert " ." not in serve, "a help text lost a bracketed default"
+    assert "[default: (1)]" in serve and "[default: (0.0.0.0:7070)]" in serve
+    assert "[default: (30m)]" in serve and "[default: (127.0.0.1:7071)]" in serve
+    for command in (["pause"], ["invite"], ["service", "install"], ["ca", "restore"], ["status"]):
+        text = meshd(*command, "--help", columns=80).stdout
+        assert _fits(text) and " ." not in text and "[default: ()]" not in text, command
+    assert "--wide" in meshd("models", "--help", columns=80).stdout

@@ -15,8 +15,8 @@ import pytest
 from meshd.errors import InvalidRequest, ModelNotFound, Overloaded, PeerUnavailable
 from meshd.mesh import Mesh
 from meshd.peers import PeerTable
-from meshd.routing import MAX_HOPS
 from meshd.types import (
+    MAX_HOPS,
     Chunk,
     FinishReason,
     GenerateRequest,
