@@ -15,6 +15,17 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
     apt-get install -y -q chromium >/dev/null 2>&1 || echo "chromium did not install" >&2
   fi
 fi
+# The official openai JS SDK, for the test that runs it in a page of another origin; npm's
+# registry, a pinned major version, kept in ~/.cache/meshd/npm. Where npm is missing the test
+# says why it skips.
+OPENAI_JS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/meshd/npm"
+if command -v npm >/dev/null && [ ! -f "$OPENAI_JS_DIR/node_modules/openai/index.mjs" ]; then
+  echo "installing the openai JS SDK for the browser test (npm)" >&2
+  mkdir -p "$OPENAI_JS_DIR"
+  npm install --silent --no-save --prefix "$OPENAI_JS_DIR" openai@6 >/dev/null 2>&1 \
+    || echo "the openai JS SDK did not install" >&2
+fi
+export MESHD_TEST_OPENAI_JS="$OPENAI_JS_DIR/node_modules/openai"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
