@@ -185,6 +185,7 @@ class Engine:
         validate_request(request, self.limits)
         await self.refresh()
         host = self.host(request.model)
+        host.last_request = time.time()
         with host.admit():
             start = "warm" if host.state is ModelState.WARM else "cold"
             self.telemetry.starts.labels(host.name, start).inc()
@@ -213,14 +214,14 @@ class Engine:
         host.last_used = max(host.last_used, now)
         prefix_tokens = 0
         if wait:
-            await self.ensure_warm(host)
+            await self.ensure_warm(host, for_warm=True)
             if prefill is not None:
                 last = await self._prefill(host, prefill, now + lease)
                 prefix_tokens = last.prompt_tokens if last is not None else 0
         elif prefill is not None:
             self._background(self._warm_then_prefill(host, prefill, now + lease), f"prefix-{name}")
         elif host.state is not ModelState.WARM:
-            self._loading_task(host)
+            self._loading_task(host, for_warm=True)
         state = host.state if host.state is ModelState.WARM else ModelState.LOADING
         until = host.warm_until(self.keep_alive)
         return WarmResult(name, state, self._ready_in(host), until, prefix_tokens=prefix_tokens)
@@ -235,7 +236,7 @@ class Engine:
     async def _warm_then_prefill(
         self, host: ModelHost, prefill: GenerateRequest, hold_until: float
     ) -> None:
-        await self.ensure_warm(host)
+        await self.ensure_warm(host, for_warm=True)
         await self._prefill(host, prefill, hold_until)
 
     async def _prefill(
@@ -262,15 +263,16 @@ class Engine:
             )
         return last
 
-    async def ensure_warm(self, host: ModelHost) -> None:
-        """Return once the model is WARM; concurrent callers share one load."""
+    async def ensure_warm(self, host: ModelHost, for_warm: bool = False) -> None:
+        """Return once the model is WARM; concurrent callers share one load. A load for a warm
+        (for_warm) evicts no model used within the keep-alive."""
         while host.state is not ModelState.WARM:
-            await asyncio.shield(self._loading_task(host))
+            await asyncio.shield(self._loading_task(host, for_warm))
 
-    def _loading_task(self, host: ModelHost) -> asyncio.Task[None]:
+    def _loading_task(self, host: ModelHost, for_warm: bool = False) -> asyncio.Task[None]:
         """The model's load in progress, started now if none is; a failure stays on the model."""
         if host.loading is None or host.loading.done():
-            host.loading = self._background(self._load(host), f"load-{host.name}")
+            host.loading = self._background(self._load(host, for_warm), f"load-{host.name}")
         return host.loading
 
     def _background(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -285,7 +287,7 @@ class Engine:
         if not task.cancelled() and task.exception() is not None:
             log.info("%s: %s", task.get_name(), task.exception())
 
-    async def _load(self, host: ModelHost) -> None:
+    async def _load(self, host: ModelHost, for_warm: bool = False) -> None:
         async with self._load_lock:
             if host.state is ModelState.WARM:
                 return
@@ -298,11 +300,11 @@ class Engine:
                 raise ModelUnavailable(f"model {host.name!r} is unusable: {exc}") from None
             need = host.projected_memory()
             others = [h for h in self.hosts.values() if h is not host and h.loaded]
-            victims = plan_eviction(
-                [h.resident(self.keep_alive) for h in others], need, self.memory_budget
-            )
+            spare_after = time.time() - self.keep_alive if for_warm else math.inf
+            residents = [h.resident(self.keep_alive) for h in others]
+            victims = plan_eviction(residents, need, self.memory_budget, spare_after)
             if victims is None:
-                raise InsufficientMemory(self._refusal(host, need, others))
+                raise InsufficientMemory(self._refusal(host, need, others, for_warm))
             for name in victims:
                 await self.hosts[name].unload()
             await host.load()
@@ -333,14 +335,21 @@ class Engine:
             1000 * host.pinned_prefixes[pin.name].seconds,
         )
 
-    def _refusal(self, host: ModelHost, need: int, others: list[ModelHost]) -> str:
+    def _refusal(self, host: ModelHost, need: int, others: list[ModelHost], for_warm: bool) -> str:
         held = sum(h.projected_memory() for h in others if h.pinned or h.busy)
         mib = 2**20
-        return (
+        why = (
             f"model {host.name!r} needs ~{need // mib} MiB but the memory budget is "
-            f"{self.memory_budget // mib} MiB ({held // mib} MiB held by busy or pinned models); "
-            "raise memory_budget or unpin a model"
+            f"{self.memory_budget // mib} MiB ({held // mib} MiB held by busy or pinned models)"
         )
+        if for_warm:
+            spared = [h.name for h in others if h.last_request > time.time() - self.keep_alive]
+            if spared:
+                return (
+                    f"{why}; a warm does not evict {', '.join(sorted(spared))}, used within the "
+                    "keep-alive (a request would)"
+                )
+        return f"{why}; raise memory_budget or unpin a model"
 
     def _ready_in(self, host: ModelHost) -> float:
         if host.state is ModelState.WARM:

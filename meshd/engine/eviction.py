@@ -17,20 +17,25 @@ class Resident:
     busy: bool
     last_used: float
     warm_until: float
+    last_request: float = 0.0  # when a request last asked for it (warms do not count)
 
 
-def plan_eviction(residents: Sequence[Resident], need: int, budget: int) -> list[str] | None:
-    """Names to unload (least recently used first) so that `need` more bytes fit the budget.
+def plan_eviction(
+    residents: Sequence[Resident], need: int, budget: int, spare_asked_after: float = math.inf
+) -> list[str] | None:
+    """Names to unload (least recently used first) so that `need` more bytes fit the budget;
+    models a request asked for after `spare_asked_after` are spared (a warm, which only
+    guesses at a later request, never evicts what someone used recently; a request may).
 
     An empty list: it fits already. None: it cannot fit, even after evicting every idle,
-    unpinned model.
+    unpinned model it may evict.
     """
     used = sum(r.memory for r in residents)
     if used + need <= budget:
         return []
     victims: list[str] = []
     for resident in sorted(residents, key=lambda r: r.last_used):
-        if resident.pinned or resident.busy:
+        if resident.pinned or resident.busy or resident.last_request > spare_asked_after:
             continue
         victims.append(resident.name)
         used -= resident.memory

@@ -82,6 +82,7 @@ class ModelHost:
         self.pinned_prefixes: dict[str, PinnedReport] = {}  # by name, since the last load
         self.inflight = 0
         self.last_used = 0.0
+        self.last_request = 0.0  # when a request (not a warm) last asked for it
         self.lease_until = 0.0
         self.memory_bytes = 0
         self.load_seconds: float | None = None
@@ -142,6 +143,7 @@ class ModelHost:
             self.busy,
             self.last_used,
             self.warm_until(keep_alive),
+            self.last_request,
         )
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
@@ -42,7 +43,28 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 DEFAULT_WARM_LEASE_S = 300.0
+WEB_WARM_LEASE_CAP_S = 900.0  # the longest a web page's warm holds a model (apps: any lease)
+JSON_ONLY = "application/json"
+# Every answer: no other site may frame the page (and with it, warm a model on the owner's
+# behalf), nor have a browser guess another type than the one sent.
+PAGE_HEADERS = [
+    (b"x-frame-options", b"SAMEORIGIN"),
+    (b"content-security-policy", b"frame-ancestors 'self'"),
+    (b"x-content-type-options", b"nosniff"),
+]
 MESHD_HEADERS = "x-meshd-served-by, x-meshd-routing-reason"
+
+
+def require_json(request: Request) -> None:
+    """Generation takes JSON only (415 otherwise): a page of another site can send text/plain
+    or a form without asking the browser first, but never JSON."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != JSON_ONLY:
+        raise HttpError(
+            415,
+            f"send the body as {JSON_ONLY} (got {kind[:64] or 'no content-type'!r})",
+            code="unsupported_media_type",
+        )
 
 
 def error_response(error: HttpError) -> JSONResponse:
@@ -92,6 +114,7 @@ class Door:
         return await self._complete(request, chat=False)
 
     async def _complete(self, request: Request, chat: bool) -> Response:
+        require_json(request)
         asked = parse_completion(parse_body(await self._body(request)), chat)
         noted(request)["model"] = asked.request.model
         tracked = self.telemetry.track(asked.request.model, "http")
@@ -244,6 +267,10 @@ class Door:
             lease = float(lease)
         except (TypeError, ValueError):
             raise HttpError(400, "lease_seconds must be a number", param="lease_seconds") from None
+        if not math.isfinite(lease) or lease < 0:
+            raise HttpError(400, "lease_seconds must be a number ≥ 0", param="lease_seconds")
+        if "origin" in request.headers:  # a web page's warm: it holds the model briefly
+            lease = min(lease, WEB_WARM_LEASE_CAP_S)
         prefix = parse_prefix(fields)
         result = await self.router.warm(model, lease, False, 1, 0, prefix=prefix)
         noted(request)["served_by"] = result.served_by or self.router.peer_id
@@ -251,7 +278,7 @@ class Door:
             "model": result.model,
             "state": result.state.value,
             "ready_in_seconds": result.ready_in,
-            "warm_until": result.warm_until,
+            "warm_until": result.warm_until if math.isfinite(result.warm_until) else None,
             "served_by": result.served_by or self.router.peer_id,
         }
         return JSONResponse(body, status_code=202)
@@ -308,6 +335,7 @@ class Guarded:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), *PAGE_HEADERS]
                 if cors and origin is not None:
                     extra = _cors_headers(origin)
                     message["headers"] = [*message.get("headers", []), *extra]

@@ -24,9 +24,9 @@ DEFAULT_ORIGINS = (
     "https://localhost:*",
     "app://*",
     "tauri://*",
-    "file://*",
-    "null",  # what a browser sends for a page opened from a file
 )
+# Not by default: "null" (a page opened from a file, but also any site's sandboxed iframe or
+# no-referrer form) and "file://*"; an owner who wants them lists them in http_origins.
 BAD_KEYS_PER_MINUTE = 10
 PUBLIC_PATHS = frozenset({"/", "/meshd-warm.js"})  # no data: the page and the script
 
@@ -100,6 +100,16 @@ class Gate:
         after BAD_KEYS_PER_MINUTE bad ones from one source)."""
         if not self.keys_required or path in PUBLIC_PATHS:
             return None
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip() or self.keys is None:
+            # No key at all is no guess at one: it never counts toward the lockout, so a page's
+            # keyless calls cannot lock out the good key of the app beside it.
+            raise HttpError(
+                401,
+                "an API key is required: Authorization: Bearer meshd_…",
+                "authentication_error",
+                code="invalid_api_key",
+            )
         now = time.monotonic()
         bad = self._bad.setdefault(source, collections.deque())
         while bad and now - bad[0] > 60:
@@ -112,10 +122,7 @@ class Gate:
                 code="too_many_bad_keys",
                 retry_after=60,
             )
-        scheme, _, key = (authorization or "").partition(" ")
         try:
-            if scheme.lower() != "bearer" or not key or self.keys is None:
-                raise AccessDenied("an API key is required: Authorization: Bearer meshd_…")
             return self.keys.holder(key.strip())
         except AccessDenied as error:
             bad.append(now)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_the_page_warms_on_open_and_streams_the_answer(
+def test_the_page_warms_when_the_person_starts_and_streams_the_answer(
     start_node: Callable[..., NodeThread], tmp_path: Path
 ) -> None:
     node = start_node()
@@ -39,15 +39,22 @@ def test_the_page_warms_on_open_and_streams_the_answer(
         try:
             page = browser.new_page()
             page.goto(f"{node.node.http.url}/?model=tiny")
-            # The warm request came with the page, before any question was typed.
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('ready')",
+                timeout=60_000,
+            )
+            # Opening the page warms nothing: another site can open it, only the person in
+            # front of it starts a question.
+            time.sleep(0.5)
+            assert host.state is ModelState.COLD and host.last_used == 0
+            page.click("#prompt")  # the person starts their question
             deadline = time.monotonic() + 60
             while host.state is not ModelState.WARM and time.monotonic() < deadline:
                 time.sleep(0.02)
-            assert host.state is ModelState.WARM, "the page warmed the model on open"
-            assert (
-                host.last_used > 0
-                and node.engine.telemetry.starts.labels("tiny", "cold")._value.get() == 0
-            ), "no question has been asked yet"
+            assert host.state is ModelState.WARM, "the page warmed the model as they started"
+            assert node.engine.telemetry.starts.labels("tiny", "cold")._value.get() == 0, (
+                "no question has been asked yet"
+            )
             page.fill("#prompt", "Once upon a time")
             page.click("button[type=submit]")
             page.wait_for_function(
@@ -183,3 +190,81 @@ def test_the_official_js_sdk_works_from_a_page_of_another_origin(
     assert result["usage"]["completion_tokens"] == 4 and result["chat"]
     assert result["streamedUsage"]["completion_tokens"] == 5 and result["streamed"]
     assert result["models"] == ["tiny"]
+
+
+HOSTILE_PAGE = """<!doctype html><meta charset="utf-8"><title>any site</title>
+<iframe sandbox="allow-scripts allow-forms" srcdoc='<script>
+  const base = "%(base)s";
+  const tries = [
+    fetch(base + "/v1/models").then(r => r.text()),
+    fetch(base + "/metrics").then(r => r.text()),
+    fetch(base + "/v1/completions", {method: "POST", headers: {"content-type": "text/plain"},
+      body: JSON.stringify({model: "tiny", prompt: "leak", max_tokens: 3})}).then(r => r.text()),
+    fetch(base + "/v1/warm", {method: "POST", headers: {"content-type": "text/plain"},
+      body: JSON.stringify({model: "tiny", lease_seconds: 604800})}).then(r => r.text()),
+  ];
+  Promise.allSettled(tries).then(all => parent.postMessage(
+    all.map(t => t.status === "fulfilled" ? "read: " + t.value.slice(0, 80) : "refused"), "*"));
+</script>'></iframe>
+<form id="f" method="POST" enctype="text/plain" target="sink" referrerpolicy="no-referrer"
+      action="%(base)s/v1/completions">
+  <input name='{"model": "tiny", "max_tokens": 3, "prompt": "x", "pad": "' value='"}'>
+</form>
+<form id="w" method="POST" enctype="text/plain" target="sink2" referrerpolicy="no-referrer"
+      action="%(base)s/v1/warm">
+  <input name='{"model": "tiny", "lease_seconds": 604800, "pad": "' value='"}'>
+</form>
+<iframe name="sink"></iframe><iframe name="sink2"></iframe>
+<iframe id="framed" src="%(base)s/?model=tiny"></iframe>
+<script>
+window.addEventListener("message", (e) => { window.result = e.data; });
+document.getElementById("f").submit();
+document.getElementById("w").submit();
+</script>"""
+
+
+def test_no_page_of_another_site_gets_anything(
+    start_node: Callable[..., NodeThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sandboxed iframe (Origin: null), a no-referrer form and a framed chat page, from a
+    site on another origin: nothing is read, generated, warmed or framed."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="meshd.http.access")
+    node = start_node()
+    assert node.node is not None and node.node.http is not None
+    host = node.engine.hosts["tiny"]
+    site = tmp_path / "evil"
+    site.mkdir()
+    (site / "index.html").write_text(HOSTILE_PAGE % {"base": node.node.http.url})
+    handler = functools.partial(_StaticFiles, directory=str(site))
+    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)  # not an allowed origin
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def answered() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
+
+    try:
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(f"http://127.0.0.2:{server.server_address[1]}/index.html")
+                page.wait_for_function("window.result !== undefined", timeout=60_000)
+                result = page.evaluate("window.result")
+                deadline = time.monotonic() + 60  # the two forms and the framed page
+                while time.monotonic() < deadline and len(answered()) < 7:
+                    time.sleep(0.05)
+                framed = page.frame_locator("#framed").locator("#status").count()
+            finally:
+                browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result == ["refused"] * 4, result
+    assert framed == 0, "the chat page refuses to be framed by another site"
+    lines = answered()
+    assert len(lines) >= 7, lines
+    forms = [line for line in lines if line.startswith("POST /v1/")]
+    assert forms and all(" 403 " in line for line in forms), forms
+    assert host.state is ModelState.COLD and host.last_used == 0 and host.lease_until == 0

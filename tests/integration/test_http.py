@@ -475,3 +475,43 @@ def test_a_preflight_allows_the_headers_an_sdk_sends(node: NodeThread) -> None:
     allowed = {h.strip() for h in headers["access-control-allow-headers"].split(",")}
     assert status == 204 and {"x-stainless-lang", "x-stainless-retry-count"} <= allowed
     assert "bad header" not in allowed and headers["access-control-allow-origin"].endswith("5173")
+
+
+def test_generation_takes_json_only_and_nothing_frames_the_door(node: NodeThread) -> None:
+    """A page of another site can send text/plain or a form without a preflight, never JSON:
+    generation refuses them (415); every answer forbids framing by another site."""
+    base = url_of(node)
+    body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 2})
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        for path in ("/v1/completions", "/v1/chat/completions"):
+            status, _, reply = call(base, "POST", path, body, content_type=kind)
+            assert status == 415, (kind, path)
+            assert json.loads(reply)["error"]["code"] == "unsupported_media_type"
+    assert call(base, "POST", "/v1/completions", body, content_type="application/json")[0] == 200
+    for path in ("/", "/v1/models", "/meshd-warm.js"):
+        _, headers, _ = call(base, "GET", path)
+        assert headers["x-frame-options"] == "SAMEORIGIN", path
+        assert headers["content-security-policy"] == "frame-ancestors 'self'", path
+
+
+def test_a_web_page_s_warm_is_short_and_a_pinned_one_is_null(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    node = start_node(pins=["tiny"])
+    base = url_of(node)
+    week = json.dumps({"model": "tiny", "lease_seconds": 7 * 86400})
+    status, _, body = call(base, "POST", "/v1/warm", week, content_type="text/plain")
+    assert status == 202 and json.loads(body)["warm_until"] is None  # pinned: for ever
+    other = start_node(name="loose")
+    base = url_of(other)
+    before = time.time()
+    status, _, body = call(
+        base, "POST", "/v1/warm", week, content_type="text/plain", Origin="http://localhost:3000"
+    )
+    assert status == 202
+    lease_until = other.engine.hosts["tiny"].lease_until
+    assert before + 800 < lease_until <= time.time() + 900, "a page holds a model 15 min at most"
+    status, _, body = call(base, "POST", "/v1/warm", week, content_type="application/json")
+    assert status == 202 and other.engine.hosts["tiny"].lease_until > time.time() + 6 * 86400
+    bad = json.dumps({"model": "tiny", "lease_seconds": -1})
+    assert call(base, "POST", "/v1/warm", bad, content_type="application/json")[0] == 400

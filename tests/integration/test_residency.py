@@ -86,3 +86,20 @@ def test_least_recently_used_idle_model_is_evicted_to_fit(
         node.engine.memory_budget = held + hosts["c"].projected_memory() - 1
         mesh.warm("c", wait=True)
         assert _states(mesh) == {"a": ModelState.WARM, "b": ModelState.COLD, "c": ModelState.WARM}
+
+
+def test_a_warm_never_evicts_a_model_someone_asked_for_recently(
+    start_node: Callable, tiny_model: Path
+) -> None:
+    """A warm guesses at a later request (a web page may send it); the owner's model that a
+    request used within the keep-alive stays. A request may evict it."""
+    node = start_node(models={"mine": tiny_model, "theirs": tiny_model})
+    hosts = node.engine.hosts
+    with MeshClient(node.address) as mesh:
+        assert mesh.complete("mine", "Hi", max_tokens=2).tokens == 2
+        node.engine.memory_budget = hosts["mine"].projected_memory() + 1024  # room for one
+        with pytest.raises(InsufficientMemory, match="a warm does not evict mine"):
+            mesh.warm("theirs", wait=True)
+        assert _states(mesh) == {"mine": ModelState.WARM, "theirs": ModelState.COLD}
+        assert mesh.complete("theirs", "Hi", max_tokens=2).tokens == 2  # a request may
+        assert _states(mesh) == {"mine": ModelState.COLD, "theirs": ModelState.WARM}

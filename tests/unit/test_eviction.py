@@ -15,8 +15,9 @@ def resident(
     pinned: bool = False,
     busy: bool = False,
     warm_until: float = 0.0,
+    last_request: float = 0.0,
 ) -> Resident:
-    return Resident(name, memory, pinned, busy, last_used, warm_until)
+    return Resident(name, memory, pinned, busy, last_used, warm_until, last_request)
 
 
 class TestEviction:
@@ -36,6 +37,24 @@ class TestEviction:
         ]
         assert plan_eviction(models, need=10, budget=30) == ["idle"]
         assert plan_eviction(models, need=11, budget=30) is None
+
+    def test_a_warm_spares_what_a_request_asked_for_recently(self) -> None:
+        models = [
+            resident("asked", 10, 5, last_request=5),
+            resident("warmed", 10, 6),  # used later, but only warmed
+            resident("asked-long-ago", 10, 1, last_request=1),
+        ]
+        assert plan_eviction(models, need=20, budget=30, spare_asked_after=4) == [
+            "asked-long-ago",
+            "warmed",
+        ]
+        assert plan_eviction(models, need=30, budget=30, spare_asked_after=4) is None
+        assert plan_eviction(models, need=30, budget=30, spare_asked_after=5) == [
+            "asked-long-ago",
+            "asked",
+            "warmed",
+        ]  # asked at 5: not after 5
+        assert plan_eviction(models, need=30, budget=30) == ["asked-long-ago", "asked", "warmed"]
 
     def test_exactly_filling_the_budget_fits(self) -> None:
         assert plan_eviction([resident("a", 10, 1)], need=20, budget=30) == []

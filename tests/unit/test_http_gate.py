@@ -20,7 +20,8 @@ from meshd.security.revocation import RevocationList, Revoked
         ("http://[::1]:8080", True),
         ("tauri://localhost", True),
         ("app://x", True),
-        ("null", True),
+        ("null", False),  # any site's sandboxed iframe or no-referrer form
+        ("file://", False),
         ("http://localhost.evil.example", False),
         ("http://localhost:3000.evil.example", False),
         ("https://evil.example", False),
@@ -81,3 +82,15 @@ def test_bad_keys_are_limited_per_source() -> None:
         gate.authenticate("/v1/models", f"Bearer {key}", "10.0.0.2")
     assert caught.value.status == 429
     assert gate.authenticate("/v1/models", f"Bearer {key}", "10.0.0.3") is not None
+
+
+def test_keyless_requests_never_lock_out_a_good_key() -> None:
+    """The public page's own calls carry no key: however many, they are no guesses."""
+    check, ca_key, _ = _keys()
+    key, _ = issue_key(ca_key, check.mesh_id, "webapp")  # type: ignore[arg-type]
+    gate = Gate(keys_required=True, keys=check)
+    for missing in [None, "", "Bearer", "Bearer  ", "Basic abc"] * 10:
+        with pytest.raises(HttpError) as caught:
+            gate.authenticate("/v1/models", missing, "10.0.0.2")
+        assert caught.value.status == 401 and caught.value.code == "invalid_api_key"
+    assert gate.authenticate("/v1/models", f"Bearer {key}", "10.0.0.2") is not None
