@@ -92,6 +92,8 @@ class Router(Protocol):
         hops: int,
         pull_from: str = "",
         prefix: Prefix | None = None,
+        *,
+        from_owner: bool = False,
     ) -> WarmResult: ...
 
     def local_info(self) -> PeerInfo: ...

@@ -138,10 +138,11 @@ class Mesh:
             self.peer_id, self.mesh_id, peers, tuple(self.recent), addresses, self.table.dials
         )
 
-    def _refuse_if_paused(self, hops: int) -> None:
-        """A request another peer sent here (hops > 0) is refused while paused; the sender
-        tries elsewhere before any token."""
-        why = self.paused() if hops > 0 else ""
+    def _refuse_if_paused(self, hops: int, from_owner: bool) -> None:
+        """While paused, only the owner's own requests run here: one another peer sent (hops
+        > 0), or an app or peer asked directly, is refused; a sender tries elsewhere before
+        any token."""
+        why = self.paused() if hops > 0 or not from_owner else ""
         if why:
             raise PeerUnavailable(f"{self.peer_id} takes no mesh requests: {why}")
 
@@ -150,7 +151,7 @@ class Mesh:
     async def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """Serve here or on the best peer; retry elsewhere only before the first token."""
         parse_name(request.model, field="model")
-        self._refuse_if_paused(request.hops)
+        self._refuse_if_paused(request.hops, request.from_owner)
         await self.engine.refresh()
         if request.hops >= MAX_HOPS:
             async for chunk in self.engine.generate(request):
@@ -239,6 +240,8 @@ class Mesh:
         hops: int,
         pull_from: str = "",
         prefix: Prefix | None = None,
+        *,
+        from_owner: bool = False,
     ) -> WarmResult:
         """Warm model on the best peer(s) of the mesh and hold it there for the lease; when fewer
         than replicas peers hold its file, peers with room pull a copy first. pull_from (from
@@ -246,7 +249,7 @@ class Mesh:
         A prefix is evaluated into a slot's cache on each of them and held for the lease."""
         parse_name(model, field="model")
         validate_warm(lease, replicas)
-        self._refuse_if_paused(hops)
+        self._refuse_if_paused(hops, from_owner)
         await self.engine.refresh()
         if pull_from and model not in self.engine.hosts:
             return await self._pull_replica(model, lease, wait, pull_from, prefix)

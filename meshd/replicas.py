@@ -148,7 +148,7 @@ class ReplicaKeeper:
         """Warm (and, where peers lack the file, copy) every model short of its count."""
         for model, count in self.mesh.replicas_due(self.wanted, self.in_use_for):
             try:
-                await self.mesh.warm(model, 0.0, False, count, 0)
+                await self.mesh.warm(model, 0.0, False, count, 0, from_owner=True)
             except MeshdError as error:
                 self._throttle.log(
                     log, logging.WARNING, model, "auto_replicas %s: %s", model, error

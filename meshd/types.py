@@ -69,6 +69,9 @@ class GenerateRequest:
     # Only evaluate the prompt into a slot's cache (a warmed prefix): no token is generated.
     # For messages, the text is what the template renders before the next turn's content.
     prefill_only: bool = False
+    # Asked by this machine's owner (the Unix socket, loopback HTTP): set by the door that took
+    # the request, never carried on the wire. While paused, only such requests run here.
+    from_owner: bool = False
 
 
 @dataclass(frozen=True)

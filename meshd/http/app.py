@@ -4,6 +4,7 @@ all going through the same router as gRPC (meshd.links.Router)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import re
@@ -79,8 +80,11 @@ def _page(name: str) -> bytes:
 class Door:
     """The routes; every request reaches the router as gRPC's do."""
 
-    def __init__(self, router: Router, telemetry: Telemetry, max_body: int) -> None:
+    def __init__(self, router: Router, telemetry: Telemetry, max_body: int, owner: bool) -> None:
         self.router, self.telemetry, self.max_body = router, telemetry, max_body
+        # A door on loopback serves this machine's owner (and the pages they open); one on
+        # another address serves apps with keys, which a pause refuses like other peers.
+        self.owner = owner
         self.index, self.script = _page("index.html"), _page("meshd-warm.js")
 
     def routes(self) -> list[Route]:
@@ -116,6 +120,9 @@ class Door:
     async def _complete(self, request: Request, chat: bool) -> Response:
         require_json(request)
         asked = parse_completion(parse_body(await self._body(request)), chat)
+        asked = dataclasses.replace(
+            asked, request=dataclasses.replace(asked.request, from_owner=self.owner)
+        )
         noted(request)["model"] = asked.request.model
         tracked = self.telemetry.track(asked.request.model, "http")
         stream = self.router.generate(asked.request)
@@ -272,7 +279,9 @@ class Door:
         if "origin" in request.headers:  # a web page's warm: it holds the model briefly
             lease = min(lease, WEB_WARM_LEASE_CAP_S)
         prefix = parse_prefix(fields)
-        result = await self.router.warm(model, lease, False, 1, 0, prefix=prefix)
+        result = await self.router.warm(
+            model, lease, False, 1, 0, prefix=prefix, from_owner=self.owner
+        )
         noted(request)["served_by"] = result.served_by or self.router.peer_id
         body = {
             "model": result.model,
@@ -422,7 +431,7 @@ def _preflight_headers(asked: str) -> list[tuple[bytes, bytes]]:
 
 def create_app(router: Router, telemetry: Telemetry, gate: Gate, max_body: int) -> ASGIApp:
     """The whole HTTP door as one ASGI app."""
-    door = Door(router, telemetry, max_body)
+    door = Door(router, telemetry, max_body, owner=not gate.keys_required)
     handlers: dict[Any, Any] = {
         HttpError: _as_response,
         errors.MeshdError: _as_response,

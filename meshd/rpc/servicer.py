@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import time
 from collections.abc import AsyncIterator
@@ -30,6 +31,12 @@ TRANSFER_CHUNK = 1024 * 1024  # bytes of a model file per FetchModel message
 LEGACY_MANIFEST_PROBE = 2**62  # how earlier builds asked for the manifest alone
 
 
+def is_owner(context: aio.ServicerContext[Any, Any]) -> bool:
+    """A call from this machine's owner: the Unix socket, or plaintext from this machine
+    (--insecure-dev); never a certificate's holder, a peer or an app, wherever it calls from."""
+    return certified_caller(context) is None and calls_from_here(context)
+
+
 class MeshServicer(mesh_pb2_grpc.MeshServicer):
     """Serves one peer over gRPC: its Engine and store, and the mesh it routes into."""
 
@@ -44,7 +51,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb.GenerateChunk]:
-        stream = self.mesh.generate(convert.request_from_pb(request))
+        owner = is_owner(context)
+        asked = dataclasses.replace(convert.request_from_pb(request), from_owner=owner)
+        stream = self.mesh.generate(asked)
         tracked = self.telemetry.track(request.model, "peer" if request.hops else "grpc")
         try:
             async with contextlib.aclosing(stream) as chunks:
@@ -85,6 +94,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             request.hops,
             request.pull_from,
             convert.prefix_from_pb(request),
+            from_owner=is_owner(context),
         )
         reply = convert.warm_to_pb(result)
         reply.served_by = result.served_by or self.peer_id

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 from conftest import NodeThread, node_settings
 from helpers import eventually, meshd
-from meshes import served_by, two_warm_peers
+from meshes import founder, served_by, two_warm_peers
 
 from meshd.client import MeshClient
 from meshd.errors import PeerUnavailable
+from meshd.security.keyring import Keyring
 
 
 def test_pause_and_resume_move_the_mesh_s_requests(
@@ -66,3 +67,27 @@ def test_a_paused_peer_unloads_models_nobody_used_for_a_while(
     assert node.call(node.node.paused_unload.check()) == ["tiny"]
     assert not host.loaded
     assert meshd("resume", home=node.settings.home).returncode == 0
+
+
+def test_a_paused_peer_serves_only_its_owner(
+    tmp_path: Path, start_peer: Callable[..., NodeThread]
+) -> None:
+    """Pause means pause: an app with its own certificate, asking this peer directly, is
+    refused as a peer's forwarded request is; the owner's own requests (the Unix socket) run."""
+    a = founder(tmp_path, start_peer)
+    assert a.node is not None
+    bundle = tmp_path / "app.meshd.json"
+    bundle.write_bytes(Keyring(tmp_path / "a").client_bundle("app", [a.address]))
+    with MeshClient.from_bundle(bundle) as app:
+        assert app.complete("tiny", "Hello", max_tokens=2).tokens == 2
+        assert meshd("pause", "--for", "1h", home=tmp_path / "a").returncode == 0
+        with pytest.raises(PeerUnavailable, match="takes no mesh requests"):
+            app.complete("tiny", "Hello", max_tokens=2)
+        with pytest.raises(PeerUnavailable, match="takes no mesh requests"):
+            app.warm("tiny", lease=60)
+    with MeshClient(f"unix:{a.node.socket}") as owner:
+        assert owner.complete("tiny", "Hello", max_tokens=2).tokens == 2
+        assert owner.warm("tiny", lease=60).model == "tiny"
+    assert meshd("resume", home=tmp_path / "a").returncode == 0
+    with MeshClient.from_bundle(bundle) as app:
+        assert app.complete("tiny", "Hello", max_tokens=2).tokens == 2
