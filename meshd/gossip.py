@@ -29,7 +29,7 @@ FORGET_AFTER = 600.0  # a learned address that answered once is forgotten after 
 GRACE_FAILURES = 5  # an address that answered once is dialled every round this many times
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\.?\Z")
 
 
 def peer_address(text: str) -> str | None:

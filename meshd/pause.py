@@ -13,8 +13,10 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import os
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -28,7 +30,10 @@ log = logging.getLogger("meshd.pause")
 UNLOAD_CHECK_S = 10.0
 
 PAUSE_FILE = "paused.json"
-_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+MAX_PAUSE_FILE_BYTES = 4096
+# A pause longer than this is a pause until resumed: no date that far can be shown or compared.
+LONGEST_PAUSE_S = 100 * 365 * 86400.0
+_HOURS = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*\Z")
 
 
 @dataclass(frozen=True)
@@ -71,9 +76,17 @@ def paused_why(
     return ""
 
 
+def pause_end(now: float, seconds: float | None) -> float | None:
+    """When a pause of `seconds` from now ends; None (until resumed) for no duration, or one
+    too long (or not finite) to be a date."""
+    if seconds is None or not math.isfinite(seconds) or seconds > LONGEST_PAUSE_S:
+        return None
+    return now + seconds
+
+
 def pause(home: Path, seconds: float | None) -> float | None:
     """Pause the peer of home (for seconds, or until resumed); returns the end as Unix time."""
-    until = None if seconds is None else time.time() + seconds
+    until = pause_end(time.time(), seconds)
     atomic_write_bytes(home / PAUSE_FILE, json.dumps({"until": until}).encode(), 0o600)
     return until
 
@@ -88,15 +101,31 @@ def resume(home: Path) -> bool:
 
 def read_pause(home: Path) -> tuple[bool, float | None]:
     """Whether a pause file is there, and when it ends (None: until resumed). A damaged file
-    counts as a pause until resumed: the owner asked for one."""
+    counts as a pause until resumed: the owner asked for one. Only a small regular file is
+    read (never a symlink, FIFO or device, which could block or be endless), so a read cannot
+    hold up the event loop that asks."""
+    path = home / PAUSE_FILE
     try:
-        record = json.loads((home / PAUSE_FILE).read_text())
+        st = os.lstat(path)
     except FileNotFoundError:
         return False, None
-    except (OSError, ValueError):
+    except OSError:
+        return True, None
+    if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_PAUSE_FILE_BYTES:
+        log.warning("%s is not a small regular file: paused until `meshd resume`", path)
+        return True, None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as handle:
+            record = json.loads(handle.read(MAX_PAUSE_FILE_BYTES + 1))
+    except (OSError, ValueError, RecursionError):
         return True, None
     until = record.get("until") if isinstance(record, dict) else None
-    return True, float(until) if isinstance(until, int | float) else None
+    if not isinstance(until, int | float) or isinstance(until, bool):
+        return True, None
+    ends = float(until)
+    long = not math.isfinite(ends) or ends - time.time() > LONGEST_PAUSE_S
+    return True, None if long else ends
 
 
 class PauseState:

@@ -28,7 +28,7 @@ from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, quoted
 from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file, private_dir
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
 
-DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 HASH_CHUNK = 4 * 2**20
 STORE_DIR = "store"
 

@@ -34,7 +34,7 @@ _PREFIX = "MESHD-"
 _IP_SIZES = {4: 4, 6: 16}  # the tag of an IP address is its version
 _DAMAGED = "the invite code is damaged (an address does not parse)"
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?")
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\.?")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from meshd.config import load_settings, parse_duration, parse_listen, parse_size
-from meshd.errors import ConfigError
+from meshd.errors import ConfigError, InvalidRequest
 
 
 def test_defaults_without_any_source(tmp_path: Path) -> None:
@@ -127,3 +127,14 @@ def test_pinned_prefixes_from_text_or_a_file_in_the_home(tmp_path: Path) -> None
         (tmp_path / "meshd.toml").write_text(body)
         with pytest.raises(ConfigError, match=message):
             load_settings(tmp_path, environ={})
+
+
+@pytest.mark.parametrize("name", ["tiny\n", "tiny\r\n", "ok\nthen"])
+def test_a_name_is_matched_whole(name: str) -> None:
+    """A trailing newline is no part of a valid name ('$' would have let it through)."""
+    from meshd.store import parse_name
+
+    with pytest.raises(InvalidRequest):
+        parse_name(name)
+    with pytest.raises(ConfigError):
+        load_settings(Path("/nonexistent-home"), {"models": ["ok\nthen=/m.gguf"]}, environ={})

@@ -56,3 +56,30 @@ def test_a_pause_is_a_file_that_outlives_the_daemon(tmp_path: Path) -> None:
     assert PauseState(tmp_path, "").why() == ""
     (tmp_path / "paused.json").write_text("{damaged")
     assert read_pause(tmp_path) == (True, None), "the owner asked for a pause"
+
+
+@pytest.mark.parametrize("seconds", [86400.0 * 999999999, float("inf"), float("nan"), 1e308])
+def test_a_pause_too_long_to_be_a_date_is_until_resumed(tmp_path: Path, seconds: float) -> None:
+    assert pause(tmp_path, seconds) is None
+    assert read_pause(tmp_path) == (True, None)
+    assert PauseState(tmp_path, "").why() == "paused by its owner"
+
+
+@pytest.mark.parametrize("until", ["1e999", "-1e999", "NaN", "true", "1e300", "[1]"])
+def test_a_pause_file_with_an_impossible_end_is_a_pause_until_resumed(
+    tmp_path: Path, until: str
+) -> None:
+    (tmp_path / "paused.json").write_text(f'{{"until": {until}}}')
+    assert read_pause(tmp_path) == (True, None)
+    assert PauseState(tmp_path, "").why() == "paused by its owner"
+
+
+def test_a_pause_file_that_is_not_a_small_regular_file_is_never_read(tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "paused.json").symlink_to(tmp_path / "fifo")  # reading it would block
+    assert read_pause(tmp_path) == (True, None)
+    (tmp_path / "paused.json").unlink()
+    (tmp_path / "paused.json").write_text('{"until": null}' + " " * 5000)
+    assert read_pause(tmp_path) == (True, None)
