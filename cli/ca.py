@@ -9,6 +9,7 @@ import typer
 
 from meshd.config import load_settings
 from meshd.errors import ConfigError
+from meshd.fsutil import read_small_file
 
 from .common import HomeOption, console, errors_as_exit
 
@@ -21,7 +22,10 @@ PassphraseFile = typer.Option(
 
 def _passphrase(path: Path | None, confirm: bool) -> str:
     if path is not None:
-        return path.read_text().strip()
+        from meshd.security.cabackup import MAX_PASSPHRASE_BYTES
+
+        raw = read_small_file(path, MAX_PASSPHRASE_BYTES, "passphrase file")
+        return raw.decode("utf-8", errors="replace").strip()
     if not sys.stdin.isatty():
         raise ConfigError("no terminal to ask for the passphrase: give --passphrase-file")
     return str(typer.prompt("passphrase", hide_input=True, confirmation_prompt=confirm))
@@ -58,6 +62,8 @@ def restore(
     from meshd.security.keyring import Keyring
 
     with errors_as_exit():
-        data = backup_file.read_bytes()
+        from meshd.security.cabackup import MAX_BACKUP_BYTES
+
+        data = read_small_file(backup_file, MAX_BACKUP_BYTES, "backup file")
         Keyring(load_settings(home).home).ca_restore(data, _passphrase(passphrase_file, False))
     console.print("this peer now holds the mesh CA: `meshd invite` and `meshd revoke` work here")

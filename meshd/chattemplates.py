@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshd.errors import ConfigError
+from meshd.fsutil import read_small_file
 
 MAX_TEMPLATE_BYTES = 64 * 1024  # a chat template file; real ones are a few KiB
 
@@ -96,16 +97,10 @@ def parse_chat_template(value: str, base: Path | None) -> ChatTemplate:
     path = Path(value).expanduser()
     if not path.is_absolute() and base is not None:
         path = base / path
-    if not value or not path.is_file():
+    if not value or not path.exists():
         names = ", ".join(BUILT_IN)
         raise ConfigError(f"chat_template must be one of {names} or a Jinja file, got {value!r}")
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_TEMPLATE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read chat template {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_TEMPLATE_BYTES:
-        raise ConfigError(f"chat template {path} is over {MAX_TEMPLATE_BYTES // 1024} KiB")
+    data = read_small_file(path, MAX_TEMPLATE_BYTES, "chat template")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

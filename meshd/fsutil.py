@@ -1,11 +1,15 @@
-"""Files that are either whole under their final name or not there at all."""
+"""Files that are either whole under their final name or not there at all, and small files
+read without trusting what they are."""
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 from pathlib import Path
+
+from meshd.errors import ConfigError
 
 
 def fsync_file(fd: int) -> None:
@@ -49,3 +53,21 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def read_small_file(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a small regular file, or ConfigError naming `what`: a FIFO, device or
+    folder is never read (it could block or never end), nor a file over `limit` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what} {path} is not a regular file")
+        data = os.read(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is over {limit:,} bytes")
+    return data

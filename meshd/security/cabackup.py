@@ -16,6 +16,8 @@ from meshd.errors import AccessDenied, ConfigError
 KIND = "meshd-ca-backup"
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1  # ~32 MiB and ~0.1 s per try: slow to guess
 MIN_PASSPHRASE = 8
+MAX_BACKUP_BYTES = 8 * 2**20  # a CA key, its certificate and the record of what it issued
+MAX_PASSPHRASE_BYTES = 4096
 
 
 def _key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
@@ -57,8 +59,8 @@ def unseal(data: bytes, passphrase: str) -> tuple[bytes, bytes, bytes]:
             raise ValueError("not a meshd CA backup")
         kdf = record["kdf"]
         n, r, p = int(kdf["n"]), int(kdf["r"]), int(kdf["p"])
-        if not (2**10 <= n <= 2**20 and 1 <= r <= 32 and 1 <= p <= 16):
-            raise ValueError("its key derivation settings are out of range")
+        if (n, r, p) != (SCRYPT_N, SCRYPT_R, SCRYPT_P):  # a file does not choose its own cost
+            raise ValueError(f"its key derivation settings are not meshd's (n={n}, r={r})")
         salt = base64.b64decode(kdf["salt"])
         nonce = base64.b64decode(record["nonce"])
         sealed = base64.b64decode(record["sealed"])

@@ -39,5 +39,33 @@ def test_bad_files_and_short_passphrases_are_refused() -> None:
             "sealed": "",
         }
     ).encode()
-    with pytest.raises(ConfigError, match="out of range"):
+    with pytest.raises(ConfigError, match="not meshd's"):
         unseal(huge, "whatever passphrase")
+    # Any other cost than the one seal writes, cheaper or dearer, is not a backup of meshd's.
+    key, ca = pki.create_ca("friends")
+    good = json.loads(seal(pki.key_pem(key), pki.cert_pem(ca), "correct horse battery"))
+    for n, r, p in ((2**14, 8, 1), (2**15, 16, 1), (2**15, 8, 2), (2**20, 32, 16)):
+        other = {**good, "kdf": {**good["kdf"], "n": n, "r": r, "p": p}}
+        with pytest.raises(ConfigError, match="not meshd's"):
+            unseal(json.dumps(other).encode(), "correct horse battery")
+
+
+def test_backup_and_passphrase_files_must_be_small_regular_files(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    from meshd.fsutil import read_small_file
+
+    os.mkfifo(tmp_path / "fifo")
+    for path, message in (
+        (tmp_path / "fifo", "not a regular file"),
+        ("/dev/zero", "not a regular file"),
+        (tmp_path, "not a regular file"),
+        (tmp_path / "missing", "cannot read"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            read_small_file(path, 4096, "passphrase file")  # type: ignore[arg-type]
+    (tmp_path / "big").write_bytes(b"x" * 4097)
+    with pytest.raises(ConfigError, match="over 4,096 bytes"):
+        read_small_file(tmp_path / "big", 4096, "passphrase file")
+    (tmp_path / "ok").write_bytes(b"correct horse battery\n")
+    assert read_small_file(tmp_path / "ok", 4096, "passphrase file") == b"correct horse battery\n"

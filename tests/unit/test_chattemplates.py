@@ -121,7 +121,7 @@ def test_meshd_toml_names_a_built_in_template_or_a_file(tmp_path: Path) -> None:
         ('file = "a.gguf"\nchat_template = 3', "chat_template must be a string"),
         ('chat_template = "gemma"', "needs file ="),
         ('file = "a.gguf"\ntemplate = "gemma"', "unknown key 'template'"),
-        ('file = "a.gguf"\nchat_template = "big.jinja"', "is over 64 KiB"),
+        ('file = "a.gguf"\nchat_template = "big.jinja"', "is over 65,536 bytes"),
         ('file = "a.gguf"\nchat_template = "latin1.jinja"', "is not UTF-8"),
         ('file = "a.gguf"\nchat_template = "empty.jinja"', "is empty"),
     ],
