@@ -49,6 +49,36 @@ def parse_name(text: str, field: str = "name") -> str:
     return text
 
 
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on the file at path, which may be removed by its holder: the lock is
+    taken again when the file it got is no longer the one under that name."""
+    while True:
+        with path.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(lock.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+
+
+def _drop_if_free(path: Path) -> bool:
+    """Remove a lock file nobody holds; False when someone does."""
+    try:
+        with path.open("a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            path.unlink(missing_ok=True)
+            return True
+    except FileNotFoundError:
+        return False
+
+
 def sha256_file(path: Path, prefix_of: int | None = None) -> hashlib._Hash:
     """A running sha256 of the file (or of its first prefix_of bytes)."""
     digest = hashlib.sha256()
@@ -223,8 +253,13 @@ class ModelStore:
         return sorted(p for p in self.blobs.iterdir() if p.name not in named)
 
     def collect_garbage(self) -> list[tuple[Path, int]]:
-        """Remove every orphaned file; returns each with its size."""
+        """Remove every orphaned file, and the lock of every download that left nothing to
+        resume; returns each with its size."""
         removed = []
+        if self.partial.is_dir():
+            for lock_path in sorted(self.partial.glob("*.lock")):
+                if not lock_path.with_suffix(".part").exists() and _drop_if_free(lock_path):
+                    removed.append((lock_path, 0))
         with self._locked() as manifest:
             for path in self._orphans(manifest):
                 size = path.stat().st_size if path.is_file() else 0
@@ -280,6 +315,10 @@ class ModelStore:
         if not re.fullmatch(r"[0-9a-f]{64}", key):
             raise InvalidRequest(f"bad download key {quoted(key)}", "digest")
         self.partial.mkdir(parents=True, exist_ok=True)
-        with (self.partial / f"{key}.lock").open("a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield self.partial / f"{key}.part"
+        lock_path, part = self.partial / f"{key}.lock", self.partial / f"{key}.part"
+        with _held_lock(lock_path):
+            try:
+                yield part
+            finally:
+                if not part.exists():  # done (or never begun): nothing to resume, no lock left
+                    lock_path.unlink(missing_ok=True)

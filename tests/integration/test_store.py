@@ -110,6 +110,7 @@ def test_http_pull_with_expected_digest(tmp_path: Path, server: FileServer) -> N
     assert result.model.name == "model"  # from the URL's file name
     assert seen[-1] == len(server.content)
     assert_store_consistent(store)
+    assert list(store.partial.iterdir()) == [], "a finished download leaves no lock behind"
 
 
 def test_http_redirect_is_followed(tmp_path: Path, server: FileServer) -> None:
@@ -145,6 +146,7 @@ def test_an_interrupted_download_resumes_to_the_right_digest(
         with pytest.raises(errors.DownloadFailed, match="pull again to resume"):
             pull(store, HttpSource(server.url), name="m")
         assert store.models() == [] and store.blobs.exists() is False
+        assert store.collect_garbage() == [], "gc keeps a download it can resume"
         server.behaviour.drop_after = None
         result = pull(store, HttpSource(server.url), name="m")
     finally:
@@ -266,3 +268,16 @@ def test_a_server_sending_more_than_it_announced_is_cut_off(
     with pytest.raises(errors.IntegrityError, match=f"more than {probe_size} bytes"):
         pull(store, source, name="tiny")
     assert store.models() == []
+
+
+def test_gc_removes_the_locks_of_downloads_that_left_nothing(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    store = ModelStore(tmp_path)
+    store.partial.mkdir(parents=True)
+    abandoned = store.partial / f"{'a' * 64}.lock"  # what earlier builds left after each pull
+    abandoned.touch()
+    removed = store.collect_garbage()
+    assert removed == [(abandoned, 0)] and not abandoned.exists()
+    pull(store, LocalSource(tiny_model), name="t")
+    assert list(store.partial.iterdir()) == []
