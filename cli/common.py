@@ -162,6 +162,8 @@ def human_until(unix: float) -> str:
     """Time left until a Unix time: '4m 10s', or '-' when unset."""
     if unix <= 0:
         return "-"
+    if not math.isfinite(unix):
+        return "ever (pinned)"
     left = max(unix - time.time(), 0)
     if left >= 2 * 86400:
         return f"{left / 86400:.0f}d"

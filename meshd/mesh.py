@@ -191,6 +191,12 @@ class Mesh:
             if failure is not None:
                 kind = type(failure) if isinstance(failure, RETRYABLE) else Overloaded
                 raise kind(f"{failure} (tried: {', '.join(tried)})")
+            holders = [v for v in views if model in v.models]
+            if holders:  # it is there, but nowhere it may run now: say where and why
+                why = "; ".join(f"{v.peer_id}: {v.paused or 'unavailable'}" for v in holders)
+                raise PeerUnavailable(
+                    f"model {model!r} is only on peers that take no requests now ({why})"
+                )
             have = sorted({name for v in views for name in v.models})
             raise ModelNotFound(
                 f"no model named {model!r} in the mesh (it has: {', '.join(have) or 'none'})"

@@ -323,9 +323,12 @@ def pull(
             return PullResult(_rename(store, actual, name), downloaded, True, warnings)
         try:
             model = store.ingest(part, actual, name, source.label)
-        except errors.InvalidModelFile:
+        except errors.InvalidModelFile as exc:
             part.unlink(missing_ok=True)
-            raise
+            # The validator names the file it read: the download's partial file, which is
+            # gone now. Name what the person pulled instead.
+            reason = str(exc).removeprefix(f"{part.name}: ")
+            raise errors.InvalidModelFile(f"{source.label}: {reason}") from None
     return PullResult(model, downloaded, False, warnings)
 
 

@@ -139,3 +139,8 @@ class Tracked:
         self.ended = True
         model = self.model if self.first is not None else ""
         self.t.requests.labels(model, self.door, status).inc()
+
+    def abandoned(self) -> None:
+        """The caller went away before the end (a closed connection, a cancelled call):
+        counted as such, unless the request had already ended."""
+        self.failed("abandoned")

@@ -3,6 +3,7 @@ all going through the same router as gRPC (meshd.links.Router)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -199,6 +200,9 @@ class Door:
             except StopAsyncIteration:
                 tracked.failed("truncated")
                 return
+            except (GeneratorExit, asyncio.CancelledError):  # the client went away
+                tracked.abandoned()
+                raise
         if asked.include_usage:
             yield sse(shaper.usage_chunk(chunk))
         self._finished(tracked, chunk, served_by, chunk.routing_reason)

@@ -70,6 +70,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         except MeshdError as error:
             tracked.failed(type(error).__name__)
             raise
+        except (GeneratorExit, asyncio.CancelledError):  # the caller went away
+            tracked.abandoned()
+            raise
 
     def _message(self, chunk: Chunk) -> pb.GenerateChunk:
         message = convert.chunk_to_pb(chunk)

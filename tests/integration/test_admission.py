@@ -86,6 +86,8 @@ def test_leaving_the_stream_cancels_generation_and_frees_the_slot(start_node: Ca
         next(stream)
         stream.close()  # the app stops reading: the call is cancelled
         freed_after = eventually(lambda: _load(mesh) == (0, 0))
+        requests = node.engine.telemetry.requests
+        eventually(lambda: requests.labels("tiny", "grpc", "abandoned")._value.get() == 1)
         assert freed_after < full_run / 4, (freed_after, full_run)
         assert mesh.complete("tiny", PROMPT, max_tokens=4).tokens == 4
     (service,) = list(node.engine.hosts["tiny"].service_times)[-2:-1]

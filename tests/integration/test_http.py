@@ -224,6 +224,8 @@ def test_a_client_that_goes_away_frees_its_slot(node: NodeThread) -> None:
     assert tokens_later.tokens > 100
     # Freed at the next token, not at the end of the answer (both timed here, side by side).
     assert freed < whole_answer / 2, (freed, whole_answer)
+    abandoned = 'meshd:requests_total{door="http",model="tiny",status="abandoned"} 1.0'
+    eventually(lambda: abandoned in call(url_of(node), "GET", "/metrics")[2].decode())
 
 
 def test_host_and_origin_checks(node: NodeThread) -> None:

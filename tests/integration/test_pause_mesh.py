@@ -4,13 +4,14 @@ elsewhere within seconds, `meshd resume` brings them back, and a pause outlives 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from conftest import NodeThread, node_settings
 from helpers import eventually, meshd
-from meshes import founder, served_by, two_warm_peers
+from meshes import FAST, founder, served_by, two_warm_peers
 
 from meshd.client import MeshClient
 from meshd.errors import PeerUnavailable
@@ -91,3 +92,25 @@ def test_a_paused_peer_serves_only_its_owner(
     assert meshd("resume", home=tmp_path / "a").returncode == 0
     with MeshClient.from_bundle(bundle) as app:
         assert app.complete("tiny", "Hello", max_tokens=2).tokens == 2
+
+
+def test_a_model_only_a_paused_peer_has_is_named_as_such(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    a = start_node(**FAST)
+    b = start_node(models={}, peers=[a.address], **FAST)
+    assert a.node is not None and b.node is not None
+    eventually(lambda: len(b.node.table.live(time.monotonic())) == 1, timeout=30)  # type: ignore[union-attr]
+    assert served_by(b) == a.node.peer_id
+    assert meshd("pause", home=a.settings.home).returncode == 0
+    with MeshClient(b.address) as mesh:
+
+        def refused() -> str:
+            try:
+                mesh.complete("tiny", "Hello", max_tokens=2)
+            except PeerUnavailable as exc:
+                return str(exc)
+            return ""
+
+        eventually(lambda: "only on peers that take no requests" in refused(), timeout=30)
+        assert f"{a.node.peer_id}: paused by its owner" in refused()

@@ -90,8 +90,9 @@ def test_a_hostile_file_is_refused_before_it_gets_a_name(tmp_path: Path, tiny_mo
     hostile = tmp_path / "evil.gguf"
     hostile.write_bytes(tiny_model.read_bytes()[:-4096])  # last tensor now ends past the file
     store = ModelStore(tmp_path / "home")
-    with pytest.raises(errors.InvalidModelFile, match="past the end"):
+    with pytest.raises(errors.InvalidModelFile, match="past the end") as refused:
         pull(store, LocalSource(hostile), name="evil")
+    assert str(refused.value).startswith(str(hostile)) and ".part" not in str(refused.value)
     assert store.models() == []
     assert not store.blobs.exists() or list(store.blobs.iterdir()) == []
     assert list(store.partial.glob("*.part")) == []
