@@ -53,7 +53,7 @@ class NodeThread:
 
     def start(self) -> NodeThread:
         self._thread.start()
-        self._ready.wait(30)
+        self._ready.wait(120)
         if self._error:
             raise self._error
         return self

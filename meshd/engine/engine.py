@@ -106,6 +106,13 @@ class Engine:
         unknown = self.settings.pins - set(self.hosts)
         if unknown:
             raise ConfigError(f"pinned model(s) not configured: {', '.join(sorted(unknown))}")
+        for pin in self.settings.prefixes:
+            if pin.model not in self.hosts:
+                have = ", ".join(sorted(self.hosts)) or "none"
+                raise ConfigError(
+                    f"[prefixes.{pin.name}] names model {pin.model!r}, which this peer does "
+                    f"not serve (it has: {have})"
+                )
         self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
         pinned = [h for h in self.hosts.values() if h.pinned and h.state is ModelState.COLD]
         for host in pinned:

@@ -155,3 +155,22 @@ def test_a_pinned_prefix_is_saved_then_restored_and_ignored_once_its_model_chang
     write_tiny_gguf(model, seed=1)  # the model file changes: its saved prefix is another's
     changed = run()
     assert not changed[0] and changed[2] > 100
+
+
+def test_a_pinned_prefix_for_a_model_this_peer_lacks_is_refused_at_start(
+    tiny_model: object, tmp_path: object
+) -> None:
+    from pathlib import Path
+
+    import pytest
+    from conftest import NodeThread, node_settings
+
+    from meshd.errors import ConfigError
+
+    settings = node_settings(
+        Path(str(tmp_path)) / "h",
+        {"tiny": Path(str(tiny_model))},
+        prefixes={"team": {"model": "tnyi", "text": SYSTEM}},
+    )
+    with pytest.raises(ConfigError, match=r"\[prefixes.team\] names model 'tnyi'.*has: tiny"):
+        NodeThread(settings).start()
