@@ -27,6 +27,10 @@ MAX_BACKOFF = 60.0  # seconds between dials of an address that keeps failing
 NEVER_ANSWERED_TRIES = 6  # a learned address that never answered is forgotten after these
 FORGET_AFTER = 600.0  # a learned address that answered once is forgotten after failing this long
 GRACE_FAILURES = 5  # an address that answered once is dialled every round this many times
+# A peer's own sender address, as its heartbeats give it: one at a time per peer, and another
+# taken at most this often while the one before never answered (an honest peer's address
+# changes with a new network, not with every heartbeat).
+SENDER_CHANGE_EVERY = 30.0
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"^(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*\.?\Z")

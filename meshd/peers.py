@@ -67,6 +67,8 @@ class PeerTable:
         self.on_new: Callable[[str], None] | None = None  # told of each new address
         self.on_forget: Callable[[str], None] | None = None  # told of each forgotten one
         self.refused: Callable[[str], bool] = lambda peer_id: False  # revoked peer ids
+        # The address each peer last vouched for as its own, and when: one per peer.
+        self.vouched_by: dict[str, tuple[str, float]] = {}
 
     def set_own(self, addresses: Iterable[str]) -> None:
         """The addresses this peer answers at: never dialled, whoever names them."""
@@ -88,6 +90,8 @@ class PeerTable:
             return False
         entry = self.entries.get(normal)
         now = time.monotonic() if now is None else now
+        if vouched and teller != gossip.PERMANENT and not self._take_sender(teller, normal, now):
+            return False
         rumour = teller != gossip.PERMANENT and not vouched
         if entry is None and rumour and self._still_forgotten(normal, now):
             return False
@@ -108,8 +112,29 @@ class PeerTable:
             self.on_new(normal)
         return True
 
+    def _take_sender(self, teller: str, address: str, now: float) -> bool:
+        """Whether to take `address` as the one `teller` vouches for as its own: one per
+        peer, so a new one replaces the last, unless that one never answered and was taken
+        less than SENDER_CHANGE_EVERY ago (a peer naming a new address in every heartbeat
+        makes this peer dial at most one of them at a time)."""
+        before = self.vouched_by.get(teller)
+        if before is None or before[0] == address:
+            self.vouched_by[teller] = (address, now if before is None else before[1])
+            return True
+        old = self.entries.get(before[0])
+        old_answered = old is not None and old.info is not None
+        if not old_answered and now - before[1] < gossip.SENDER_CHANGE_EVERY:
+            return False
+        if old is not None and old.teller == teller and not old_answered:
+            self._drop(before[0])
+        self.vouched_by[teller] = (address, now)
+        while len(self.vouched_by) > gossip.MAX_LEARNED:
+            del self.vouched_by[next(iter(self.vouched_by))]
+        return True
+
     def _unanswered_counts(self, teller: str) -> tuple[int, int]:
-        unanswered = [e for e in self.entries.values() if not e.answered]
+        # Vouched for or not, an address that never answered counts against the caps.
+        unanswered = [e for e in self.entries.values() if e.info is None]
         learned = [e for e in unanswered if e.teller != gossip.PERMANENT]
         return sum(e.teller == teller for e in learned), len(learned)
 

@@ -93,3 +93,23 @@ def test_what_a_revoked_peer_gossiped_is_forgotten_with_it(
         beats = rogue.heartbeats
         time.sleep(1.0)
         assert rogue.heartbeats == beats, "a revoked peer is not dialled any more"
+
+
+def test_a_member_rotating_its_sender_address_gets_nowhere(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    """A member that claims a new address of its own in every heartbeat: the founder takes
+    one made-up address at a time, not one per heartbeat."""
+    a = founder(tmp_path, start_peer, models={}, heartbeat_interval=0.2, dead_after=1.0)
+    join_mesh(tmp_path / "m", invite_code(a))
+    with RoguePeer(tmp_path / "m", []) as rogue:
+        rogue.announce_to(a.address)
+        eventually(lambda: rogue.address in learned_from(a, rogue.peer_id))
+        made_up = [f"127.0.0.2:{41_000 + i}" for i in range(50)]
+        for address in made_up:
+            rogue.announce_to(a.address, claimed_address=address)
+        learned = learned_from(a, rogue.peer_id)
+        assert len(set(learned) & set(made_up)) <= 1, learned
+        assert a.node is not None
+        tried = {k.address for k in a.node.table.addresses(time.monotonic())}
+        assert len(tried & set(made_up)) <= 1

@@ -106,3 +106,36 @@ def test_an_address_a_peer_vouches_for_is_dialled_like_a_known_peer() -> None:
     table.refused = revoked.__contains__
     table.forget_refused()
     assert "10.1.0.9:7070" not in table.entries, "a revoked peer's word is worth nothing"
+
+
+def test_a_peer_vouches_for_one_sender_address_at_a_time() -> None:
+    """A member that names a new address of its own in every heartbeat gets one of them dialled
+    at a time, another at most every SENDER_CHANGE_EVERY seconds while none answers."""
+    table = _table()
+    dialled: list[str] = []
+    table.on_new = dialled.append
+    now = 1000.0
+    taken = [
+        table.add(f"10.9.0.{i}:7070", teller="peer-r", vouched=True, now=now + i * 0.01)
+        for i in range(200)
+    ]
+    assert sum(taken) == 1 and dialled == ["10.9.0.0:7070"]
+    assert [e.address for e in table.entries.values() if e.teller == "peer-r"] == dialled
+    later = now + gossip.SENDER_CHANGE_EVERY + 1
+    assert table.add("10.9.1.1:7070", teller="peer-r", vouched=True, now=later)
+    assert [e.address for e in table.entries.values() if e.teller == "peer-r"] == [
+        "10.9.1.1:7070"
+    ], "the new one replaces the one that never answered"
+    # One that answered is the peer's: a move to another address is taken at once.
+    info = PeerInfo("peer-r", "mesh", "1", "10.9.1.1:7070")
+    table.record_ok("10.9.1.1:7070", info, rtt=0.01, now=later)
+    assert table.add("10.9.2.2:7070", teller="peer-r", vouched=True, now=later + 1)
+    assert "10.9.1.1:7070" in table.entries, "an address that answered is kept until it fails"
+
+
+def test_vouched_addresses_that_never_answered_count_against_the_caps() -> None:
+    table = _table()
+    for i in range(gossip.MAX_LEARNED + 10):
+        table.add(f"10.8.{i // 200}.{i % 200}:7070", teller=f"peer-{i}", vouched=True, now=1.0)
+    unanswered = [e for e in table.entries.values() if e.info is None]
+    assert len(unanswered) == gossip.MAX_LEARNED
