@@ -47,6 +47,9 @@ class PeerEntry:
     # The peer id the last answer here claimed: heartbeats then demand a certificate naming it,
     # and only those answers are believed. A failed dial clears it (another peer may be there).
     claimed: str = ""
+    # The number of the revocation list the peer said it has, at its last reply (-1: unknown):
+    # the list is sent to it only when that is older than this peer's.
+    revocations_number: int = -1
 
     @property
     def answered(self) -> bool:

@@ -5,6 +5,7 @@ learned addresses are taken and how often a failing one is dialled is meshd.goss
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -13,6 +14,7 @@ from grpc import aio
 
 from meshd.addresses import is_loopback
 from meshd.gossip import MAX_PER_TELLER, host_of
+from meshd.logthrottle import Throttle
 from meshd.peers import PeerTable
 from meshd.rpc import channels, convert
 from meshd.security.credentials import is_peer_id
@@ -20,6 +22,12 @@ from meshd.security.trust import Trust
 from meshd.tasks import stop_task
 from meshd.types import PeerInfo
 from meshd.v1 import mesh_pb2 as pb
+
+log = logging.getLogger("meshd.membership")
+
+
+# What an unreachable or slow peer answers; anything else is a refusal worth the owner's eye.
+_UNREACHABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 class Membership:
@@ -37,6 +45,19 @@ class Membership:
         self.trust = trust
         self._task: asyncio.Task[None] | None = None
         self._first_beats: set[asyncio.Task[None]] = set()
+        self._throttle = Throttle()
+
+    def _refused(self, address: str, exc: grpc.RpcError) -> None:
+        """A heartbeat the peer refused (too large, permission, a bug) is logged, once a
+        minute per address: an unreachable one is just backed off."""
+        code = exc.code() if isinstance(exc, aio.AioRpcError) else None
+        if code is None or code in _UNREACHABLE:
+            return
+        details = (exc.details() or "")[:200] if isinstance(exc, aio.AioRpcError) else ""
+        self._throttle.log(
+            log, logging.WARNING, address, "heartbeat to %s refused: %s %s", address, code.name,
+            details,
+        )  # fmt: skip
 
     def start(self) -> None:
         """Begin heartbeating (idempotent); a newly found address is heartbeaten at once."""
@@ -71,10 +92,21 @@ class Membership:
             await asyncio.sleep(max(0.0, next_round - time.monotonic()))
 
     def _request(self) -> pb.HeartbeatRequest:
+        """What every heartbeat of a round says; the revocation list itself is added per
+        address, only where that peer's list is older (see `_for`)."""
         return pb.HeartbeatRequest(
             sender=convert.peer_info_to_pb(self.local_info()),
-            revocations=self.trust.revocations_wire,
+            revocations_number=self.trust.revocations.number,
         )
+
+    def _for(self, request: pb.HeartbeatRequest, known: int) -> pb.HeartbeatRequest:
+        """The request for a peer whose list was `known` at its last reply (-1: unknown)."""
+        if known >= request.revocations_number or not self.trust.revocations_wire:
+            return request
+        with_list = pb.HeartbeatRequest()
+        with_list.CopyFrom(request)
+        with_list.revocations = self.trust.revocations_wire
+        return with_list
 
     async def beat(self, address: str, request: pb.HeartbeatRequest, proving: bool = False) -> None:
         """One heartbeat; a failure leaves the peer's last good time where it was and backs off.
@@ -88,13 +120,17 @@ class Membership:
         self.table.dialling(address)
         started = time.monotonic()
         try:
-            reply = await stub.Heartbeat(request, timeout=self.interval * 0.8)
-        except (grpc.RpcError, aio.AioRpcError):
+            reply = await stub.Heartbeat(
+                self._for(request, entry.revocations_number), timeout=self.interval * 0.8
+            )
+        except (grpc.RpcError, aio.AioRpcError) as exc:
             entry.claimed = ""
             self.table.record_failure(address, time.monotonic(), self.interval)
+            self._refused(address, exc)
             return
         now = time.monotonic()
-        self.trust.adopt(reply.revocations)
+        entry.revocations_number = reply.revocations_number
+        self.trust.adopt(reply.revocations, reply.revocations_number or None)
         info = convert.peer_info_from_pb(reply.peer)
         if info.peer_id != expected:
             if proving or not is_peer_id(info.peer_id):  # it named one id, then another

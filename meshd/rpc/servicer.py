@@ -109,7 +109,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         caller = certified_caller(context)
         if caller is not None and caller.name != request.sender.peer_id:
             raise AccessDenied(f"{caller.name} may only speak for itself")
-        self.trust.adopt(request.revocations)
+        self.trust.adopt(request.revocations, request.revocations_number or None)
         teller = caller.name if caller is not None else request.sender.peer_id
         if not self.trust.refuses_peer(teller):  # heartbeat it back
             self.mesh.table.add(
@@ -120,7 +120,12 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             )
         return pb.HeartbeatReply(
             peer=convert.peer_info_to_pb(self.mesh.local_info()),
-            revocations=self.trust.revocations_wire,
+            revocations=(
+                self.trust.revocations_wire
+                if request.revocations_number < self.trust.revocations.number
+                else b""
+            ),
+            revocations_number=self.trust.revocations.number,
         )
 
     async def RenewCertificate(

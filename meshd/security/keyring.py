@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -177,10 +178,21 @@ class Keyring:
         stored = self._read("issued.json")
         return [] if stored is None else list(json.loads(stored))
 
-    def record_issued(self, cert: x509.Certificate) -> None:
-        """Remember a certificate the CA signed, so it can be revoked by name."""
+    def record_issued(self, cert: x509.Certificate, renewal: bool = False) -> None:
+        """Remember a certificate the CA signed (when, and whether it renewed one), so it can
+        be revoked by name."""
         holder = pki.holder_of(cert)
-        self._record({**vars(holder), "serial": str(holder.serial)})
+        record = {**vars(holder), "serial": str(holder.serial), "at": time.time()}
+        self._record({**record, "renewal": True} if renewal else record)
+
+    def last_renewed_at(self, name: str) -> float | None:
+        """When the CA last renewed a certificate of name (None: never, as far as it kept)."""
+        times = [
+            float(r["at"])
+            for r in self.issued()
+            if r.get("name") == name and r.get("renewal") and isinstance(r.get("at"), int | float)
+        ]
+        return max(times, default=None)
 
     def _record(self, record: dict[str, Any]) -> None:
         with self._locked():
@@ -221,7 +233,9 @@ class Keyring:
                 raise ConfigError(f"no certificate was issued to {quoted(name)} (known: {known})")
             if name == self.peer_id():
                 raise ConfigError("the founder cannot revoke itself; use `meshd leave`")
-            revocations = self.revocations().with_revoked(ca_key, matches)
+            # One entry for the name refuses every certificate it was ever issued: the list
+            # grows by revoked members, not by how many certificates each one had.
+            revocations = self.revocations().with_revoked(ca_key, [Revoked(0, name)])
             self.save_revocations(revocations)
         return revocations, matches
 

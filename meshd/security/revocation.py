@@ -55,9 +55,12 @@ class RevocationList:
     def with_revoked(
         self, ca_key: ec.EllipticCurvePrivateKey, add: list[Revoked]
     ) -> RevocationList:
-        """The next list: these entries added, numbered one higher, signed."""
-        known = {r.serial for r in self.revoked}
-        revoked = (*self.revoked, *(r for r in add if r.serial not in known))
+        """The next list: these entries added (a name already revoked is not listed again; a
+        serial of 0 stands for every certificate of its name), numbered one higher, signed."""
+        names = {r.name for r in self.revoked if r.serial == 0}
+        known = {r.serial for r in self.revoked if r.serial}
+        fresh = [r for r in add if r.name not in names and (r.serial == 0 or r.serial not in known)]
+        revoked = (*self.revoked, *fresh)
         unsigned = RevocationList(self.number + 1, revoked)
         return RevocationList(unsigned.number, revoked, ca_key.sign(unsigned.payload(), _ECDSA))
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from meshd.errors import AccessDenied, InvalidRequest
+from meshd.logthrottle import Throttle
 from meshd.security import pki
 from meshd.security.invite import InviteBook
 from meshd.security.keyring import Keyring
@@ -15,6 +16,11 @@ from meshd.security.revocation import RevocationList, Revoked, parse_revocations
 
 log = logging.getLogger("meshd.trust")
 INVITES_FILE = "invites.json"
+# A certificate is renewed once it ends within a third of a certificate's life (the longest
+# renew_before a peer may set), or at once when it does not name its peer id yet, and at most
+# once a day per holder: renewals cannot be turned into a flood of certificates.
+RENEW_WINDOW_S = pki.CERT_DAYS * 86400.0 / 3
+RENEW_MIN_INTERVAL_S = 86400.0
 
 
 class Trust:
@@ -28,17 +34,26 @@ class Trust:
         self.invites = InviteBook()
         self.invite_port = 0  # where the join listener was, for codes that survive a restart
         self.on_revoked: Callable[[RevocationList], None] | None = None
+        self._throttle = Throttle()
         if keyring.is_founder():
             self._load_invites()
 
-    def adopt(self, data: bytes) -> bool:
-        """Take a revocation list heard from a peer if the CA signed it and it is newer."""
+    def adopt(self, data: bytes, number: int | None = None) -> bool:
+        """Take a revocation list heard from a peer if the CA signed it and it is newer. A
+        sender that says its list's number is no newer than ours (or sends ours again) costs
+        nothing: the list is parsed and its signature verified only when it may be news."""
         if not data or self.ca is None:
+            return False
+        if (number is not None and number <= self.revocations.number) or (
+            data == self.revocations_wire
+        ):
             return False
         try:
             heard = parse_revocations(data, self.ca)
         except InvalidRequest as exc:
-            log.warning("dropped a revocation list: %s", exc)
+            self._throttle.log(
+                log, logging.WARNING, "bad-list", "dropped a revocation list: %s", exc
+            )
             return False
         if heard.number <= self.revocations.number:
             return False
@@ -106,18 +121,31 @@ class Trust:
         log.info("signed a certificate for %s (%s) after an invite", name, role)
         return pki.cert_pem(cert)
 
-    def renew(self, cert_pem: bytes) -> bytes:
+    def renew(self, cert_pem: bytes, now: float | None = None) -> bytes:
         """CA holder: a new certificate (PEM) for the key, role and name of a current,
-        unrevoked mesh certificate (the one its holder just presented over mutual TLS)."""
+        unrevoked mesh certificate (the one its holder just presented over mutual TLS), once
+        it is due: within RENEW_WINDOW_S of its end, or at once when it does not name its
+        peer id; never twice within a day for the same holder."""
         ca_key = self.keyring.ca_key()
         assert self.ca is not None
+        now = time.time() if now is None else now
         cert = pki.load_cert(cert_pem)
         holder = pki.holder_of(cert)
         if not pki.signed_by(cert, self.ca):
             raise AccessDenied("that certificate was not issued by this mesh's CA")
-        if self.revocations.refuses(holder.serial, holder.name) or holder.not_after < time.time():
+        if self.revocations.refuses(holder.serial, holder.name) or holder.not_after < now:
             raise AccessDenied(f"{holder.name}'s certificate is revoked or has ended")
+        names_itself = holder.role != "peer" or pki.names_peer(cert, holder.name)
+        if names_itself and holder.not_after - now > RENEW_WINDOW_S:
+            days, window = (holder.not_after - now) / 86400, RENEW_WINDOW_S / 86400
+            raise AccessDenied(
+                f"{holder.name}'s certificate is not due for renewal: it ends in {days:.0f} "
+                f"days, and is renewed in its last {window:.0f}"
+            )
+        last = self.keyring.last_renewed_at(holder.name)
+        if last is not None and now - last < RENEW_MIN_INTERVAL_S:
+            raise AccessDenied(f"{holder.name}'s certificate was renewed less than a day ago")
         fresh = pki.renewed(ca_key, self.ca, cert)
-        self.keyring.record_issued(fresh)
+        self.keyring.record_issued(fresh, renewal=True)
         log.info("renewed the certificate of %s (%s)", holder.name, holder.role)
         return pki.cert_pem(fresh)

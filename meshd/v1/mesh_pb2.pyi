@@ -848,8 +848,13 @@ class HeartbeatRequest(_message.Message):
 
     SENDER_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_NUMBER_FIELD_NUMBER: _builtins.int
     revocations: _builtins.bytes
-    """the newest CA-signed revocation list the sender has; may be empty"""
+    """The newest CA-signed revocation list the sender has, when the receiver's (as its last
+    reply said) is older or unknown; empty otherwise.
+    """
+    revocations_number: _builtins.int
+    """the number of the sender's list, always"""
     @_builtins.property
     def sender(self) -> Global___PeerInfo: ...
     def __init__(
@@ -857,10 +862,11 @@ class HeartbeatRequest(_message.Message):
         *,
         sender: Global___PeerInfo | None = ...,
         revocations: _builtins.bytes = ...,
+        revocations_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocations", b"revocations", "sender", b"sender"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revocations", b"revocations", "revocations_number", b"revocations_number", "sender", b"sender"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -872,7 +878,11 @@ class HeartbeatReply(_message.Message):
 
     PEER_FIELD_NUMBER: _builtins.int
     REVOCATIONS_FIELD_NUMBER: _builtins.int
+    REVOCATIONS_NUMBER_FIELD_NUMBER: _builtins.int
     revocations: _builtins.bytes
+    """the replier's list, when the request's number is older than it"""
+    revocations_number: _builtins.int
+    """the number of the replier's list, always"""
     @_builtins.property
     def peer(self) -> Global___PeerInfo: ...
     def __init__(
@@ -880,10 +890,11 @@ class HeartbeatReply(_message.Message):
         *,
         peer: Global___PeerInfo | None = ...,
         revocations: _builtins.bytes = ...,
+        revocations_number: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "revocations", b"revocations"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peer", b"peer", "revocations", b"revocations", "revocations_number", b"revocations_number"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -354,3 +354,29 @@ def test_a_restored_ca_holder_invites_and_revokes(tmp_path: Path, start_peer: St
     assert meshd("revoke", c_id, home=tmp_path / "b").returncode == 0
     refuses = a.node.trust.refuses_peer
     eventually(lambda: refuses(c_id))  # the founder honours a list the restored holder signed
+
+
+def test_the_revocation_list_travels_only_to_a_peer_whose_list_is_older(
+    tmp_path: Path, start_peer: Start
+) -> None:
+    """Every heartbeat says the number of the sender's list; the list itself goes only where
+    it is news, so a long list costs nothing once every peer has it."""
+    a = founder(tmp_path, start_peer)
+    b = joined(tmp_path, start_peer, a, "b", models={})
+    c = joined(tmp_path, start_peer, a, "c", models={})
+    assert a.node is not None and b.node is not None and c.node is not None
+    admin(a).Revoke(apb.RevokeRequest(name=c.node.peer_id))
+    eventually(lambda: b.node.trust.revocations.number == 1, timeout=30)  # type: ignore[union-attr]
+    sender = pb.PeerInfo(peer_id=b.node.peer_id, mesh_id=b.node.mesh.mesh_id, address=b.address)
+    with channels.open_channel(a.address, credentials_of(tmp_path / "b")) as channel:
+        stub = channels.mesh_stub(channel)
+        current = stub.Heartbeat(pb.HeartbeatRequest(sender=sender, revocations_number=1))
+        assert current.revocations_number == 1 and current.revocations == b""
+        behind = stub.Heartbeat(pb.HeartbeatRequest(sender=sender, revocations_number=0))
+        assert (
+            behind.revocations_number == 1 and behind.revocations == a.node.trust.revocations_wire
+        )
+        # A list claimed newer that does not verify is dropped, and ours stays.
+        forged = pb.HeartbeatRequest(sender=sender, revocations=b"{}", revocations_number=9)
+        stub.Heartbeat(forged)
+    assert a.node.trust.revocations.number == 1

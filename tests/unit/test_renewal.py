@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -93,7 +94,7 @@ def test_a_ca_holder_renews_key_name_and_role_of_a_current_unrevoked_certificate
 
 def test_a_peer_keeps_only_a_certificate_for_its_own_key(tmp_path: Path) -> None:
     founder = _founder(tmp_path)
-    ring, other = _member(tmp_path, founder), _member(tmp_path, founder, name="c")
+    ring, other = _member(tmp_path, founder), _member(tmp_path, founder, name="c", days=20)
     theirs = Trust(founder).renew(pki.cert_pem(other.certificate()))  # type: ignore[arg-type]
     with pytest.raises(InvalidRequest, match="not a later one for this peer"):
         ring.save_renewed_certificate(theirs)
@@ -104,15 +105,21 @@ def test_a_peer_keeps_only_a_certificate_for_its_own_key(tmp_path: Path) -> None
 class _CaLink:
     """A PeerLink whose CA holder is the founder's Trust, or fails."""
 
-    def __init__(self, trust: Trust, presented: bytes, fail: bool = False) -> None:
-        self.trust, self.presented, self.fail = trust, presented, fail
+    def __init__(
+        self,
+        trust: Trust,
+        presented: bytes,
+        fail: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.trust, self.presented, self.fail, self.clock = trust, presented, fail, clock
         self.asked: list[str] = []
 
     async def renew_certificate(self, address: str, peer_id: str) -> bytes:
         self.asked.append(peer_id)
         if self.fail:
             raise PeerUnavailable("down")
-        return self.trust.renew(self.presented)
+        return self.trust.renew(self.presented, now=self.clock())  # the CA holder's clock
 
 
 def _table_with_ca_holder(ring: Keyring, founder: Keyring) -> PeerTable:
@@ -131,10 +138,10 @@ def test_the_renewer_asks_a_live_ca_holder_with_a_fake_clock_near_expiry(tmp_pat
     cert = ring.certificate()
     assert cert is not None
     end = cert.not_valid_after_utc.timestamp()
-    link = _CaLink(Trust(founder), pki.cert_pem(cert))
+    now = [time.time()]
+    link = _CaLink(Trust(founder), pki.cert_pem(cert), clock=lambda: now[0])
     renewed: list[bool] = []
     table = _table_with_ca_holder(ring, founder)
-    now = [time.time()]
     renewer = Renewer(
         ring, Trust(ring), table, link, 30 * DAY, lambda: renewed.append(True), lambda: now[0]
     )
@@ -165,3 +172,43 @@ def test_renewal_that_keeps_failing_is_recorded_for_doctor(tmp_path: Path) -> No
     alone = Renewer(ring, Trust(ring), nobody, link, 30 * DAY, lambda: None, lambda: near_end)
     assert asyncio.run(alone.check()) is False
     assert "no CA holder is reachable" in read_record(ring).last_error
+
+
+def test_a_renewal_flood_is_refused_and_revocation_stays_one_entry(tmp_path: Path) -> None:
+    """A member renewing over and over gets one renewal a day; revoking it lists its name
+    once, however many certificates it holds."""
+    founder = _founder(tmp_path)
+    trust = Trust(founder)
+    ring = _member(tmp_path, founder, days=20)
+    presented = pki.cert_pem(ring.certificate())  # type: ignore[arg-type]
+    now = time.time()
+    trust.renew(presented, now=now)
+    for later in (now + 1, now + 3600, now + 86_000):
+        with pytest.raises(AccessDenied, match="renewed less than a day ago"):
+            trust.renew(presented, now=later)
+    trust.renew(presented, now=now + 86_401)
+    fresh = _member(tmp_path / "n", founder, name="fresh")  # a whole year left
+    with pytest.raises(AccessDenied, match="not due for renewal"):
+        trust.renew(pki.cert_pem(fresh.certificate()), now=now)  # type: ignore[arg-type]
+    for day in (2, 3, 4):
+        trust.renew(presented, now=now + day * 86_401)
+    issued = [r for r in founder.issued() if r["name"] == ring.peer_id()]
+    assert len(issued) == 6  # the join, then five renewals
+    trust.revoke(ring.peer_id())
+    entries = [r for r in trust.revocations.revoked if r.name == ring.peer_id()]
+    assert len(entries) == 1, "one entry for the name, not one per certificate"
+    for record in issued:
+        assert trust.revocations.refuses(int(record["serial"]), ring.peer_id())
+
+
+def test_a_list_no_newer_than_ours_is_never_parsed(tmp_path: Path) -> None:
+    founder = _founder(tmp_path)
+    trust = Trust(founder)
+    ring = _member(tmp_path, founder)
+    trust.revoke(ring.peer_id())
+    member = Trust(ring)
+    wire = trust.revocations_wire
+    assert member.adopt(wire, number=1) and member.revocations.number == 1
+    assert not member.adopt(b"garbage that would not parse", number=1), "not newer: not read"
+    assert not member.adopt(wire), "the same bytes again: not read"
+    assert not member.adopt(b"garbage", number=2) and member.revocations.number == 1

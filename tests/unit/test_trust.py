@@ -18,6 +18,6 @@ def test_a_revocation_made_offline_is_what_the_daemon_starts_with(tmp_path: Path
     listed, revoked = ring.revoke("app")
     assert listed.number == 1 and [r.name for r in revoked] == ["app"]
     trust = Trust(Keyring(tmp_path))  # what a daemon starting from this home loads
-    assert trust.revocations == listed and trust.revocations.refuses(revoked[0].serial)
+    assert trust.revocations == listed and trust.revocations.refuses(revoked[0].serial, "app")
     with pytest.raises(ConfigError, match="no certificate was issued"):
         ring.revoke("nobody")
