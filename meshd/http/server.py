@@ -8,8 +8,10 @@ import logging
 import socket
 from collections.abc import Iterator
 
+import h11
 import uvicorn
 from cryptography.hazmat.primitives.asymmetric import ec
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from meshd.addresses import is_loopback
 from meshd.config import Settings
@@ -24,6 +26,59 @@ from meshd.telemetry import Telemetry
 
 log = logging.getLogger("meshd.http")
 KEEP_ALIVE_S = 5  # an idle HTTP/1.1 connection is closed after this
+# A connection must send a request's whole head within this long of opening (or of its last
+# answer): silent or dribbling connections cannot hold the door's places.
+HEADER_TIMEOUT_S = 5.0
+# Connections one address may hold at once; a new one beyond it closes that address's oldest
+# connection still waiting for a request (or, when all of them are busy, is closed itself).
+MAX_CONNECTIONS_PER_SOURCE = 64
+
+
+def guarded_protocol(per_source: int, header_timeout: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head and a cap on the
+    connections of one address, shared by the connections of one server."""
+    by_source: dict[str, list[H11Protocol]] = {}
+
+    class Guarded(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._source = self.client[0] if self.client else ""
+            mine = by_source.setdefault(self._source, [])
+            if len(mine) >= per_source:
+                idle = [c for c in mine if c.conn.their_state is h11.IDLE and c.cycle is None]
+                if not idle:
+                    transport.close()
+                    return
+                idle[0].transport.close()
+                mine.remove(idle[0])
+            mine.append(self)
+            self._arm_header_deadline()
+
+        def _arm_header_deadline(self) -> None:
+            self._header_deadline = self.loop.call_later(header_timeout, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # no whole request head in time
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._header_deadline.cancel()
+                self._arm_header_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            deadline = getattr(self, "_header_deadline", None)
+            if deadline is not None:
+                deadline.cancel()
+            mine = by_source.get(getattr(self, "_source", ""), [])
+            if self in mine:
+                mine.remove(self)
+                if not mine:
+                    by_source.pop(self._source, None)
+            super().connection_lost(exc)
+
+    return Guarded
 
 
 class _Server(uvicorn.Server):
@@ -82,6 +137,7 @@ class HttpServer:
             log_config=None,
             access_log=False,
             limit_concurrency=self.max_connections,
+            http=guarded_protocol(MAX_CONNECTIONS_PER_SOURCE, HEADER_TIMEOUT_S),
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=5,
             server_header=False,

@@ -517,3 +517,27 @@ def test_a_web_page_s_warm_is_short_and_a_pinned_one_is_null(
     assert status == 202 and other.engine.hosts["tiny"].lease_until > time.time() + 6 * 86400
     bad = json.dumps({"model": "tiny", "lease_seconds": -1})
     assert call(base, "POST", "/v1/warm", bad, content_type="application/json")[0] == 400
+
+
+def test_silent_connections_do_not_shut_the_door(node: NodeThread) -> None:
+    """300 connections that never send a request (or only part of one): a fresh request is
+    answered at once, and the silent ones are closed within seconds."""
+    from meshd.http.server import HEADER_TIMEOUT_S
+
+    parts = urlsplit(url_of(node))
+    silent = []
+    try:
+        for i in range(300):
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            if i % 2:
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # dribbles
+            silent.append(sock)
+        body = {"model": "tiny", "prompt": "Hi", "max_tokens": 2}
+        status, _, reply = post(url_of(node), "/v1/completions", body)
+        assert status == 200 and reply["usage"]["completion_tokens"] == 2
+        for sock in silent[-10:]:  # the newest: closed by the head deadline, not by eviction
+            sock.settimeout(HEADER_TIMEOUT_S + 30)
+            assert sock.recv(1) == b"", "the server closed a connection that sent no request"
+    finally:
+        for sock in silent:
+            sock.close()
