@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
-from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from meshd.errors import Cancelled, InvalidRequest
 from meshd.runner import savedstate
+from meshd.runner.chatrender import ChatTemplate
 from meshd.runner.savedstate import SavedState
 from meshd.runner.stops import StopMatcher
 from meshd.types import Chunk, FinishReason, GenerateRequest
@@ -69,47 +69,48 @@ class Vocabulary:
 _NEXT_TURN = "\ue000meshd-next-turn\ue000"
 
 
-def prompt_tokens(llm: Any, request: GenerateRequest) -> list[int]:
+def prompt_tokens(
+    llm: Any, request: GenerateRequest, cancelled: Callable[[], bool] = lambda: False
+) -> list[int]:
     """Tokens of the prompt, or of the chat rendered through the model's own template (for a
     prefill_only chat: the rendering up to the next turn's content)."""
     if not request.messages:
         assert request.prompt is not None
         tokens: list[int] = llm.tokenize(request.prompt.encode("utf-8"), add_bos=True)
         return tokens
-    rendered, added_special = _render_chat(llm, request)
+    rendered, added_special = _render_chat(llm, request, cancelled)
     result: list[int] = llm.tokenize(
         rendered.encode("utf-8"), add_bos=not added_special, special=True
     )
     return result
 
 
-def _render_chat(llm: Any, request: GenerateRequest) -> tuple[str, bool]:
-    template = llm.chat_template
-    if not template:
+def _render_chat(
+    llm: Any, request: GenerateRequest, cancelled: Callable[[], bool]
+) -> tuple[str, bool]:
+    """The chat rendered through the model's template (compiled once per context), within its
+    time and size bounds; and whether the rendering holds the special tokens (it always may:
+    a template writes its own BOS)."""
+    if not llm.chat_template:
         raise InvalidRequest(
             "this model has no chat template and none is known for its family: send a prompt "
             "instead, or name one (chat_template in its [models.NAME] entry of meshd.toml)",
             field="messages",
         )
-    formatter = Jinja2ChatFormatter(
-        template=template,
-        eos_token=_token_text(llm, llm.token_eos()),
-        bos_token=_token_text(llm, llm.token_bos()),
-    )
+    if llm.chat_renderer is None:
+        llm.chat_renderer = ChatTemplate(
+            llm.chat_template,
+            bos_token=_token_text(llm, llm.token_bos()),
+            eos_token=_token_text(llm, llm.token_eos()),
+        )
     chat: Any = [{"role": m.role, "content": m.content} for m in request.messages]
     if request.prefill_only:  # a turn after the prefix, so that it renders as it will then
         after = "assistant" if request.messages[-1].role == "user" else "user"
         chat.append({"role": after, "content": _NEXT_TURN})
-    try:
-        rendered = formatter(messages=chat)
-    except Exception as exc:  # a template may raise anything through raise_exception
-        raise InvalidRequest(
-            f"chat template refused the messages: {exc}", field="messages"
-        ) from None
-    text = rendered.prompt
+    text = llm.chat_renderer.render(chat, cancelled)
     if request.prefill_only:
         text = text.partition(_NEXT_TURN)[0]
-    return text, bool(rendered.added_special)
+    return text, True
 
 
 def cached_prefix(llm: Any, tokens: list[int]) -> int:
@@ -128,7 +129,7 @@ def run_prefill(llm: Any, job: Job, emit: Emit) -> None:
     """Evaluate the prompt into the context and keep it (a warmed prefix); emits one last
     chunk with the prompt's tokens and how many were already there: all of them when it was
     restored from a saved state (an evaluation always evaluates at least one)."""
-    tokens = prompt_tokens(llm, job.request)
+    tokens = prompt_tokens(llm, job.request, job.cancel.is_set)
     if len(tokens) >= llm.n_ctx():
         raise InvalidRequest(
             f"prefix is {len(tokens)} tokens; the context holds {llm.n_ctx()}", field="prefix"
@@ -155,7 +156,7 @@ def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
     if request.prefill_only:
         run_prefill(llm, job, emit)
         return
-    tokens = prompt_tokens(llm, request)
+    tokens = prompt_tokens(llm, request, job.cancel.is_set)
     cached = cached_prefix(llm, tokens)
     n_ctx = llm.n_ctx()
     if len(tokens) >= n_ctx:

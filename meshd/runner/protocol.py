@@ -147,13 +147,10 @@ def chunk_from_wire(message: dict[str, Any]) -> Chunk:
 
 
 def error_to_wire(request_id: int, error: MeshdError) -> dict[str, Any]:
-    """A typed failure that ends one request."""
-    message: dict[str, Any] = {
-        "op": "error",
-        "id": request_id,
-        "kind": type(error).__name__,
-        "message": str(error),
-    }
+    """A typed failure that ends one request (a refusal of the request as InvalidRequest,
+    whichever kind of it the runner raised)."""
+    kind = "InvalidRequest" if isinstance(error, InvalidRequest) else type(error).__name__
+    message: dict[str, Any] = {"op": "error", "id": request_id, "kind": kind, "message": str(error)}
     if isinstance(error, InvalidRequest):
         message["field"] = error.field
     return message

@@ -25,6 +25,7 @@ class BatchedLlama(Llama):
     # The Jinja chat template chats render with: the file's own, or the one meshd chose for a
     # model whose file has none; "" when the model takes prompts only.
     chat_template: str = ""
+    chat_renderer: Any = None  # compiled from chat_template at the first chat
 
     def eval(self, tokens: Sequence[int]) -> None:
         step = max(int(self.n_batch), 1)

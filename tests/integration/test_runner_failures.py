@@ -20,7 +20,13 @@ from helpers import eventually
 from tinygguf import write_tiny_gguf
 
 from meshd.client import MeshClient
-from meshd.errors import MeshdError, ModelUnavailable, RunnerFailed
+from meshd.errors import (
+    DeadlineExceeded,
+    InvalidRequest,
+    MeshdError,
+    ModelUnavailable,
+    RunnerFailed,
+)
 from meshd.types import Chunk, ModelInfo, ModelState
 
 FATAL = [signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT]
@@ -149,6 +155,28 @@ def test_a_chat_template_that_loops_is_stopped(
         assert_daemon_unharmed(mesh)
         # The same model still serves plain prompts: only the template was at fault.
         assert mesh.complete("victim", "Hi", max_tokens=3).tokens == 3
+
+
+def test_a_chat_template_that_loops_is_stopped_by_its_deadline_and_the_runner_lives(
+    start_node: Callable, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The template's own deadline stops it: the request gets a clear answer, the slot is
+    free again, and the runner (and what it has loaded) lives on."""
+    looping = write_tiny_gguf(tmp_path / "loop.gguf", chat_template=LOOPING_TEMPLATE)
+    node = start_node(models={"victim": looping}, slots=1)
+    with MeshClient(node.address) as mesh:
+        mesh.warm("victim", wait=True)
+        pid = info(mesh, "victim").runner_pid
+        with pytest.raises(InvalidRequest, match="chat template ran past"):
+            mesh.complete("victim", messages=[{"role": "user", "content": "Hi"}], max_tokens=3)
+        assert info(mesh, "victim").runner_pid == pid and info(mesh, "victim").restarts == 0
+        # A caller's own deadline frees the slot sooner: the render sees the cancellation.
+        with pytest.raises(DeadlineExceeded):
+            mesh.complete(
+                "victim", messages=[{"role": "user", "content": "Hi"}], max_tokens=3, timeout=0.5
+            )
+        assert mesh.complete("victim", "Hi", max_tokens=3).tokens == 3  # the one slot is free
+        assert info(mesh, "victim").runner_pid == pid
 
 
 def _load_failures_until_given_up(mesh: MeshClient, name: str) -> str:
