@@ -70,6 +70,9 @@ class Settings:
     use_mmap: bool = True
     # A model's runner that sends nothing for this long while serving a request is killed.
     runner_stall_timeout: float = 60.0
+    # A runner resident past this is killed, with the reason (0: twice what its model needs,
+    # weights, KV cache and scratch, plus 1 GiB).
+    runner_memory_limit: int = 0
     # Keep one runner process started ahead (~50 MB), so a model load skips ~0.3 s of startup.
     spare_runner: bool = True
     # The mesh.
@@ -339,6 +342,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_pull_bytes": parse_size,
     "use_mmap": _boolean,
     "runner_stall_timeout": parse_duration,
+    "runner_memory_limit": parse_size,
     "spare_runner": _boolean,
     "mesh_id": lambda v: _mesh_id(str(v)),
     "peers": lambda v: tuple(parse_listen(p) for p in _list(v)),

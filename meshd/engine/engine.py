@@ -81,6 +81,7 @@ class Engine:
             threads=settings.threads,
             batch=settings.batch,
             use_mmap=settings.use_mmap,
+            memory_limit=settings.runner_memory_limit,
         )
         self.supply = RunnerSupply(
             RunnerOptions(stall_timeout=settings.runner_stall_timeout), settings.spare_runner

@@ -40,6 +40,7 @@ class SlotOptions:
     threads: int
     batch: int
     use_mmap: bool
+    memory_limit: int = 0  # a runner's resident bytes (0: from the model's needs)
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,13 @@ class ModelHost:
             facts.architecture,
             facts.chat_markers,
         )
+
+    def memory_limit(self) -> int:
+        """Resident bytes past which this model's runner is killed: the setting, or twice what
+        the model needs plus 1 GiB (a leak or a hostile file, not a model at work)."""
+        if self.options.memory_limit:
+            return self.options.memory_limit
+        return 2 * self.projected_memory() + 2**30
 
     def projected_memory(self) -> int:
         """Bytes the model will hold once loaded: weights once, KV cache and scratch per slot."""
@@ -226,6 +234,7 @@ class ModelHost:
         try:
             runner = self.runner = await self.supply.take(f"model {self.name!r}")
             template = self.chat_template
+            runner.memory_limit = self.memory_limit()
             await runner.load(
                 LoadOptions(
                     str(self.path), opts.count, opts.context, opts.threads, opts.batch,

@@ -100,6 +100,8 @@ class RunnerProcess:
         self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.killed_for = ""
         self.closing = False
+        # Resident bytes past which the runner is killed (0: no limit); its ModelHost sets it.
+        self.memory_limit = 0
         self._load: _Load | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -323,6 +325,13 @@ class RunnerProcess:
             if any(now - r.last_frame > self.options.stall_timeout for r in stalled):
                 self.kill(
                     f"sent nothing for {self.options.stall_timeout:g} s while serving a request"
+                )
+            resident = self.rss() if self.memory_limit else 0
+            if resident > self.memory_limit:
+                mib = 2**20
+                self.kill(
+                    f"held {resident // mib} MiB, over its memory limit of "
+                    f"{self.memory_limit // mib} MiB (runner_memory_limit)"
                 )
 
     async def _reap(self) -> None:

@@ -179,6 +179,16 @@ def test_a_chat_template_that_loops_is_stopped_by_its_deadline_and_the_runner_li
         assert info(mesh, "victim").runner_pid == pid
 
 
+def test_a_runner_past_its_memory_limit_is_killed_with_the_reason(start_node: Callable) -> None:
+    node = start_node(runner_memory_limit="16MiB")  # less than Python and llama.cpp take
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny")  # the watchdog finds it over the limit within a second of its start
+        reason = "over its memory limit of 16 MiB (runner_memory_limit)"
+        eventually(lambda: reason in info(mesh, "tiny").error, timeout=30)
+        assert info(mesh, "tiny").state == "failed" and info(mesh, "tiny").runner_pid == 0
+        assert mesh.health()
+
+
 def _load_failures_until_given_up(mesh: MeshClient, name: str) -> str:
     """Ask for the model until the daemon stops trying it; returns the last refusal."""
     deadline = time.monotonic() + 20
