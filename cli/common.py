@@ -172,6 +172,15 @@ def human_until(unix: float) -> str:
     return f"{int(left // 60)}m {int(left % 60):02d}s" if left >= 60 else f"{left:.0f}s"
 
 
+def human_duration(seconds: float) -> str:
+    """3600 -> '1h', 90 -> '1m 30s', 604800 -> '7d'."""
+    seconds = int(seconds)
+    for unit, size in (("d", 86400), ("h", 3600)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def human_ago(unix: float) -> str:
     """How long ago a Unix time was: '3s ago', '2m ago', or 'never'."""
     if unix <= 0:

@@ -28,6 +28,7 @@ from .common import (
     errors_as_exit,
     human_ago,
     human_bytes,
+    human_duration,
     human_until,
     open_client,
     print_json,
@@ -365,6 +366,14 @@ def status(
     show(console, table(PEER_COLUMNS, rows, wide, title), wide)
     for note in notes:
         console.print(note, highlight=False)
+    use = seen.replicas
+    if use.max_models:
+        console.print(
+            f"this peer holds {use.held} of {use.max_models} replicas for the mesh "
+            f"({human_bytes(use.bytes)} of {human_bytes(use.max_bytes)}); apps and other peers "
+            f"lease models here for {human_duration(use.lease_cap)} at most",
+            highlight=False,
+        )
     for peer in seen.peers:
         for pull in peer.info.pulls:
             total = pull.total_bytes

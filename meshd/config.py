@@ -101,6 +101,13 @@ class Settings:
     # Models kept warm on this many peers while apps use them through this peer, e.g.
     # {gemma = 2}: peers that lack the file pull a copy from one that has it.
     auto_replicas: tuple[tuple[str, int], ...] = ()
+    # Work done on others' behalf: model files pulled as replicas for other peers and apps
+    # (at most this many, and this many bytes: 0 is a quarter of the disk), removed once
+    # nobody used them for replica_expire_after; and leases remote callers ask for, capped.
+    replica_max_models: int = 4
+    replica_max_bytes: int = 0
+    replica_expire_after: float = 7 * 86400.0
+    remote_lease_cap: float = 3600.0
     # Renew this peer's mesh certificate from a CA holder once it ends within this long.
     renew_before: float = 30 * 86400.0
     # Local hours when this peer takes no mesh requests, e.g. "23:00-07:00" ("": none).
@@ -343,6 +350,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "use_mmap": _boolean,
     "runner_stall_timeout": parse_duration,
     "runner_memory_limit": parse_size,
+    "replica_max_models": _positive_int,
+    "replica_max_bytes": parse_size,
+    "replica_expire_after": parse_duration,
+    "remote_lease_cap": parse_duration,
     "spare_runner": _boolean,
     "mesh_id": lambda v: _mesh_id(str(v)),
     "peers": lambda v: tuple(parse_listen(p) for p in _list(v)),

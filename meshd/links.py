@@ -73,6 +73,10 @@ class ReplicaFetcher(Protocol):
         """The pulls under way, with their progress."""
         ...
 
+    def use(self) -> tuple[int, int, int, int]:
+        """Replicas held for the mesh and their bytes, against the most of each."""
+        ...
+
 
 class Router(Protocol):
     """This peer's request path, as the servicer calls it."""

@@ -49,6 +49,7 @@ from meshd.types import (
     ModelState,
     PeerInfo,
     Prefix,
+    ReplicaUse,
     RoutingRecord,
     WarmResult,
 )
@@ -81,6 +82,7 @@ class Mesh:
         self.rng = random.Random()
         self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
         self.paused: Callable[[], str] = lambda: ""  # why the owner paused this peer, or ""
+        self.remote_lease_cap = 3600.0  # the longest lease an app or peer gets here
         self.yielding = ""  # why this peer's host is busy, or "" (set by the node's watch)
         self.ca_holder: Callable[[], bool] = lambda: False  # it may invite, revoke, renew
         self.fetcher: ReplicaFetcher | None = None  # copies model files for replicas
@@ -134,8 +136,16 @@ class Mesh:
         now = time.monotonic()
         peers = (me, *self.table.known(now))
         addresses = tuple(self.table.addresses(now))
+        held, size, most, most_bytes = self.fetcher.use() if self.fetcher else (0, 0, 0, 0)
+        replicas = ReplicaUse(held, size, most, most_bytes, self.remote_lease_cap)
         return MeshStatus(
-            self.peer_id, self.mesh_id, peers, tuple(self.recent), addresses, self.table.dials
+            self.peer_id,
+            self.mesh_id,
+            peers,
+            tuple(self.recent),
+            addresses,
+            self.table.dials,
+            replicas,
         )
 
     def _refuse_if_paused(self, hops: int, from_owner: bool) -> None:
@@ -256,6 +266,8 @@ class Mesh:
         parse_name(model, field="model")
         validate_warm(lease, replicas)
         self._refuse_if_paused(hops, from_owner)
+        if hops > 0 or not from_owner:  # an app's or another peer's: held here an hour at most
+            lease = min(lease, self.remote_lease_cap)
         await self.engine.refresh()
         if pull_from and model not in self.engine.hosts:
             return await self._pull_replica(model, lease, wait, pull_from, prefix)

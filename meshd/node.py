@@ -6,6 +6,7 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import signal
 import time
 
@@ -29,7 +30,7 @@ from meshd.mesh import Mesh
 from meshd.pause import PauseState, UnloadWhilePaused
 from meshd.peers import PeerTable
 from meshd.renewal import Renewer
-from meshd.replicas import PeerFetcher, ReplicaKeeper
+from meshd.replicas import PeerFetcher, ReplicaKeeper, ReplicaQuota
 from meshd.rpc.access import AdminServicer, JoinDesk
 from meshd.rpc.channels import (
     ChannelPool,
@@ -84,8 +85,13 @@ class Node:
         )
         self.mesh.ca_holder = self.keyring.is_founder
         self.mesh.route_by_prefix = settings.route_by_prefix
+        self.mesh.remote_lease_cap = settings.remote_lease_cap
         self.fetcher = PeerFetcher(
-            self.store, self.engine, lambda: self.credentials, settings.max_pull_bytes
+            self.store,
+            self.engine,
+            lambda: self.credentials,
+            settings.max_pull_bytes,
+            replica_quota(settings),
         )
         self.mesh.fetcher = self.fetcher
         self.keeper = ReplicaKeeper(
@@ -190,6 +196,7 @@ class Node:
             self.table.add(peer)
         self.membership.start()
         self.keeper.start()
+        self.fetcher.start_expiry()
         self.renewer.start()
         self.paused_unload.start()
         await self._reopen_invites()
@@ -382,3 +389,14 @@ class Node:
         await self.start()
         await stop_requested.wait()
         await self.stop()
+
+
+def replica_quota(settings: Settings) -> ReplicaQuota:
+    """The replica quota of settings; replica_max_bytes 0 is a quarter of the home's disk."""
+    max_bytes = settings.replica_max_bytes
+    if not max_bytes:
+        try:
+            max_bytes = shutil.disk_usage(settings.home).total // 4
+        except OSError:
+            max_bytes = 16 * 2**30
+    return ReplicaQuota(settings.replica_max_models, max_bytes, settings.replica_expire_after)

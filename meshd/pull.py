@@ -34,7 +34,8 @@ Progress = Callable[[int, int | None], None]
 READ_CHUNK = 1024 * 1024
 DEFAULT_MAX_PULL_BYTES = 256 * 2**30  # a file of unknown size: the largest GGUF a peer takes
 STALL_TIMEOUT_S = 30.0
-SPACE_MARGIN = 64 * 2**20  # leave this much free beyond the file
+SPACE_MARGIN = 64 * 2**20  # leave at least this much free beyond the file
+FREE_SHARE = 0.05  # ... and this share of the disk: a pull never fills the owner's disk
 
 
 @dataclass(frozen=True)
@@ -261,11 +262,13 @@ class PullResult:
 
 def _check_space(store: ModelStore, needed: int) -> None:
     store.partial.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(store.partial).free
-    if needed + SPACE_MARGIN > free:
+    usage = shutil.disk_usage(store.partial)
+    floor = max(SPACE_MARGIN, int(usage.total * FREE_SHARE))
+    if needed + floor > usage.free:
         raise errors.InsufficientSpace(
-            f"not enough disk space: the model needs {needed / 2**20:.0f} MiB more, "
-            f"{free / 2**20:.0f} MiB free in {store.root}"
+            f"not enough disk space: the model needs {needed / 2**20:.0f} MiB more, and "
+            f"{floor / 2**20:.0f} MiB ({FREE_SHARE:.0%} of the disk) stay free; "
+            f"{usage.free / 2**20:.0f} MiB free in {store.root}"
         )
 
 

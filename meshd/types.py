@@ -220,6 +220,17 @@ class RoutingRecord:
 
 
 @dataclass(frozen=True)
+class ReplicaUse:
+    """What a peer holds for others: replica files against its quota, and the lease cap."""
+
+    held: int = 0
+    bytes: int = 0
+    max_models: int = 0
+    max_bytes: int = 0
+    lease_cap: float = 0.0  # seconds an app or another peer may lease a model here
+
+
+@dataclass(frozen=True)
 class MeshStatus:
     """The mesh as one peer sees it."""
 
@@ -229,3 +240,4 @@ class MeshStatus:
     recent: tuple[RoutingRecord, ...] = ()
     addresses: tuple[KnownAddress, ...] = ()
     dials: int = 0  # heartbeat dials since the daemon started
+    replicas: ReplicaUse = field(default_factory=ReplicaUse)  # this peer's, for the mesh

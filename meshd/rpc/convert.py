@@ -22,6 +22,7 @@ from meshd.types import (
     PeerStatus,
     Prefix,
     ReplicaPull,
+    ReplicaUse,
     RoutingRecord,
     Sampling,
     WarmResult,
@@ -332,6 +333,13 @@ def mesh_status_to_pb(status: MeshStatus) -> pb.MeshStatusReply:
             for a in status.addresses
         ],
         dials=status.dials,
+        replicas=pb.ReplicaUse(
+            held=status.replicas.held,
+            bytes=status.replicas.bytes,
+            max_models=status.replicas.max_models,
+            max_bytes=status.replicas.max_bytes,
+            lease_cap_seconds=status.replicas.lease_cap,
+        ),
     )
 
 
@@ -350,6 +358,13 @@ def mesh_status_from_pb(m: pb.MeshStatusReply) -> MeshStatus:
             for a in m.addresses
         ),
         dials=m.dials,
+        replicas=ReplicaUse(
+            m.replicas.held,
+            m.replicas.bytes,
+            m.replicas.max_models,
+            m.replicas.max_bytes,
+            m.replicas.lease_cap_seconds,
+        ),
     )
 
 

@@ -985,6 +985,7 @@ class MeshStatusReply(_message.Message):
     RECENT_FIELD_NUMBER: _builtins.int
     ADDRESSES_FIELD_NUMBER: _builtins.int
     DIALS_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.str
     mesh_id: _builtins.str
     dials: _builtins.int
@@ -997,6 +998,10 @@ class MeshStatusReply(_message.Message):
     def addresses(self) -> _containers.RepeatedCompositeFieldContainer[Global___KnownAddress]:
         """every address this peer dials"""
 
+    @_builtins.property
+    def replicas(self) -> Global___ReplicaUse:
+        """what this peer holds for the mesh, and its caps"""
+
     def __init__(
         self,
         *,
@@ -1006,14 +1011,50 @@ class MeshStatusReply(_message.Message):
         recent: _abc.Iterable[Global___RoutingDecision] | None = ...,
         addresses: _abc.Iterable[Global___KnownAddress] | None = ...,
         dials: _builtins.int = ...,
+        replicas: Global___ReplicaUse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["replicas", b"replicas"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "dials", b"dials", "mesh_id", b"mesh_id", "peer_id", b"peer_id", "peers", b"peers", "recent", b"recent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "dials", b"dials", "mesh_id", b"mesh_id", "peer_id", b"peer_id", "peers", b"peers", "recent", b"recent", "replicas", b"replicas"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MeshStatusReply: _TypeAlias = MeshStatusReply  # noqa: Y015
+
+@_typing.final
+class ReplicaUse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_FIELD_NUMBER: _builtins.int
+    BYTES_FIELD_NUMBER: _builtins.int
+    MAX_MODELS_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    LEASE_CAP_SECONDS_FIELD_NUMBER: _builtins.int
+    held: _builtins.int
+    """replica files pulled for other peers and apps, in the store"""
+    bytes: _builtins.int
+    max_models: _builtins.int
+    """replica_max_models"""
+    max_bytes: _builtins.int
+    """replica_max_bytes"""
+    lease_cap_seconds: _builtins.float
+    """remote_lease_cap"""
+    def __init__(
+        self,
+        *,
+        held: _builtins.int = ...,
+        bytes: _builtins.int = ...,
+        max_models: _builtins.int = ...,
+        max_bytes: _builtins.int = ...,
+        lease_cap_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "held", b"held", "lease_cap_seconds", b"lease_cap_seconds", "max_bytes", b"max_bytes", "max_models", b"max_models"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaUse: _TypeAlias = ReplicaUse  # noqa: Y015
 
 @_typing.final
 class KnownAddress(_message.Message):

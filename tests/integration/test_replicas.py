@@ -121,3 +121,50 @@ def test_auto_replicas_keeps_two_copies_while_the_model_is_used(
     with _client(b) as mesh:
         assert mesh.complete("tiny", "Hello", max_tokens=2).tokens == 2  # in use through b
     eventually(lambda: sum(_warm_on(n) for n in (a, b, c)) == 2, timeout=30)
+
+
+def test_replicas_for_others_have_a_quota_and_expire(
+    tmp_path: Path, start_peer: Start, tiny_model: Path
+) -> None:
+    """A peer holds at most replica_max_models files for the mesh, says so in status, and
+    removes a replica nobody used for replica_expire_after."""
+    from tinygguf import write_tiny_gguf
+
+    other = write_tiny_gguf(tmp_path / "other.gguf", seed=3)
+    pull(ModelStore(tmp_path / "a"), LocalSource(other), name="other")
+    a, b, c = _three_peers(tmp_path, start_peer, tiny_model, replica_max_models=1)
+    first = meshd("warm", "tiny", "--replicas", "3", "--wait", home=a.settings.home)
+    assert first.returncode == 0, first.stderr
+    assert len(_holders([a, b, c])) == 3  # b and c hold one replica each: their most
+    refused = meshd("warm", "other", "--replicas", "2", "--wait", home=a.settings.home)
+    assert refused.returncode == 1 and "replica_max_models = 1" in refused.stderr
+    for node in (b, c):
+        assert node.node is not None and "other" not in node.node.engine.hosts
+    status = json.loads(meshd("status", "--json", home=b.settings.home).stdout)
+    assert status["replicas"]["held"] == 1 and status["replicas"]["max_models"] == 1
+    text = meshd("status", home=b.settings.home).stdout
+    assert "this peer holds 1 of 1 replicas for the mesh" in text, text
+    assert b.node is not None
+    b.node.engine.hosts["tiny"].last_used = 0.0  # as if nobody had used it since the pull
+    b.call(b.node.engine.unload_idle())
+    later = time.time() + 8 * 86400  # past replica_expire_after (7 days)
+    assert b.call(b.node.fetcher.expire(later)) == ["tiny"]
+    assert ModelStore(b.settings.home).models() == [] and "tiny" not in b.node.engine.hosts
+
+
+def test_a_remote_caller_s_lease_is_capped(
+    tmp_path: Path, start_peer: Start, tiny_model: Path
+) -> None:
+    from meshd.security.keyring import Keyring
+
+    a = founder(tmp_path, start_peer, "a", remote_lease_cap="10m")
+    bundle = tmp_path / "app.meshd.json"
+    bundle.write_bytes(Keyring(tmp_path / "a").client_bundle("app", [a.address]))
+    week = 7 * 86400.0
+    with MeshClient.from_bundle(bundle) as app:
+        app.warm("tiny", lease=week, wait=True)
+    assert a.node is not None
+    assert a.node.engine.hosts["tiny"].lease_until <= time.time() + 600
+    with _client(a) as owner:  # the owner's own lease is the owner's to choose
+        owner.warm("tiny", lease=week)
+    assert a.node.engine.hosts["tiny"].lease_until > time.time() + week - 60
