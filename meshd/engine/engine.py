@@ -25,6 +25,7 @@ from meshd.errors import (
     ConfigError,
     InsufficientMemory,
     InvalidModelFile,
+    InvalidRequest,
     ModelNotFound,
     ModelUnavailable,
 )
@@ -217,6 +218,14 @@ class Engine:
             if host.file_refused:
                 raise ModelUnavailable(f"model {name!r} is unusable: {host.error}")
         host.forgive()  # asked for by name: a model given up on is tried again
+        if prefill is not None:  # refused to the caller now when it cannot fit the context
+            tokens = await host.count_tokens(prefill)
+            if tokens is not None and tokens >= self.options.context:
+                raise InvalidRequest(
+                    f"the prefix is {tokens:,} tokens; a slot of {name!r} holds "
+                    f"{self.options.context:,} (context)",
+                    field="prefix",
+                )
         now = time.time()
         host.lease_until = max(host.lease_until, now + lease)
         host.last_used = max(host.last_used, now)

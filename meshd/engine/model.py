@@ -126,6 +126,14 @@ class ModelHost:
             facts.chat_markers,
         )
 
+    async def count_tokens(self, request: GenerateRequest) -> int | None:
+        """How many tokens the request's prompt is, as its runner tokenizes it; None when no
+        runner holds the model (then only serving it can tell)."""
+        runner = self.runner
+        if runner is None or self.state is not ModelState.WARM:
+            return None
+        return await runner.count(request)
+
     def memory_limit(self) -> int:
         """Resident bytes past which this model's runner is killed: the setting, or twice what
         the model needs plus 1 GiB (a leak or a hostile file, not a model at work)."""

@@ -36,6 +36,7 @@ RUNNER_ERRORS: dict[str, type[MeshdError]] = {
 STDERR_LINES_KEPT = 8
 STDERR_LINE_CHARS = 400
 EXIT_WAIT_S = 2.0  # after the socket closes, how long the process may take to be reaped
+COUNT_TIMEOUT_S = 30.0  # a count renders a chat (bounded to 5 s) and tokenizes
 
 
 @dataclass
@@ -104,6 +105,7 @@ class RunnerProcess:
         self.memory_limit = 0
         self._load: _Load | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._counts: dict[int, asyncio.Future[int]] = {}  # token counts asked, by id
 
     @property
     def pid(self) -> int:
@@ -232,6 +234,19 @@ class RunnerProcess:
             entry.finished = True
             entry.released()
 
+    async def count(self, request: GenerateRequest, timeout: float = COUNT_TIMEOUT_S) -> int:
+        """How many tokens the runner makes of the request's prompt (a chat: rendered)."""
+        request_id = next(self.ids)
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._counts[request_id] = future
+        try:
+            self._send(
+                {"op": "count", "id": request_id, "request": protocol.request_to_wire(request)}
+            )
+            return await asyncio.wait_for(asyncio.shield(future), timeout)
+        finally:
+            self._counts.pop(request_id, None)
+
     def _send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
         self.writer.write(protocol.encode(message))
@@ -256,6 +271,15 @@ class RunnerProcess:
         op, now = message["op"], time.monotonic()
         if op in ("loaded", "ready", "failed"):
             self._on_load_frame(op, message, now)
+            return
+        counting = self._counts.pop(message.get("id", -1), None)
+        if counting is not None:
+            if op == "counted" and isinstance(message.get("tokens"), int):
+                counting.set_result(int(message["tokens"]))
+            elif op == "error":
+                counting.set_exception(protocol.error_from_wire(message, RUNNER_ERRORS))
+            else:
+                raise protocol.ProtocolError(f"{op[:32]!r} frame for a count")
             return
         entry = self.requests.get(message.get("id", -1))
         if entry is None:
@@ -359,5 +383,8 @@ class RunnerProcess:
             note = f"; the text so far ({entry.tokens} tokens) is partial" if entry.tokens else ""
             entry.chunks.put_nowait(RunnerFailed(f"{self.label}: {reason}{note}"))
             self._finish(request_id)
+        for counting in self._counts.values():
+            if not counting.done():
+                counting.set_exception(RunnerFailed(f"{self.label}: {reason}"))
         if not self.closing:
             log.error("%s: %s", self.label, reason)

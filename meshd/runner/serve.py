@@ -8,6 +8,7 @@ is gone), and on Linux the kernel kills it if the daemon dies first.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import logging
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 from meshd.errors import MeshdError
 from meshd.runner import protocol
-from meshd.runner.generation import Job
+from meshd.runner.generation import Job, prompt_tokens
 from meshd.runner.savedstate import SavedState
 from meshd.runner.slot import Slot
 
@@ -40,6 +41,7 @@ class Runner:
         self.slots: list[Slot] = []
         self.jobs: dict[int, Job] = {}
         self.jobs_lock = threading.Lock()
+        self.counter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="count")
 
     def send(self, message: dict[str, Any]) -> None:
         frame = protocol.encode(message)
@@ -105,6 +107,23 @@ class Runner:
         with self.jobs_lock:
             self.jobs[request_id] = job
         self.slots[index].submit(self._run, request_id, index, job)
+
+    def on_count(self, message: dict[str, Any]) -> None:
+        """How many tokens a request's prompt is (a prefix to warm is refused at once when it
+        cannot fit the context); counted on a thread of its own, beside the slots' work."""
+        request_id = int(message["id"])
+        request = protocol.request_from_wire(message["request"])
+        self.counter.submit(self._count, request_id, request)
+
+    def _count(self, request_id: int, request: Any) -> None:
+        try:
+            tokens = len(prompt_tokens(self.slots[0].llm, request))
+            self.send({"op": "counted", "id": request_id, "tokens": tokens})
+        except MeshdError as exc:
+            self.send(protocol.error_to_wire(request_id, exc))
+        except Exception as exc:
+            log.exception("counting request %d failed", request_id)
+            self.send(protocol.error_to_wire(request_id, MeshdError(f"runner error: {exc}")))
 
     def on_cancel(self, message: dict[str, Any]) -> None:
         with self.jobs_lock:

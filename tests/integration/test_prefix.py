@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 from conftest import NodeThread
 
 from meshd.client import MeshClient
+from meshd.errors import InvalidRequest
 
 SYSTEM = "You are a careful assistant for the Hello team. " * 3
 OTHER = "Translate every sentence the user sends into plain words. " * 3
@@ -174,3 +176,28 @@ def test_a_pinned_prefix_for_a_model_this_peer_lacks_is_refused_at_start(
     )
     with pytest.raises(ConfigError, match=r"\[prefixes.team\] names model 'tnyi'.*has: tiny"):
         NodeThread(settings).start()
+
+
+def test_a_prefix_longer_than_the_context_is_refused_to_the_caller(
+    start_node: Callable[..., NodeThread],
+) -> None:
+    """A warm with a prefix that cannot fit a slot answers 400 now, not 202 and a log line."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    node = start_node(context=256)
+    assert node.node is not None and node.node.http is not None
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny", wait=True)
+        with pytest.raises(InvalidRequest, match=r"the prefix is [\d,]+ tokens; a slot .* 256"):
+            mesh.warm("tiny", prefix="Once upon a time, " * 200)
+        assert mesh.warm("tiny", prefix="Once upon a time, ").model == "tiny"  # one that fits
+    body = json.dumps({"model": "tiny", "messages": [{"role": "system", "content": "x " * 900}]})
+    request = urllib.request.Request(
+        f"{node.node.http.url}/v1/warm", data=body.encode(), headers={"content-type": "text/plain"}
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 400
+    assert json.loads(refused.value.read())["error"]["param"] == "prefix"
