@@ -5,9 +5,16 @@ open-file limit of 256, macOS's default for a LaunchAgent, and watches it for a 
 - quiet: nothing happens (the baseline);
 - gossip: a peer that joined with a real invite heartbeats it and gossips 300 made-up
   loopback addresses where nothing listens, and a Unix socket;
-- idle: 300 TCP connections that never start a TLS handshake.
+- idle: 300 TCP connections that never start a TLS handshake;
+- renewal: a member asks for a new certificate as fast as it can for the window, then the
+  founder revokes it while another member heartbeats it: certificates it got, the revocation
+  list's size, and both daemons' CPU over the next window of heartbeats;
+- rotation: a member heartbeats with a new made-up address of its own, 50 times a second;
+- http: 300 TCP connections to the HTTP door that never send a whole request, then a fresh
+  request.
 Figures: the daemon's CPU (% of one core), open files and RSS over the window; whether the
-CLI's Unix socket answers during it; how long a fresh app connection (TLS) takes to get in.
+CLI's Unix socket answers during it; how long a fresh app connection (TLS) or HTTP request
+takes to get in.
 
 `--before REV` runs the same scenarios on an older commit too (a git worktree), side by side:
     .venv/bin/python bench/hostile.py --before ec539fa
@@ -25,10 +32,12 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
 from common import console, print_table, write_json
 
@@ -41,7 +50,7 @@ from meshd.process import DaemonProcess
 from meshd.rpc import channels
 from meshd.rpc.join import join_mesh
 from meshd.security.keyring import Keyring
-from meshd.v1 import access_pb2 as apb
+from meshd.v1 import access_pb2 as apb, mesh_pb2 as pb
 
 FD_LIMIT = 256
 FLOOD = 300
@@ -194,10 +203,103 @@ def idle(daemon: DaemonProcess, root: Path, window: float) -> dict[str, float]:
     return figures
 
 
+def _member(daemon: DaemonProcess, root: Path, name: str) -> Path:
+    """A home that joined the founder's mesh with a real invite."""
+    admin = channels.admin_stub(channels.open_channel(daemon.socket))
+    code = admin.CreateInvite(apb.CreateInviteRequest(ttl_seconds=600), timeout=10).code
+    join_mesh(root / name, code)
+    return root / name
+
+
+def renewal(daemon: DaemonProcess, root: Path, window: float) -> dict[str, float]:
+    rogue = Keyring(_member(daemon, root, "rogue"))
+    friend_home = _member(daemon, root, "friend")
+    credentials = rogue.credentials()
+    assert credentials is not None
+    granted, deadline = 0, time.monotonic() + window
+    with channels.open_channel(daemon.address, credentials) as channel:
+        stub = channels.mesh_stub(channel)
+        while time.monotonic() < deadline:
+            try:
+                stub.RenewCertificate(pb.RenewCertificateRequest(), timeout=5)
+                granted += 1
+            except grpc.RpcError:
+                time.sleep(0.01)  # refused: ask again, as a flood does
+    admin = channels.admin_stub(channels.open_channel(daemon.socket))
+    admin.Revoke(apb.RevokeRequest(name=rogue.peer_id()), timeout=30)
+    list_bytes = len(Keyring(daemon.home).revocations().to_bytes())
+    env = {"MESHD_INSECURE_DEV": "false", "MESHD_DISCOVERY": "false", "MESHD_SPARE_RUNNER": "false"}
+    friend = DaemonProcess(friend_home, [], env=env, extra_args=["--peer", daemon.address])
+    friend.start()
+    try:
+        assert friend.proc is not None
+        friend_process = psutil.Process(friend.proc.pid)
+        time.sleep(2.0)  # the friend adopts the list
+        friend_process.cpu_percent()
+        figures = watch(daemon, window)
+        figures["friend_cpu_percent"] = friend_process.cpu_percent()
+    finally:
+        friend.stop(timeout=10)
+    figures["renewals_granted"] = granted
+    figures["revocation_list_bytes"] = list_bytes
+    return figures
+
+
+def rotation(daemon: DaemonProcess, root: Path, window: float) -> dict[str, float]:
+    home = _member(daemon, root, "rogue")
+    stop = threading.Event()
+    with RoguePeer(home, []) as rogue:
+        rogue.announce_to(daemon.address)
+
+        def rotate() -> None:
+            port = 20_000
+            while not stop.is_set():
+                port += 1
+                with contextlib.suppress(grpc.RpcError):
+                    rogue.announce_to(daemon.address, claimed_address=f"127.0.0.2:{port}")
+                stop.wait(0.02)
+
+        rotating = threading.Thread(target=rotate, daemon=True)
+        rotating.start()
+        try:
+            with MeshClient(daemon.socket) as local:
+                dials_before = local.mesh_status().dials
+            figures = watch(daemon, window)
+            with MeshClient(daemon.socket) as local:
+                figures["dials"] = local.mesh_status().dials - dials_before
+        finally:
+            stop.set()
+            rotating.join()
+    return figures
+
+
+def http(daemon: DaemonProcess, root: Path, window: float) -> dict[str, float]:
+    assert daemon.http
+    address = daemon.http.removeprefix("http://")
+    with IdleFlood(address, FLOOD):
+        time.sleep(2.0)
+        started, answered = time.monotonic(), float("nan")
+        while time.monotonic() - started < 30:
+            with (
+                contextlib.suppress(OSError, ValueError),
+                urllib.request.urlopen(f"{daemon.http}/v1/models", timeout=3) as reply,
+            ):
+                if reply.status == 200:
+                    answered = time.monotonic() - started
+                    break
+            time.sleep(0.2)
+        figures = watch(daemon, window)
+    figures["http_answers_s"] = answered
+    return figures
+
+
 SCENARIOS: dict[str, Callable[[DaemonProcess, Path, float], dict[str, float]]] = {
     "quiet": quiet,
     "gossip": gossip,
     "idle": idle,
+    "renewal": renewal,
+    "rotation": rotation,
+    "http": http,
 }
 
 
@@ -221,11 +323,33 @@ def cell(figures: dict[str, Any], key: str, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _other(f: dict[str, Any]) -> str:
+    """The figures only one scenario has."""
+    parts = []
+    if "renewals_granted" in f:
+        parts.append(f"{f['renewals_granted']:.0f} renewals")
+        parts.append(f"list {f['revocation_list_bytes'] / 1024:.1f} KiB")
+        parts.append(f"friend CPU {f['friend_cpu_percent']:.1f}%")
+    if "dials" in f:
+        parts.append(f"{f['dials']:.0f} dials")
+    if "failed" in f:
+        parts.append(f"failed: {str(f['failed'])[:60]}")
+    return ", ".join(parts) or "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--window", type=float, default=15.0, help="seconds watched per scenario")
     parser.add_argument("--before", help="also run an older commit (e.g. ec539fa)")
+    parser.add_argument("--only", help="comma-separated scenarios (default: all)")
     args = parser.parse_args()
+    if args.only:
+        unknown = set(args.only.split(",")) - set(SCENARIOS)
+        if unknown:
+            sys.exit(f"unknown scenario(s): {', '.join(sorted(unknown))}")
+        for name in list(SCENARIOS):
+            if name not in args.only.split(","):
+                del SCENARIOS[name]
     if shutil.which("prlimit") is None:
         sys.exit("needs util-linux prlimit (Linux)")
     runs = {"now": run(None, args.window)}
@@ -241,6 +365,8 @@ def main() -> None:
         "Unix socket",
         "health p50",
         "app gets in",
+        "HTTP answers",
+        "other",
     ]
     rows = []
     for label, results in runs.items():
@@ -258,6 +384,8 @@ def main() -> None:
                     + "%",
                     cell(f, "unix_health_p50_ms", ".1f") + " ms",
                     cell(f, "app_gets_in_s", ".1f") + " s" if "app_gets_in_s" in f else "-",
+                    cell(f, "http_answers_s", ".2f") + " s" if "http_answers_s" in f else "-",
+                    _other(f),
                 ]
             )
     print_table(

@@ -240,7 +240,9 @@ class Node:
         """The HTTP door, through the same router as gRPC."""
         if not self.settings.http:
             return
-        cap = connection_cap(self.settings.max_connections, open_files)
+        # The HTTP door takes half of what gRPC may: the two together leave a quarter of the
+        # open files to the Unix socket, the store and the logs, whatever floods the doors.
+        cap = max(connection_cap(self.settings.max_connections, open_files) // 2, 8)
         self.http = http_door(self.settings, self.mesh, self.trust, self.telemetry, cap)
         await self.http.start()
         log.info("HTTP (OpenAI-compatible) on %s/v1", self.http.url)

@@ -34,24 +34,38 @@ HEADER_TIMEOUT_S = 5.0
 MAX_CONNECTIONS_PER_SOURCE = 64
 
 
-def guarded_protocol(per_source: int, header_timeout: float) -> type[H11Protocol]:
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head and a cap on the
-    connections of one address, shared by the connections of one server."""
+def guarded_protocol(total: int, per_source: int, header_timeout: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's head, and caps on the
+    connections of one address and of the whole door (shared by one server's connections): a
+    connection past a cap takes the place of the oldest one still waiting for a request, or,
+    when every one is busy, is dropped at once (its file descriptor freed with it)."""
     by_source: dict[str, list[H11Protocol]] = {}
+    held: list[H11Protocol] = []
+
+    def waiting(connections: list[H11Protocol]) -> H11Protocol | None:
+        return next(
+            (c for c in connections if c.conn.their_state is h11.IDLE and c.cycle is None), None
+        )
+
+    def evict(connection: H11Protocol) -> None:
+        connection.transport.abort()  # silent: nothing to say goodbye to
+        held.remove(connection)
+        by_source[connection._source].remove(connection)  # type: ignore[attr-defined]
 
     class Guarded(H11Protocol):
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._source = self.client[0] if self.client else ""
             mine = by_source.setdefault(self._source, [])
-            if len(mine) >= per_source:
-                idle = [c for c in mine if c.conn.their_state is h11.IDLE and c.cycle is None]
-                if not idle:
-                    transport.close()
-                    return
-                idle[0].transport.close()
-                mine.remove(idle[0])
+            for connections, cap in ((mine, per_source), (held, total)):
+                if len(connections) >= cap:
+                    oldest = waiting(connections)
+                    if oldest is None:
+                        transport.abort()
+                        return
+                    evict(oldest)
             mine.append(self)
+            held.append(self)
             self._arm_header_deadline()
 
         def _arm_header_deadline(self) -> None:
@@ -76,6 +90,8 @@ def guarded_protocol(per_source: int, header_timeout: float) -> type[H11Protocol
                 mine.remove(self)
                 if not mine:
                     by_source.pop(self._source, None)
+            if self in held:
+                held.remove(self)
             super().connection_lost(exc)
 
     return Guarded
@@ -136,8 +152,12 @@ class HttpServer:
             lifespan="off",
             log_config=None,
             access_log=False,
-            limit_concurrency=self.max_connections,
-            http=guarded_protocol(MAX_CONNECTIONS_PER_SOURCE, HEADER_TIMEOUT_S),
+            limit_concurrency=2 * self.max_connections,  # a backstop: the protocol caps first
+            http=guarded_protocol(
+                self.max_connections,
+                min(MAX_CONNECTIONS_PER_SOURCE, self.max_connections),
+                HEADER_TIMEOUT_S,
+            ),
             timeout_keep_alive=KEEP_ALIVE_S,
             timeout_graceful_shutdown=5,
             server_header=False,
