@@ -32,6 +32,7 @@ HEADER_TIMEOUT_S = 5.0
 # Connections one address may hold at once; a new one beyond it closes that address's oldest
 # connection still waiting for a request (or, when all of them are busy, is closed itself).
 MAX_CONNECTIONS_PER_SOURCE = 64
+ACCEPT_BATCH = 16
 
 
 def guarded_protocol(total: int, per_source: int, header_timeout: float) -> type[H11Protocol]:
@@ -159,6 +160,10 @@ class HttpServer:
                 HEADER_TIMEOUT_S,
             ),
             timeout_keep_alive=KEEP_ALIVE_S,
+            # asyncio accepts up to `backlog` connections per turn of the loop before any of
+            # them reaches the caps above: a small batch keeps a reconnect flood from taking
+            # every file descriptor between two turns.
+            backlog=ACCEPT_BATCH,
             timeout_graceful_shutdown=5,
             server_header=False,
         )
