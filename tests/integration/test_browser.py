@@ -268,3 +268,42 @@ def test_no_page_of_another_site_gets_anything(
     forms = [line for line in lines if line.startswith("POST /v1/")]
     assert forms and all(" 403 " in line for line in forms), forms
     assert host.state is ModelState.COLD and host.last_used == 0 and host.lease_until == 0
+
+
+def test_the_chat_page_chats_with_the_demo_model(
+    start_node: Callable[..., NodeThread], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The demo model (no template in its file) chats on the page through Gemma's turns."""
+    import logging
+
+    from meshd.demo_model import DEMO_MODEL_NAME, demo_model_path
+
+    caplog.set_level(logging.INFO, logger="meshd.http.access")
+    path = demo_model_path(tmp_path / "demo")
+    node = start_node(models={DEMO_MODEL_NAME: path}, context=1024)
+    assert node.node is not None and node.node.http is not None
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{node.node.http.url}/?model={DEMO_MODEL_NAME}")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('ready')",
+                timeout=60_000,
+            )
+            page.fill("#prompt", "Name three colours.")
+            page.click("button[type=submit]")
+            page.wait_for_function(
+                "document.getElementById('status').textContent.startsWith('first token')",
+                timeout=120_000,
+            )
+            answer = page.inner_text("#answer")
+        finally:
+            browser.close()
+    assert answer.strip(), "the answer streamed into the page"
+    asked = [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
+    assert any(
+        line.startswith(f"POST /v1/chat/completions 200 model={DEMO_MODEL_NAME}") for line in asked
+    ), asked
+    template = node.engine.hosts[DEMO_MODEL_NAME].chat_template
+    assert template is not None and template.source == "gemma (built in)"
