@@ -193,6 +193,10 @@ def test_the_official_js_sdk_works_from_a_page_of_another_origin(
 
 
 HOSTILE_PAGE = """<!doctype html><meta charset="utf-8"><title>any site</title>
+<script>
+// Listening before the iframe exists: its answer may come before the page has loaded.
+window.addEventListener("message", (e) => { window.result = e.data; });
+</script>
 <iframe sandbox="allow-scripts allow-forms" srcdoc='<script>
   const base = "%(base)s";
   const tries = [
@@ -217,7 +221,6 @@ HOSTILE_PAGE = """<!doctype html><meta charset="utf-8"><title>any site</title>
 <iframe name="sink"></iframe><iframe name="sink2"></iframe>
 <iframe id="framed" src="%(base)s/?model=tiny"></iframe>
 <script>
-window.addEventListener("message", (e) => { window.result = e.data; });
 document.getElementById("f").submit();
 document.getElementById("w").submit();
 </script>"""
