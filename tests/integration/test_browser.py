@@ -3,13 +3,14 @@ the model is warm when the question is typed, and the answer streams into the pa
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
 
@@ -153,6 +154,20 @@ class _StaticFiles(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def site_on(folder: Path, host: str) -> Iterator[str]:
+    """The files of folder served over HTTP on host (a loopback address): a web site of its
+    own origin, as its base URL."""
+    handler = functools.partial(_StaticFiles, directory=str(folder))
+    server = http.server.ThreadingHTTPServer((host, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://{host}:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.skipif(
     not (OPENAI_JS / "index.mjs").exists(),
     reason=f"the openai JS SDK is not at {OPENAI_JS}: scripts/test.sh installs it with npm "
@@ -169,23 +184,15 @@ def test_the_official_js_sdk_works_from_a_page_of_another_origin(
     site.mkdir()
     (site / "openai").symlink_to(OPENAI_JS)
     (site / "index.html").write_text(SDK_PAGE % {"base": node.node.http.url})
-    handler = functools.partial(_StaticFiles, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html")
-                page.wait_for_function("window.result !== undefined", timeout=60_000)
-                result = page.evaluate("window.result")
-            finally:
-                browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    with site_on(site, "127.0.0.1") as app, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{app}/index.html")
+            page.wait_for_function("window.result !== undefined", timeout=60_000)
+            result = page.evaluate("window.result")
+        finally:
+            browser.close()
     assert "error" not in result, result.get("error", "")
     assert result["usage"]["completion_tokens"] == 4 and result["chat"]
     assert result["streamedUsage"]["completion_tokens"] == 5 and result["streamed"]
@@ -240,30 +247,24 @@ def test_no_page_of_another_site_gets_anything(
     site = tmp_path / "evil"
     site.mkdir()
     (site / "index.html").write_text(HOSTILE_PAGE % {"base": node.node.http.url})
-    handler = functools.partial(_StaticFiles, directory=str(site))
-    server = http.server.ThreadingHTTPServer(("127.0.0.2", 0), handler)  # not an allowed origin
-    threading.Thread(target=server.serve_forever, daemon=True).start()
 
     def answered() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
 
-    try:
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-            try:
-                page = browser.new_page()
-                page.goto(f"http://127.0.0.2:{server.server_address[1]}/index.html")
-                page.wait_for_function("window.result !== undefined", timeout=60_000)
-                result = page.evaluate("window.result")
-                deadline = time.monotonic() + 60  # the two forms and the framed page
-                while time.monotonic() < deadline and len(answered()) < 7:
-                    time.sleep(0.05)
-                framed = page.frame_locator("#framed").locator("#status").count()
-            finally:
-                browser.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    # 127.0.0.2 is not an allowed origin: any site on the web, as the door sees it.
+    with site_on(site, "127.0.0.2") as evil, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(f"{evil}/index.html")
+            page.wait_for_function("window.result !== undefined", timeout=60_000)
+            result = page.evaluate("window.result")
+            deadline = time.monotonic() + 60  # the two forms and the framed page
+            while time.monotonic() < deadline and len(answered()) < 7:
+                time.sleep(0.05)
+            framed = page.frame_locator("#framed").locator("#status").count()
+        finally:
+            browser.close()
     assert result == ["refused"] * 4, result
     assert framed == 0, "the chat page refuses to be framed by another site"
     lines = answered()
