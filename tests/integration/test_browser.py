@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from conftest import NodeThread
@@ -28,6 +28,33 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@contextlib.contextmanager
+def chromium_page() -> Iterator[Any]:
+    """A page in a fresh headless Chromium, closed with it."""
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield browser.new_page()
+        finally:
+            browser.close()
+
+
+def wait_for_status(page: Any, start: str, timeout_ms: int = 60_000) -> None:
+    """Until the chat page's status line starts with `start` ('ready', 'first token')."""
+    page.wait_for_function(
+        f"document.getElementById('status').textContent.startsWith({start!r})",
+        timeout=timeout_ms,
+    )
+
+
+def ask(page: Any, question: str, timeout_ms: int = 60_000) -> str:
+    """Type a question into the chat page and return the answer once it streams."""
+    page.fill("#prompt", question)
+    page.click("button[type=submit]")
+    wait_for_status(page, "first token", timeout_ms)
+    return str(page.inner_text("#answer"))
+
+
 def test_the_page_warms_when_the_person_starts_and_streams_the_answer(
     start_node: Callable[..., NodeThread], tmp_path: Path
 ) -> None:
@@ -35,38 +62,24 @@ def test_the_page_warms_when_the_person_starts_and_streams_the_answer(
     assert node.node is not None and node.node.http is not None
     host = node.engine.hosts["tiny"]
     assert host.state is ModelState.COLD
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{node.node.http.url}/?model=tiny")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('ready')",
-                timeout=60_000,
-            )
-            # Opening the page warms nothing: another site can open it, only the person in
-            # front of it starts a question.
-            time.sleep(0.5)
-            assert host.state is ModelState.COLD and host.last_used == 0
-            page.click("#prompt")  # the person starts their question
-            deadline = time.monotonic() + 60
-            while host.state is not ModelState.WARM and time.monotonic() < deadline:
-                time.sleep(0.02)
-            assert host.state is ModelState.WARM, "the page warmed the model as they started"
-            assert node.engine.telemetry.starts.labels("tiny", "cold")._value.get() == 0, (
-                "no question has been asked yet"
-            )
-            page.fill("#prompt", "Once upon a time")
-            page.click("button[type=submit]")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('first token')",
-                timeout=60_000,
-            )
-            answer = page.inner_text("#answer")
-            status = page.inner_text("#status")
-            page.screenshot(path=str(tmp_path / "chat-page.png"))
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(f"{node.node.http.url}/?model=tiny")
+        wait_for_status(page, "ready")
+        # Opening the page warms nothing: another site can open it, only the person in
+        # front of it starts a question.
+        time.sleep(0.5)
+        assert host.state is ModelState.COLD and host.last_used == 0
+        page.click("#prompt")  # the person starts their question
+        deadline = time.monotonic() + 60
+        while host.state is not ModelState.WARM and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert host.state is ModelState.WARM, "the page warmed the model as they started"
+        assert node.engine.telemetry.starts.labels("tiny", "cold")._value.get() == 0, (
+            "no question has been asked yet"
+        )
+        answer = ask(page, "Once upon a time")
+        status = page.inner_text("#status")
+        page.screenshot(path=str(tmp_path / "chat-page.png"))
     assert answer.strip(), "the answer streamed into the page"
     assert f"served by {node.node.peer_id}" in status
     assert node.engine.telemetry.starts.labels("tiny", "warm")._value.get() == 1, (
@@ -85,19 +98,14 @@ def test_a_page_warms_its_system_prompt_and_the_first_question_finds_it_cached(
     node = start_node(slots=2)
     assert node.node is not None and node.node.http is not None
     host = node.engine.hosts["tiny"]
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{node.node.http.url}/?model=tiny")
-            page.evaluate("system => window.meshdWarm('tiny', {system: system})", system)
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline and not any(
-                system in c.text and c.held_until > time.time() for c in host.free.caches
-            ):
-                time.sleep(0.02)
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(f"{node.node.http.url}/?model=tiny")
+        page.evaluate("system => window.meshdWarm('tiny', {system: system})", system)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            system in c.text and c.held_until > time.time() for c in host.free.caches
+        ):
+            time.sleep(0.02)
     assert any(system in c.text for c in host.free.caches), "the page warmed its system prompt"
     body = {
         "model": "tiny",
@@ -184,15 +192,10 @@ def test_the_official_js_sdk_works_from_a_page_of_another_origin(
     site.mkdir()
     (site / "openai").symlink_to(OPENAI_JS)
     (site / "index.html").write_text(SDK_PAGE % {"base": node.node.http.url})
-    with site_on(site, "127.0.0.1") as app, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{app}/index.html")
-            page.wait_for_function("window.result !== undefined", timeout=60_000)
-            result = page.evaluate("window.result")
-        finally:
-            browser.close()
+    with site_on(site, "127.0.0.1") as app, chromium_page() as page:
+        page.goto(f"{app}/index.html")
+        page.wait_for_function("window.result !== undefined", timeout=60_000)
+        result = page.evaluate("window.result")
     assert "error" not in result, result.get("error", "")
     assert result["usage"]["completion_tokens"] == 4 and result["chat"]
     assert result["streamedUsage"]["completion_tokens"] == 5 and result["streamed"]
@@ -252,19 +255,14 @@ def test_no_page_of_another_site_gets_anything(
         return [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
 
     # 127.0.0.2 is not an allowed origin: any site on the web, as the door sees it.
-    with site_on(site, "127.0.0.2") as evil, playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{evil}/index.html")
-            page.wait_for_function("window.result !== undefined", timeout=60_000)
-            result = page.evaluate("window.result")
-            deadline = time.monotonic() + 60  # the two forms and the framed page
-            while time.monotonic() < deadline and len(answered()) < 7:
-                time.sleep(0.05)
-            framed = page.frame_locator("#framed").locator("#status").count()
-        finally:
-            browser.close()
+    with site_on(site, "127.0.0.2") as evil, chromium_page() as page:
+        page.goto(f"{evil}/index.html")
+        page.wait_for_function("window.result !== undefined", timeout=60_000)
+        result = page.evaluate("window.result")
+        deadline = time.monotonic() + 60  # the two forms and the framed page
+        while time.monotonic() < deadline and len(answered()) < 7:
+            time.sleep(0.05)
+        framed = page.frame_locator("#framed").locator("#status").count()
     assert result == ["refused"] * 4, result
     assert framed == 0, "the chat page refuses to be framed by another site"
     lines = answered()
@@ -286,24 +284,10 @@ def test_the_chat_page_chats_with_the_demo_model(
     path = demo_model_path(tmp_path / "demo")
     node = start_node(models={DEMO_MODEL_NAME: path}, context=1024)
     assert node.node is not None and node.node.http is not None
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page()
-            page.goto(f"{node.node.http.url}/?model={DEMO_MODEL_NAME}")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('ready')",
-                timeout=60_000,
-            )
-            page.fill("#prompt", "Name three colours.")
-            page.click("button[type=submit]")
-            page.wait_for_function(
-                "document.getElementById('status').textContent.startsWith('first token')",
-                timeout=120_000,
-            )
-            answer = page.inner_text("#answer")
-        finally:
-            browser.close()
+    with chromium_page() as page:
+        page.goto(f"{node.node.http.url}/?model={DEMO_MODEL_NAME}")
+        wait_for_status(page, "ready")
+        answer = ask(page, "Name three colours.", timeout_ms=120_000)
     assert answer.strip(), "the answer streamed into the page"
     asked = [r.getMessage() for r in caplog.records if r.name == "meshd.http.access"]
     assert any(
