@@ -225,12 +225,19 @@ def test_disk_space_is_checked_before_downloading(
     import meshd.pull as pull_module
 
     class Tiny:
-        free = 1024
+        total, free = 10 * 2**30, 1024
 
     monkeypatch.setattr(pull_module.shutil, "disk_usage", lambda _path: Tiny)
     with pytest.raises(errors.InsufficientSpace, match="not enough disk space"):
         pull(ModelStore(tmp_path), HttpSource(server.url), name="m")
     assert server.behaviour.requests == ["bytes=0-0"], "only the probe, no download"
+
+    class Big:  # 5 GiB free is plenty for this file, but it is the disk's last 5%
+        total, free = 100 * 2**30, 5 * 2**30
+
+    monkeypatch.setattr(pull_module.shutil, "disk_usage", lambda _path: Big)
+    with pytest.raises(errors.InsufficientSpace, match=r"\(5% of the disk\) stay free"):
+        pull(ModelStore(tmp_path), HttpSource(server.url), name="m")
 
 
 def test_a_model_larger_than_the_memory_budget_warns_or_is_refused(
