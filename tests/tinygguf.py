@@ -125,6 +125,9 @@ def write_tiny_gguf(
     # <unk>, <s>, </s> and the byte tokens never win: generation runs to max_tokens and
     # produces readable pieces (byte fallback still serves the prompt side).
     output[: 3 + 256] = 0.0
+    # Nor do extra control tokens (a chat format's turn markers), which llama.cpp may take
+    # for the end of generation.
+    output[np.array(types) == int(gguf.TokenType.CONTROL)] = 0.0
     writer.add_tensor("token_embd.weight", weights(vocab, embedding, scale=1.0))
 
     def norm(name: str) -> None:

@@ -52,7 +52,10 @@ def test_a_file_without_a_template_chats_with_its_family_s(
     assert listed["own"]["chat_template"] == "gguf" and listed["own"]["chat"]
     assert listed["plain"]["chat_template"] == "" and listed["plain"]["chat"] is False
     answer = sdk.chat.completions.create(
-        model="chatml", messages=[{"role": "user", "content": "Hello"}], max_tokens=4
+        model="chatml",
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=4,
+        temperature=0,
     )
     assert answer.usage is not None and answer.usage.completion_tokens == 4
     # "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n": the turn markers are one
