@@ -56,7 +56,8 @@ def test_while_warm_holds_and_lets_go_with_a_real_helper(monkeypatch: pytest.Mon
         helper = keeper.helper
         warm[0] = False
         seen.append(not await until(lambda: not keeper.held))
-        seen.append(helper is not None and helper.returncode is not None)
+        # ... and the helper has exited (reaped a moment after the keeper lets it go).
+        seen.append(await until(lambda: helper is not None and helper.returncode is not None))
         await keeper.close()
         return seen
 
