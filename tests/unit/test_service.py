@@ -4,9 +4,11 @@ only where a systemd user manager runs."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import getpass
 import os
 import plistlib
+import re
 import shutil
 import subprocess
 import sys
@@ -226,3 +228,22 @@ def test_a_refused_install_leaves_no_unit_behind(
     with pytest.raises(ConfigError, match="Failed to connect to bus"):
         service.install(home, at_boot=True, platform="linux", root=root, run=no_user_manager)
     assert service.installed(home, platform="linux", root=root) is None
+
+
+def test_launchd_lets_the_daemon_drain_and_runs_it_at_full_speed() -> None:
+    """launchd kills a job a few seconds after SIGTERM unless ExitTimeOut says otherwise (the daemon
+    drains for drain_seconds), and throttles a Standard job's CPU and I/O; the runners nice
+    themselves, so the daemon need not be throttled too."""
+    from meshd.config import Settings
+
+    drain = next(f.default for f in dataclasses.fields(Settings) if f.name == "drain_seconds")
+    unit = render_unit(Path("/home/ann/.local/share/meshd"), "/x/python").decode()
+    unit_stop = re.search(r"TimeoutStopSec=(\d+)", unit)
+    assert unit_stop is not None
+    for user in ("", "ann"):
+        plist = plistlib.loads(
+            render_plist(MAC_HOME, "/opt/py/bin/python3", "/usr/bin:/bin", user, "staff")
+        )
+        assert plist["ProcessType"] == "Interactive"
+        assert plist["ExitTimeOut"] > drain + 10  # the drain, and the runners' exit after it
+        assert plist["ExitTimeOut"] == int(unit_stop.group(1)), "the same grace under systemd"
