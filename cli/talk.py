@@ -181,6 +181,7 @@ MODEL_COLUMNS = (
     Column("slots", wide_only=True, right=True),
     Column("quant", wide_only=True),
     Column("runner", wide_only=True),
+    Column("gpu", wide_only=True),
     Column("note", wide_only=True),
 )
 
@@ -220,6 +221,7 @@ def models(
                 str(m.slots),
                 m.quantization or "-",
                 _runner_cell(m),
+                _gpu_cell(m),
                 m.error,
             ]
         )
@@ -228,6 +230,15 @@ def models(
         for m in listed:
             if m.error:
                 console.print(f"{m.name}: {m.error}", highlight=False)
+
+
+def _gpu_cell(m: ModelInfo) -> str:
+    """Where a loaded model runs: 'all layers' or 'N layers' on the GPU, or 'cpu'."""
+    if not m.runner_pid:
+        return "-"
+    if m.gpu_layers == -1:
+        return "all layers"
+    return f"{m.gpu_layers} layers" if m.gpu_layers > 0 else "cpu"
 
 
 def _chat_cell(source: str) -> str:

@@ -56,6 +56,9 @@ class Settings:
     context: int = 2048
     threads: int = 0  # 0: one per physical core (load_settings fills it in)
     batch: int = 512
+    # Layers of each model on the GPU: -1 ("auto") all of them where llama.cpp was built with a
+    # GPU backend (Metal on a Mac), none where it was not.
+    gpu_layers: int = -1
     keep_alive: float = 1800.0
     memory_budget: int = 0  # 0: leave 25% of RAM free (load_settings fills it in)
     max_queue: int = 8
@@ -338,6 +341,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "context": _positive_int,
     "threads": _positive_int,
     "batch": _positive_int,
+    "gpu_layers": lambda v: -1 if str(v).strip().lower() == "auto" else _positive_int(v),
     "keep_alive": parse_duration,
     "memory_budget": parse_size,
     "max_queue": _positive_int,

@@ -124,6 +124,7 @@ class ModelInfo:
     runner_rss: int = 0  # its resident bytes
     restarts: int = 0  # runners started again after the previous one failed
     chat_template: str = ""  # where its chat template comes from; "" when it takes prompts only
+    gpu_layers: int = 0  # layers its runner put on the GPU (-1: all; 0: it runs on the CPU)
 
 
 @dataclass(frozen=True)

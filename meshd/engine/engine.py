@@ -83,6 +83,7 @@ class Engine:
             batch=settings.batch,
             use_mmap=settings.use_mmap,
             memory_limit=settings.runner_memory_limit,
+            gpu_layers=settings.gpu_layers,
         )
         self.supply = RunnerSupply(
             RunnerOptions(stall_timeout=settings.runner_stall_timeout), settings.spare_runner

@@ -41,6 +41,7 @@ class SlotOptions:
     batch: int
     use_mmap: bool
     memory_limit: int = 0  # a runner's resident bytes (0: from the model's needs)
+    gpu_layers: int = -1  # layers on the GPU (-1: all where the build can offload)
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,7 @@ class ModelHost:
                 LoadOptions(
                     str(self.path), opts.count, opts.context, opts.threads, opts.batch,
                     opts.use_mmap, template.text if template is not None else "",
+                    opts.gpu_layers,
                 )
             )  # fmt: skip
         except (ModelUnavailable, asyncio.CancelledError) as exc:
@@ -413,4 +415,5 @@ class ModelHost:
             runner_rss=runner.rss() if runner is not None else 0,
             restarts=self.restarts,
             chat_template=template.source if template is not None else "",
+            gpu_layers=runner.gpu_layers if runner is not None and runner.alive else 0,
         )

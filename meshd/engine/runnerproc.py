@@ -103,6 +103,7 @@ class RunnerProcess:
         self.closing = False
         # Resident bytes past which the runner is killed (0: no limit); its ModelHost sets it.
         self.memory_limit = 0
+        self.gpu_layers = 0  # layers its model runs on the GPU (-1: all), as it said when ready
         self._load: _Load | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._counts: dict[int, asyncio.Future[int]] = {}  # token counts asked, by id
@@ -307,6 +308,8 @@ class RunnerProcess:
         if op == "loaded":
             load.slots_loaded += 1
         elif op == "ready":
+            layers = message.get("gpu_layers", 0)
+            self.gpu_layers = layers if isinstance(layers, int) and -1 <= layers < 2**16 else 0
             load.done.set_result(float(message.get("load_seconds", 0.0)))
         else:
             reason = str(message.get("reason", "load failed"))[:STDERR_LINE_CHARS]

@@ -177,6 +177,7 @@ def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
         runner_rss_bytes=info.runner_rss,
         restarts=info.restarts,
         chat_template=info.chat_template,
+        gpu_layers=info.gpu_layers,
     )
 
 
@@ -201,6 +202,7 @@ def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
         runner_rss=m.runner_rss_bytes,
         restarts=m.restarts,
         chat_template=m.chat_template[:MAX_TEMPLATE_SOURCE],
+        gpu_layers=max(min(m.gpu_layers, 2**16), -1),
     )
 
 

@@ -38,6 +38,7 @@ class LoadOptions:
     batch: int
     use_mmap: bool
     chat_template: str = ""  # Jinja text for models whose file has none ("": the file's own)
+    gpu_layers: int = -1  # layers offloaded to the GPU (-1: all where the build can, else 0)
 
 
 def encode(message: dict[str, Any]) -> bytes:

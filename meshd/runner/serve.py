@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import llama_cpp
+
 from meshd.errors import MeshdError
 from meshd.runner import protocol
 from meshd.runner.generation import Job, prompt_tokens
+from meshd.runner.gpu import offload_layers
 from meshd.runner.savedstate import SavedState
 from meshd.runner.slot import Slot
 
@@ -80,6 +83,7 @@ class Runner:
         """Build every slot, one after another: the first maps the file, the rest share it."""
         opts = protocol.LoadOptions(**message["options"])
         started = time.monotonic()
+        gpu_layers = offload_layers(opts.gpu_layers, bool(llama_cpp.llama_supports_gpu_offload()))
         try:
             for i in range(opts.slots):
                 slot = Slot(f"slot-{i}")
@@ -91,13 +95,16 @@ class Runner:
                     batch=opts.batch,
                     use_mmap=opts.use_mmap,
                     chat_template=opts.chat_template,
+                    gpu_layers=gpu_layers,
                 ).result()
                 self.slots.append(slot)
                 self.send({"op": "loaded", "slot": i})
         except Exception as exc:
             self.send({"op": "failed", "reason": f"llama.cpp could not load it: {exc}"})
             return
-        self.send({"op": "ready", "load_seconds": time.monotonic() - started})
+        self.send(
+            {"op": "ready", "load_seconds": time.monotonic() - started, "gpu_layers": gpu_layers}
+        )
 
     def on_generate(self, message: dict[str, Any]) -> None:
         request_id, index = int(message["id"]), int(message["slot"])

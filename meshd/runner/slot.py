@@ -53,6 +53,7 @@ class Slot:
         batch: int,
         use_mmap: bool,
         chat_template: str = "",
+        gpu_layers: int = 0,
     ) -> None:
         """Map the weights and evaluate one token, so that the graph is built and pages faulted.
 
@@ -66,6 +67,7 @@ class Slot:
             n_threads_batch=threads,
             n_batch=batch,
             use_mmap=use_mmap,
+            n_gpu_layers=gpu_layers,
             verbose=False,
         )
         llm.chat_template = chat_template or llm.metadata.get("tokenizer.chat_template", "")

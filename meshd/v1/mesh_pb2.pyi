@@ -388,6 +388,7 @@ class ModelInfo(_message.Message):
     RUNNER_RSS_BYTES_FIELD_NUMBER: _builtins.int
     RESTARTS_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    GPU_LAYERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     path: _builtins.str
     size_bytes: _builtins.int
@@ -414,6 +415,8 @@ class ModelInfo(_message.Message):
     """runners started again after the previous one failed"""
     chat_template: _builtins.str
     """where its chat template comes from; empty: prompts only"""
+    gpu_layers: _builtins.int
+    """layers its runner put on the GPU (-1: all; 0: CPU only)"""
     def __init__(
         self,
         *,
@@ -435,10 +438,11 @@ class ModelInfo(_message.Message):
         runner_rss_bytes: _builtins.int = ...,
         restarts: _builtins.int = ...,
         chat_template: _builtins.str = ...,
+        gpu_layers: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "digest", b"digest", "error", b"error", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "digest", b"digest", "error", b"error", "gpu_layers", b"gpu_layers", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,6 +51,12 @@ def test_warm_models_and_health(daemon: DaemonProcess) -> None:
     assert models[0]["warm_until"] > 0 and models[0]["size_bytes"] > 0
     table = meshd("models", home=daemon.home)
     assert "tiny" in table.stdout and "warm" in table.stdout
+    import llama_cpp  # what this machine's build can offload decides where the model runs
+
+    offloads = bool(llama_cpp.llama_supports_gpu_offload())
+    assert models[0]["gpu_layers"] == (-1 if offloads else 0)
+    wide = meshd("models", "--wide", home=daemon.home).stdout
+    assert ("all layers" if offloads else "cpu") in wide
     health = meshd("health", "--json", home=daemon.home)
     assert health.returncode == 0
     assert json.loads(health.stdout) == {
