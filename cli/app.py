@@ -70,14 +70,14 @@ def serve(
         None, help="Context tokens per slot.", show_default=setting("context")
     ),
     threads: int | None = typer.Option(
-        None, help="llama.cpp threads.", show_default="one per physical core"
+        None, help="llama.cpp threads.", show_default="one per performance or physical core"
     ),
     pin: list[str] = typer.Option([], help="Keep this model warm always; repeat."),
     keep_alive: str | None = typer.Option(
         None, help="Keep an idle model warm this long.", show_default=setting("keep_alive")
     ),
     memory_budget: str | None = typer.Option(
-        None, help="Bytes for models.", show_default="75% of RAM"
+        None, help="Bytes for models.", show_default="75% of RAM; 2/3 on Apple Silicon up to 36 GiB"
     ),
     max_queue: int | None = typer.Option(
         None, help="Queued requests per model.", show_default=setting("max_queue")

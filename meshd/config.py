@@ -54,7 +54,7 @@ class Settings:
     pins: frozenset[str] = frozenset()
     slots: int = 1
     context: int = 2048
-    threads: int = 0  # 0: one per physical core (load_settings fills it in)
+    threads: int = 0  # 0: one per performance (else physical) core (load_settings fills it in)
     batch: int = 512
     # Layers of each model on the GPU: -1 ("auto") all of them where llama.cpp was built with a
     # GPU backend (Metal on a Mac), none where it was not.
@@ -451,11 +451,50 @@ def with_machine_defaults(settings: Settings) -> Settings:
     """Settings left at 0 that depend on this machine, filled in: the one place they are."""
     if settings.memory_budget and settings.threads:
         return settings
+    import platform
+
     import psutil  # here, not at the top: the CLI reads settings on every command
 
-    total, cores = psutil.virtual_memory().total, psutil.cpu_count(logical=False)
+    perf = _sysctl_int("hw.perflevel0.physicalcpu") if sys.platform == "darwin" else None
+    budget, threads = machine_defaults(
+        sys.platform,
+        platform.machine(),
+        psutil.virtual_memory().total,
+        psutil.cpu_count(logical=False) or psutil.cpu_count(),
+        perf,
+    )
     return replace(
         settings,
-        memory_budget=settings.memory_budget or total * 3 // 4,  # a quarter of RAM stays free
-        threads=settings.threads or cores or psutil.cpu_count() or 1,  # one per physical core
+        memory_budget=settings.memory_budget or budget,
+        threads=settings.threads or threads,
     )
+
+
+METAL_SMALL_RAM = 36 * 2**30  # up to this much RAM, Metal's working set is about two thirds
+
+
+def machine_defaults(
+    platform: str, machine: str, total: int, physical: int | None, performance: int | None
+) -> tuple[int, int]:
+    """The memory budget and llama.cpp threads for a machine: a quarter of RAM left free (on
+    Apple Silicon, no more than Metal's recommended working set: about two thirds of RAM up to
+    36 GiB, three quarters above, past which Metal's command buffers fail); one thread per
+    performance core where the machine says how many (an M4 mini's 4 of its 10), else per
+    physical core, as llama.cpp's own default."""
+    share = 3 / 4
+    if platform == "darwin" and machine == "arm64" and total <= METAL_SMALL_RAM:
+        share = 2 / 3
+    return int(total * share), performance or physical or 1
+
+
+def _sysctl_int(name: str) -> int | None:
+    """A macOS sysctl integer by name, without forking `sysctl`; None when there is none."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
+        failed = libc.sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0)
+    except (OSError, AttributeError):
+        return None
+    return int(value.value) if failed == 0 and value.value > 0 else None

@@ -138,3 +138,30 @@ def test_a_name_is_matched_whole(name: str) -> None:
         parse_name(name)
     with pytest.raises(ConfigError):
         load_settings(Path("/nonexistent-home"), {"models": ["ok\nthen=/m.gguf"]}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("platform", "machine", "total", "physical", "performance", "budget", "threads"),
+    [
+        ("linux", "x86_64", 24 * 2**30, 2, None, 18 * 2**30, 2),  # this machine
+        ("darwin", "arm64", 16 * 2**30, 10, 4, 16 * 2**30 * 2 // 3, 4),  # an M4 mini
+        ("darwin", "arm64", 64 * 2**30, 12, 8, 48 * 2**30, 8),  # Metal allows 3/4 here
+        ("darwin", "x86_64", 16 * 2**30, 4, None, 12 * 2**30, 4),  # an Intel Mac: no Metal cap
+        ("linux", "aarch64", 8 * 2**30, None, None, 6 * 2**30, 1),  # cores unknown: one thread
+    ],
+)
+def test_machine_defaults(
+    platform: str,
+    machine: str,
+    total: int,
+    physical: int | None,
+    performance: int | None,
+    budget: int,
+    threads: int,
+) -> None:
+    """A quarter of RAM stays free, within Metal's working set on Apple Silicon; a thread per
+    performance core where the machine says, else per physical core."""
+    from meshd.config import machine_defaults
+
+    got = machine_defaults(platform, machine, total, physical, performance)
+    assert got[1] == threads and abs(got[0] - budget) <= 1
