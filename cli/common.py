@@ -53,11 +53,7 @@ def setting(name: str) -> str:
 
     (value,) = [f.default for f in fields(Settings) if f.name == name]
     if name in DURATIONS and isinstance(value, float):
-        seconds = int(value)
-        for unit, size in (("h", 3600), ("m", 60)):
-            if seconds >= size and seconds % size == 0:
-                return f"{seconds // size}{unit}"
-        return f"{seconds}s"
+        return human_duration(value)
     return str(value)
 
 
@@ -173,9 +169,9 @@ def human_until(unix: float) -> str:
 
 
 def human_duration(seconds: float) -> str:
-    """3600 -> '1h', 90 -> '1m 30s', 604800 -> '7d'."""
+    """3600 -> '1h', 1800 -> '30m', 90 -> '1m 30s', 604800 -> '7d'."""
     seconds = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600)):
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

@@ -12,8 +12,8 @@ from meshd.fsutil import read_small_file
 
 MAX_TEMPLATE_BYTES = 64 * 1024  # a chat template file; real ones are a few KiB
 
-# The formats of the model families meshd knows, in the Hugging Face Jinja dialect that
-# llama-cpp-python's formatter renders (messages, bos_token, eos_token, add_generation_prompt).
+# The formats of the model families meshd knows, in the Hugging Face Jinja dialect the runner
+# renders (meshd.runner.chatrender: messages, bos_token, eos_token, add_generation_prompt).
 GEMMA = (
     "{{ bos_token }}"
     "{%- if messages[0]['role'] == 'system' -%}"

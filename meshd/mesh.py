@@ -152,7 +152,7 @@ class Mesh:
         """While paused, only the owner's own requests run here: one another peer sent (hops
         > 0), or an app or peer asked directly, is refused; a sender tries elsewhere before
         any token."""
-        why = self.paused() if hops > 0 or not from_owner else ""
+        why = self.paused() if _for_others(hops, from_owner) else ""
         if why:
             raise PeerUnavailable(f"{self.peer_id} takes no mesh requests: {why}")
 
@@ -266,7 +266,7 @@ class Mesh:
         parse_name(model, field="model")
         validate_warm(lease, replicas)
         self._refuse_if_paused(hops, from_owner)
-        if hops > 0 or not from_owner:  # an app's or another peer's: held here an hour at most
+        if _for_others(hops, from_owner):  # an app's or another peer's: held an hour at most
             lease = min(lease, self.remote_lease_cap)
         await self.engine.refresh()
         if pull_from and model not in self.engine.hosts:
@@ -403,3 +403,8 @@ def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:
     if chunk.finish_reason is None and not first:
         return chunk
     return dataclasses.replace(chunk, routing_reason=decision.reason, wire=None)
+
+
+def _for_others(hops: int, from_owner: bool) -> bool:
+    """A request another peer forwarded, or an app or peer asked directly: not the owner's."""
+    return hops > 0 or not from_owner
