@@ -19,8 +19,6 @@ from typing import Any
 from zeroconf import IPVersion, ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from meshd.addresses import announce_addresses
-
 log = logging.getLogger("meshd.discovery")
 SERVICE_TYPE = "_meshd._tcp.local."
 
@@ -37,13 +35,13 @@ class Discovery:
         self,
         peer_id: str,
         mesh_id: str,
-        listen_host: str,
+        addresses: list[str],
         port: int,
         properties: dict[str, str],
         found: Callable[[str, str], None],
     ) -> None:
         self.peer_id, self.mesh_id = peer_id, mesh_id
-        self.addresses = announce_addresses(listen_host)
+        self.addresses = addresses
         self.port, self.properties, self.found = port, properties, found
         self.zeroconf: AsyncZeroconf | None = None
         self.browser: AsyncServiceBrowser | None = None

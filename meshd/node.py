@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.core import Metric
 
 from meshd import __version__, gossip
-from meshd.addresses import is_loopback, is_wildcard, reachable_hosts
+from meshd.addresses import announce_addresses, is_loopback, is_wildcard, lan_ipv4, reachable_hosts
 from meshd.awake import KeepAwake
 from meshd.config import Settings
 from meshd.daemonfile import remove_daemon_file, write_daemon_file
@@ -27,6 +27,7 @@ from meshd.homelock import HomeLock
 from meshd.hostload import HostWatch, YieldRules
 from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
+from meshd.netwatch import AddressWatch
 from meshd.pause import PauseState, UnloadWhilePaused
 from meshd.peers import PeerTable
 from meshd.renewal import Renewer
@@ -110,6 +111,7 @@ class Node:
         self.servicer = MeshServicer(self.mesh, self.store, self.trust, self.telemetry)
         self.admin = AdminServicer(self.trust, self.desk)
         self.discovery: Discovery | None = None
+        self.address_watch = AddressWatch(lan_ipv4, self._addresses_changed)
         self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
         self.http: HttpServer | None = None
         self.awake = KeepAwake(settings.keep_awake)
@@ -205,6 +207,8 @@ class Node:
             self.host_watch.start(os.getpid())
         if self.settings.discovery and self.port:
             await self._start_discovery()
+        if self.port and is_wildcard(self.host):  # a bound host does not move; the LAN may
+            self.address_watch.start(lan_ipv4())
         http = (
             f"{self.settings.http_listen.rpartition(':')[0]}:{self.http.port}" if self.http else ""
         )
@@ -332,6 +336,7 @@ class Node:
         servers, self.servers = self.servers, []
         if servers:
             await self.health.enter_graceful_shutdown()
+            await self.address_watch.close()
             if self.discovery is not None:
                 await self.discovery.close()  # the mDNS goodbye
             drain = self.settings.drain_seconds if grace is None else grace
@@ -358,10 +363,14 @@ class Node:
         if is_loopback(host):
             log.info("listening on loopback only: not announcing on the network")
             return
+        addresses = announce_addresses(host)
+        if not addresses:
+            log.info("no LAN address yet: mDNS starts when the network comes up")
+            return
         self.discovery = Discovery(
             self.peer_id,
             self.mesh.mesh_id,
-            host,
+            addresses,
             self.port,
             txt_record(self.peer_id, self.mesh.mesh_id, __version__, self.port),
             self._found_by_mdns,
@@ -371,6 +380,19 @@ class Node:
         except OSError as exc:  # no multicast here: static peers still work
             log.warning("mDNS discovery is off: %s", exc)
             self.discovery = None
+
+    async def _addresses_changed(self, addresses: list[str]) -> None:
+        """The LAN addresses changed (network up, new DHCP lease): advertise the new ones, and
+        announce on the interfaces there are now."""
+        if not self.settings.advertise:
+            self.mesh.address = self._advertised_address()
+        self.table.set_own(self._own_addresses())
+        if not self.settings.discovery or not self.servers:
+            return
+        discovery, self.discovery = self.discovery, None
+        if discovery is not None:
+            await discovery.close()
+        await self._start_discovery()
 
     def _found_by_mdns(self, address: str, peer_id: str) -> None:
         self.table.add(address, peer_id, teller=gossip.MDNS)

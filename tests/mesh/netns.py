@@ -71,6 +71,15 @@ class Hosts:
             _ip("-n", name, "link", "set", "lo", "up")
             _ip("-n", name, "route", "add", "224.0.0.0/4", "dev", "eth0")
 
+    def remove_address(self, i: int) -> None:
+        """Host i loses its address (a machine up before its network), keeping its routes."""
+        _ip("-n", self.names[i], "addr", "del", f"{self.ips[i]}/24", "dev", "eth0")
+
+    def add_address(self, i: int) -> None:
+        """Host i gets its address (back), as from DHCP."""
+        _ip("-n", self.names[i], "addr", "add", f"{self.ips[i]}/24", "dev", "eth0")
+        _ip("-n", self.names[i], "route", "replace", "224.0.0.0/4", "dev", "eth0")
+
     def prefix(self, i: int) -> Sequence[str]:
         """Command prefix that runs a program on host i."""
         return ("ip", "netns", "exec", self.names[i])

@@ -83,3 +83,36 @@ def test_peers_find_each_other_over_mdns_and_ignore_another_mesh(
     finally:
         for daemon in [*daemons, stranger]:
             daemon.stop()
+
+
+def test_a_peer_started_before_the_network_is_found_once_it_comes_up(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    """A boot daemon starts before DHCP: no LAN address, so it advertises loopback and cannot
+    announce. When the address arrives it announces on it, and the others find it."""
+    rig = Hosts(2)
+    late = None
+    try:
+        rig.remove_address(0)
+        late = DaemonProcess(
+            tmp_path / "h0",
+            [f"m0={tiny_model}"],
+            listen=f"0.0.0.0:{PORT}",
+            extra_args=["--mesh-id", "friends", "--threads", "1"],
+            env={"MESHD_DISCOVERY": "true", "MESHD_HEARTBEAT_INTERVAL": "0.5s"},
+            prefix=rig.prefix(0),
+        ).start(timeout=60)
+        other = start(rig, 1, tmp_path / "h1", f"m1={tiny_model}")
+        late_id = Keyring(tmp_path / "h0").peer_id()
+        assert seen_by(rig, 1) == {}, "nothing to find before the network is up"
+        rig.add_address(0)
+        deadline = time.monotonic() + 60
+        while seen_by(rig, 1).get(late_id) is not True:
+            assert time.monotonic() < deadline, f"never found: {late.log_tail(10)}"
+            time.sleep(0.5)
+        assert "network addresses changed: none → 10.213.0.1" in late.log_path.read_text()
+        other.stop()
+    finally:
+        if late is not None:
+            late.stop()
+        rig.close()
