@@ -131,14 +131,15 @@ def join(
         None,
         "--at-boot/--at-login",
         help="Start the service at boot, with nobody logged in, or at login.",
-        show_default="asked",
+        show_default="asked; at boot on macOS when it cannot ask",
     ),
     home: Path | None = HomeOption,
 ) -> None:
     """Join a friend's mesh: identity, signed certificate, config, and the service started."""
-    from meshd import service as service_files
     from meshd.daemonfile import stop_daemon
     from meshd.rpc.join import join_mesh
+
+    from .service import default_at_boot, install_service
 
     with errors_as_exit():
         settings = load_settings(home)
@@ -149,14 +150,16 @@ def join(
         if no_service:
             console.print("start serving with `meshd service install` or `meshd serve`")
             return
-        if at_boot is None:
-            at_boot = sys.stdin.isatty() and typer.confirm(
+        if at_boot is None and sys.stdin.isatty():
+            at_boot = typer.confirm(
                 "Start meshd when this machine boots, even with nobody logged in? (a Mac mini "
                 "restarted by an update stays in the mesh)",
                 default=True,
             )
+        if at_boot is None:
+            at_boot = default_at_boot()
         stop_daemon(settings.home, settings.drain_seconds + 5)  # it started outside the mesh
-        installed = service_files.install(settings.home, at_boot=at_boot)
+        installed = install_service(settings.home, at_boot, settings.drain_seconds)
     when = "at boot" if installed.at_boot else "at login"
     console.print(f"installed and started the {installed.kind} service ({when}): {installed.path}")
 

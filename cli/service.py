@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from meshd import service as service_files
-from meshd.config import load_settings
+from meshd.config import default_home, load_settings
 
 from .common import HomeOption, JsonOption, console, err_console, errors_as_exit, print_json
 
@@ -19,24 +20,53 @@ app = typer.Typer(
 
 
 AtBootOption = typer.Option(
-    False,
-    "--at-boot",
-    help="Start at boot with nobody logged in (macOS: a LaunchDaemon, asks for sudo; "
-    "Linux: lingering for this user).",
+    None,
+    "--at-boot/--at-login",
+    help="Start at boot with nobody logged in (macOS: a LaunchDaemon, asks for sudo; Linux: "
+    "lingering for this user), or at login.",
+    show_default="at boot on macOS, at login elsewhere",
+)
+AGENT_NOTE = (
+    "note: on macOS 15 and later, Local Network privacy can keep a login service (python, not "
+    "an app) off the LAN without asking; if peers never appear, use --at-boot"
 )
 
 
+def default_at_boot(platform: str = sys.platform) -> bool:
+    """At boot on macOS (a LaunchDaemon: no login needed, and exempt from Local Network
+    privacy); at login elsewhere (lingering is the user's to turn on)."""
+    return platform == "darwin"
+
+
+def install_service(home: Path, at_boot: bool, drain_seconds: float) -> service_files.ServiceFile:
+    """Install with the words a person needs around it: why sudo, what may block an agent."""
+    if sys.platform == "darwin" and at_boot and os.geteuid() != 0:
+        err_console.print(
+            "a LaunchDaemon lives in /Library/LaunchDaemons, which only an administrator "
+            "may write: sudo asks for your password once",
+            highlight=False,
+        )
+    if sys.platform == "darwin" and not at_boot:
+        err_console.print(AGENT_NOTE, highlight=False)
+    return service_files.install(home, at_boot=at_boot, drain_seconds=drain_seconds)
+
+
+def service_home(home: Path | None) -> Path | None:
+    """Under sudo, the home of the user who ran it (their service, their models), unless
+    one is named."""
+    user = service_files.service_user()
+    if home is None and user.by_root and not os.environ.get("MESHD_HOME"):
+        return default_home(user.home)
+    return home
+
+
 @app.command()
-def install(home: Path | None = HomeOption, at_boot: bool = AtBootOption) -> None:
-    """Write the service definition and start meshd now and at every login (or boot)."""
+def install(home: Path | None = HomeOption, at_boot: bool | None = AtBootOption) -> None:
+    """Write the service definition and start meshd now and at every boot (or login)."""
     with errors_as_exit():
-        if at_boot and sys.platform == "darwin":
-            err_console.print(
-                "a LaunchDaemon lives in /Library/LaunchDaemons, which only an administrator "
-                "may write: sudo asks for your password once",
-                highlight=False,
-            )
-        done = service_files.install(load_settings(home).home, at_boot=at_boot)
+        settings = load_settings(service_home(home))
+        at_boot = default_at_boot() if at_boot is None else at_boot
+        done = install_service(settings.home, at_boot, settings.drain_seconds)
     console.print(f"installed {done.kind} service: {done.path}", highlight=False)
     when = (
         "it starts at boot, with nobody logged in"
@@ -50,7 +80,7 @@ def install(home: Path | None = HomeOption, at_boot: bool = AtBootOption) -> Non
 def uninstall(home: Path | None = HomeOption) -> None:
     """Stop the service and remove its definition (whichever variant is installed)."""
     with errors_as_exit():
-        removed = service_files.uninstall(load_settings(home).home)
+        removed = service_files.uninstall(load_settings(service_home(home)).home)
     for service in removed:
         console.print(f"removed {service.path}", highlight=False)
     if not removed:
@@ -61,7 +91,7 @@ def uninstall(home: Path | None = HomeOption) -> None:
 def status(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
     """Is the service installed? Exit 0 when it is, 1 when not."""
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = load_settings(service_home(home))
         found = service_files.installed(settings.home)
         definition = found or service_files.service_file(settings.home)
     present = found is not None

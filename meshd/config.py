@@ -131,11 +131,14 @@ class Settings:
         return {spec.name: spec.path for spec in self.models}
 
 
-def default_home() -> Path:
-    """The per-user data folder: ~/Library/Application Support/meshd or $XDG_DATA_HOME/meshd."""
+def default_home(user_home: Path | None = None) -> Path:
+    """The per-user data folder: ~/Library/Application Support/meshd or $XDG_DATA_HOME/meshd
+    (of this user, or of the one whose home folder is user_home)."""
+    home = user_home or Path.home()
     if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "meshd"
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+        return home / "Library" / "Application Support" / "meshd"
+    xdg = os.environ.get("XDG_DATA_HOME") if user_home is None else None
+    base = xdg or str(home / ".local" / "share")
     return Path(base) / "meshd"
 
 

@@ -14,6 +14,7 @@ from grpc import aio
 
 from meshd.addresses import is_loopback
 from meshd.gossip import MAX_PER_TELLER, host_of
+from meshd.lanblock import LanBlockHint
 from meshd.logthrottle import Throttle
 from meshd.peers import PeerTable
 from meshd.rpc import channels, convert
@@ -46,14 +47,17 @@ class Membership:
         self._task: asyncio.Task[None] | None = None
         self._first_beats: set[asyncio.Task[None]] = set()
         self._throttle = Throttle()
+        self.lan_block = LanBlockHint()
 
     def _refused(self, address: str, exc: grpc.RpcError) -> None:
         """A heartbeat the peer refused (too large, permission, a bug) is logged, once a
         minute per address: an unreachable one is just backed off."""
         code = exc.code() if isinstance(exc, aio.AioRpcError) else None
+        details = (exc.details() or "")[:200] if isinstance(exc, aio.AioRpcError) else ""
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self.lan_block.dial_failed(details)
         if code is None or code in _UNREACHABLE:
             return
-        details = (exc.details() or "")[:200] if isinstance(exc, aio.AioRpcError) else ""
         self._throttle.log(
             log, logging.WARNING, address, "heartbeat to %s refused: %s %s", address, code.name,
             details,
