@@ -458,13 +458,14 @@ def with_machine_defaults(settings: Settings) -> Settings:
 
     import psutil  # here, not at the top: the CLI reads settings on every command
 
-    perf = _sysctl_int("hw.perflevel0.physicalcpu") if sys.platform == "darwin" else None
+    from meshd.macos import performance_cores
+
     budget, threads = machine_defaults(
         sys.platform,
         platform.machine(),
         psutil.virtual_memory().total,
         psutil.cpu_count(logical=False) or psutil.cpu_count(),
-        perf,
+        performance_cores(),
     )
     return replace(
         settings,
@@ -488,16 +489,3 @@ def machine_defaults(
     if platform == "darwin" and machine == "arm64" and total <= METAL_SMALL_RAM:
         share = 2 / 3
     return int(total * share), performance or physical or 1
-
-
-def _sysctl_int(name: str) -> int | None:
-    """A macOS sysctl integer by name, without forking `sysctl`; None when there is none."""
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        value, size = ctypes.c_int64(0), ctypes.c_size_t(8)
-        failed = libc.sysctlbyname(name.encode(), ctypes.byref(value), ctypes.byref(size), None, 0)
-    except (OSError, AttributeError):
-        return None
-    return int(value.value) if failed == 0 and value.value > 0 else None

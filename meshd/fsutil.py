@@ -3,6 +3,7 @@ read without trusting what they are."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import sys
@@ -12,14 +13,18 @@ from pathlib import Path
 from meshd.errors import ConfigError
 
 
-def fsync_file(fd: int) -> None:
-    """Flush a file to stable storage (F_FULLFSYNC on macOS, where plain fsync is not enough)."""
-    if sys.platform == "darwin":
-        import fcntl
-
-        fcntl.fcntl(fd, fcntl.F_FULLFSYNC)
-    else:
-        os.fsync(fd)
+def fsync_file(fd: int, platform: str = sys.platform) -> None:
+    """Flush a file to stable storage: F_FULLFSYNC on macOS, where plain fsync leaves the data
+    in the drive's cache, and fsync where the file system refuses it (SMB, FAT, some external
+    drives answer ENOTSUP or EINVAL)."""
+    full = getattr(fcntl, "F_FULLFSYNC", None) if platform == "darwin" else None
+    if full is not None:
+        try:
+            fcntl.fcntl(fd, full)
+            return
+        except OSError:
+            pass
+    os.fsync(fd)
 
 
 def fsync_dir(path: Path) -> None:

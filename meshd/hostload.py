@@ -2,16 +2,17 @@
 elsewhere first.
 
 `yield_reason` is a pure decision over a sample of the host (CPU used by other processes,
-memory pressure, battery); `sample_host` takes that sample on Linux (PSI, /proc/pressure/memory)
-and macOS (`kern.memorystatus_vm_pressure_level`). A yielding peer is the routing's last resort;
-under critical memory pressure its idle models are unloaded at once.
+memory pressure, battery); `HostSampler` takes that sample on Linux (PSI,
+/proc/pressure/memory) and macOS (`kern.memorystatus_vm_pressure_level`, read in the process,
+see meshd.macos). A sample that fails is logged (once a minute) and skipped: the watch never
+ends on one bad reading. A yielding peer is the routing's last resort; under critical memory
+pressure its idle models are unloaded at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from meshd.logthrottle import Throttle
+from meshd.macos import memory_pressure_level
 from meshd.tasks import stop_task
 
 log = logging.getLogger("meshd.host")
@@ -78,13 +81,8 @@ def parse_macos_pressure(level: str) -> str:
 
 def memory_pressure(platform: str = sys.platform) -> str:
     if platform == "darwin":
-        done = subprocess.run(
-            ["sysctl", "-n", "kern.memorystatus_vm_pressure_level"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        )
-        return parse_macos_pressure(done.stdout)
+        level = memory_pressure_level()
+        return parse_macos_pressure(str(level)) if level is not None else NORMAL
     try:
         return parse_psi(PSI.read_text())
     except OSError:  # no PSI (older kernels, containers): fall back on available memory
@@ -133,10 +131,13 @@ class HostWatch:
         report: Callable[[str], None],
         unload_idle: Callable[[], Awaitable[list[str]]],
         every: float = WATCH_EVERY_S,
+        make_sampler: Callable[[int], HostSampler] = HostSampler,
     ) -> None:
         self.rules, self.report, self.unload_idle, self.every = rules, report, unload_idle, every
+        self.make_sampler = make_sampler
         self.reason = ""
         self._task: asyncio.Task[None] | None = None
+        self._failures = Throttle()
 
     def start(self, own_pid: int) -> None:
         """Start watching (idempotent)."""
@@ -144,11 +145,19 @@ class HostWatch:
             self._task = asyncio.create_task(self._run(own_pid), name="meshd-host-watch")
 
     async def _run(self, own_pid: int) -> None:
-        sampler = await asyncio.to_thread(HostSampler, own_pid)
+        sampler = None
         while True:
+            try:
+                if sampler is None:
+                    sampler = await asyncio.to_thread(self.make_sampler, own_pid)
+                sample = await asyncio.to_thread(sampler.sample)
+            except Exception as error:  # psutil, /proc or sysctl failing once is no reason to stop
+                self._failures.log(
+                    log, logging.WARNING, "sample", "cannot sample the host: %s", error
+                )
+            else:
+                await self.apply(sample)
             await asyncio.sleep(self.every)
-            sample = await asyncio.to_thread(sampler.sample)
-            await self.apply(sample)
 
     async def apply(self, sample: HostSample) -> None:
         """Act on one sample: report the reason (logging changes), unload if critical."""

@@ -11,6 +11,7 @@ import hashlib
 import http.client
 import os
 import shutil
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -103,17 +104,32 @@ def hf_url(source: str) -> str:
     return f"https://huggingface.co/{org}/{repo}/resolve/main/{rest}"
 
 
+def https_context() -> ssl.SSLContext:
+    """TLS for HTTPS pulls, verified against the operating system's own trust store (the
+    Keychain on macOS, the distribution's CA bundle on Linux) through truststore: python.org's
+    Python for macOS ships no CA roots of its own until its "Install Certificates" step runs,
+    so its default context refuses every HTTPS server."""
+    try:
+        import truststore
+    except ImportError:  # a partial install: Python's own defaults
+        return ssl.create_default_context()
+    return truststore.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class HttpSource:
     """An HTTP(S) URL; resumes with Range, follows redirects, gives up after a stall."""
 
     def __init__(self, url: str, stall_timeout: float = STALL_TIMEOUT_S) -> None:
         self.url, self.label, self.stall_timeout = url, url, stall_timeout
+        self.context = https_context()  # also for a redirect from http: to https:
 
     def _open(self, offset: int, end: str = "") -> tuple[object, int, int | None]:
         """The response from offset on, where it really starts, and the whole file's size."""
         request = urllib.request.Request(self.url, headers={"Range": f"bytes={offset}-{end}"})
         try:
-            response = urllib.request.urlopen(request, timeout=self.stall_timeout)
+            response = urllib.request.urlopen(
+                request, timeout=self.stall_timeout, context=self.context
+            )
         except urllib.error.HTTPError as exc:
             if exc.code == 416:  # asked past the end: what we hold is complete or wrong
                 return None, offset, offset

@@ -1,11 +1,13 @@
-"""A real HTTP server on 127.0.0.1 serving one file with Range support; misbehaves on cue."""
+"""A real HTTP(S) server on 127.0.0.1 serving one file with Range support; misbehaves on cue."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 
 @dataclass
@@ -25,7 +27,7 @@ class Behaviour:
 class FileServer:
     """Serves `content` at /model.gguf; /moved redirects there."""
 
-    def __init__(self, content: bytes) -> None:
+    def __init__(self, content: bytes, tls: ssl.SSLContext | None = None) -> None:
         self.content = content
         self.behaviour = Behaviour()
         server = self
@@ -39,7 +41,11 @@ class FileServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/model.gguf"
+        scheme = "http"
+        if tls is not None:  # HTTPS with the certificate the context holds
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}/model.gguf"
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
@@ -108,3 +114,40 @@ class FileServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def https_for_loopback(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A test CA (its PEM written to folder, the only place that trusts it) and a server context
+    holding a certificate it signed for 127.0.0.1."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from meshd.security import pki
+
+    ca_key, ca = pki.create_ca("test-https")
+    key = pki.new_key()
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (folder / n for n in ("ca.pem", "server.pem", "server.key"))
+    ca_file.write_bytes(pki.cert_pem(ca))
+    cert_file.write_bytes(pki.cert_pem(cert))
+    key_file.write_bytes(pki.key_pem(key))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    return ca_file, context

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from helpers import assert_store_consistent, digest_of
-from httpserver import FileServer
+from httpserver import FileServer, https_for_loopback
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshd import errors
@@ -112,6 +112,27 @@ def test_http_pull_with_expected_digest(tmp_path: Path, server: FileServer) -> N
     assert seen[-1] == len(server.content)
     assert_store_consistent(store)
     assert list(store.partial.iterdir()) == [], "a finished download leaves no lock behind"
+
+
+def test_https_pulls_verify_against_the_systems_trust_store(
+    tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS is verified with the operating system's CA store (truststore), so a Python that
+    ships no roots of its own still pulls; a server the store does not vouch for is refused."""
+    import truststore
+
+    ca_file, tls = https_for_loopback(tmp_path)
+    assert isinstance(HttpSource("https://example.invalid/m.gguf").context, truststore.SSLContext)
+    server = FileServer(tiny_model.read_bytes(), tls=tls)
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        with pytest.raises(errors.DownloadFailed, match="CERTIFICATE_VERIFY_FAILED"):
+            pull(ModelStore(tmp_path / "a"), HttpSource(server.url), name="m")
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the system store now holds the CA
+        done = pull(ModelStore(tmp_path / "b"), HttpSource(server.url), name="m")
+        assert done.model.digest == digest_of(server.content)
+    finally:
+        server.close()
 
 
 def test_http_redirect_is_followed(tmp_path: Path, server: FileServer) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
+
+import pytest
 
 from meshd.hostload import (
     CRITICAL,
@@ -83,3 +86,58 @@ def test_the_watch_reports_changes_and_unloads_under_critical_pressure() -> None
         "",
     ]
     assert unloads == [1]
+
+
+def test_a_failed_sample_is_logged_once_and_the_watch_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """On macOS a sample once forked `sysctl`, and one failure ended the watch for good (and
+    broke shutdown). Failures are now skipped: the next sample is taken as usual."""
+    import asyncio
+
+    from meshd.hostload import HostSampler, HostWatch
+
+    samples = [OSError("sysctl: fork failed"), OSError("again"), sample(cpu=0.9)]
+
+    class Flaky(HostSampler):
+        def __init__(self, own_pid: int) -> None:
+            pass
+
+        def sample(self) -> HostSample:
+            next_one = samples.pop(0) if samples else sample(cpu=0.9)
+            if isinstance(next_one, Exception):
+                raise next_one
+            return next_one
+
+    async def scenario() -> list[str]:
+        reports: list[str] = []
+        arrived = asyncio.Event()
+
+        def report(reason: str) -> None:
+            reports.append(reason)
+            arrived.set()
+
+        async def unload() -> list[str]:
+            return []
+
+        watch = HostWatch(RULES, report, unload, every=0.01, make_sampler=Flaky)
+        watch.start(0)
+        try:
+            await asyncio.wait_for(arrived.wait(), timeout=60)
+        finally:
+            await watch.close()
+        return reports
+
+    with caplog.at_level(logging.WARNING, logger="meshd.host"):
+        assert asyncio.run(scenario()) == ["its owner's work uses over 75% of the CPU"]
+    failures = [r for r in caplog.records if "cannot sample the host" in r.getMessage()]
+    assert len(failures) == 1, "logged once a minute, not at every sample"
+
+
+def test_macos_pressure_is_read_in_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshd import hostload
+
+    monkeypatch.setattr(hostload, "memory_pressure_level", lambda: 4)
+    assert hostload.memory_pressure("darwin") == CRITICAL
+    monkeypatch.setattr(hostload, "memory_pressure_level", lambda: None)  # no such sysctl
+    assert hostload.memory_pressure("darwin") == NORMAL
