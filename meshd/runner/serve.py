@@ -2,14 +2,13 @@
 
 The main thread reads frames; each slot runs jobs on its own thread and writes its frames
 under one lock. The runner exits when the daemon says so or when the socket closes (the daemon
-is gone), and on Linux the kernel kills it if the daemon dies first.
+is gone), and dies with the daemon even mid-decode (meshd.runner.parentwatch).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import logging
 import os
 import resource
@@ -27,11 +26,11 @@ from meshd.errors import MeshdError
 from meshd.runner import protocol
 from meshd.runner.generation import Job, prompt_tokens
 from meshd.runner.gpu import offload_layers
+from meshd.runner.parentwatch import die_with_parent
 from meshd.runner.savedstate import SavedState
 from meshd.runner.slot import Slot
 
 log = logging.getLogger("meshd.runner")
-PR_SET_PDEATHSIG = 1
 RUNNER_NICE = 5
 
 
@@ -151,15 +150,6 @@ class Runner:
         finally:
             with self.jobs_lock:
                 self.jobs.pop(request_id, None)
-
-
-def die_with_parent(parent: int) -> None:
-    """Linux: have the kernel kill this process when the daemon that started it dies."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if parent and os.getppid() != parent:  # the daemon died before prctl took effect
-        os._exit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
