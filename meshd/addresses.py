@@ -42,6 +42,7 @@ class Interface:
     ipv4: tuple[str, ...]
     up: bool
     point_to_point: bool  # a tunnel: VPN, Tailscale, WireGuard, PPP, macOS utun
+    multicast: bool = True  # psutil before 5.9.3 does not say: assume it can
 
 
 def read_interfaces() -> list[Interface]:
@@ -52,10 +53,11 @@ def read_interfaces() -> list[Interface]:
     found = []
     for name, addresses in psutil.net_if_addrs().items():
         stat = stats.get(name)
-        flags = str(getattr(stat, "flags", "")).split(",")  # psutil ≥ 5.9.3
+        flags = getattr(stat, "flags", None)  # psutil ≥ 5.9.3
+        said = str(flags).split(",") if flags is not None else ["multicast"]
         ipv4 = tuple(a.address for a in addresses if a.family == socket.AF_INET)
         up = stat is not None and stat.isup
-        found.append(Interface(name, ipv4, up, "pointopoint" in flags))
+        found.append(Interface(name, ipv4, up, "pointopoint" in said, "multicast" in said))
     return found
 
 

@@ -14,7 +14,7 @@ import psutil
 
 from meshd import service
 from meshd.awake import HELPERS
-from meshd.checks import Check
+from meshd.checks import NOT_LINUX, NOT_MAC, Check
 from meshd.config import Settings
 from meshd.logfile import log_files, log_path
 
@@ -51,7 +51,7 @@ def starts_at_boot(settings: Settings, root: Path = Path("/")) -> Check:
 
 def lingering(platform: str = sys.platform, root: Path = Path("/")) -> Check:
     if not platform.startswith("linux"):
-        return Check("linger (Linux)", "skip", "not Linux")
+        return Check("linger (Linux)", "skip", NOT_LINUX)
     if service.linger_file(root).exists():
         return Check("linger (Linux)", "ok", "on: this user's services start at boot")
     fix = "`meshd service install --at-boot` (it runs `loginctl enable-linger`)"
@@ -60,7 +60,7 @@ def lingering(platform: str = sys.platform, root: Path = Path("/")) -> Check:
 
 def sleep_settings(settings: Settings, pmset: str | None) -> Check:
     if pmset is None:
-        return Check("sleep settings (macOS)", "skip", "not macOS")
+        return Check("sleep settings (macOS)", "skip", NOT_MAC)
     found = parse_pmset(pmset)
     problems, fixes = [], []
     if found.sleep_minutes and settings.keep_awake == "never":
@@ -113,27 +113,33 @@ def log_size(settings: Settings) -> Check:
     return Check("logs", "ok", detail)
 
 
-def open_file_limit(daemon_pid: int | None) -> Check:
+def open_file_limit(daemon_pid: int | None, recorded: int = 0) -> Check:
+    """The daemon's open-file limit: as it recorded in its daemon file (any platform), else as
+    psutil reads it from outside (Linux only)."""
     name = "open-file limit"
     if daemon_pid is None:
         return Check(name, "skip", "the daemon is not running")
-    try:
-        soft, _hard = psutil.Process(daemon_pid).rlimit(psutil.RLIMIT_NOFILE)
-    except (AttributeError, psutil.Error):  # psutil reads other processes' limits on Linux
-        return Check(name, "skip", "cannot read it on this platform")
+    soft = recorded
+    if not soft:
+        try:
+            soft, _hard = psutil.Process(daemon_pid).rlimit(psutil.RLIMIT_NOFILE)
+        except (AttributeError, psutil.Error):  # psutil reads other processes' limits on Linux
+            return Check(name, "skip", "the daemon did not say (restart it to see)")
     if 0 < soft < MIN_OPEN_FILES:
         fix = "reinstall the service (`meshd service install`): it asks for 8192"
         return Check(name, "warn", f"{soft}: a few hundred connections exhaust it", fix)
     return Check(name, "ok", f"{soft}")
 
 
-def always_on(settings: Settings, daemon_pid: int | None) -> list[Check]:
-    """Every always-on check."""
+def always_on(settings: Settings, daemon: dict[str, str] | None) -> list[Check]:
+    """Every always-on check; daemon is the running daemon's record (meshd.daemonfile)."""
+    daemon_pid = int(daemon["pid"]) if daemon else None
+    recorded = daemon.get("open_files", "0") if daemon else "0"
     return [
         starts_at_boot(settings),
         lingering(),
         sleep_settings(settings, read_pmset()),
         sleep_assertion(settings, daemon_pid),
         log_size(settings),
-        open_file_limit(daemon_pid),
+        open_file_limit(daemon_pid, int(recorded) if recorded.isdigit() else 0),
     ]

@@ -16,3 +16,11 @@ class Check:
     outcome: Outcome
     detail: str
     fix: str = ""
+
+
+NOT_MAC, NOT_LINUX = "not macOS", "not Linux"  # the detail of a check for another platform
+
+
+def for_another_platform(check: Check) -> bool:
+    """A check skipped because it is about another platform (listed by --json only)."""
+    return check.outcome == "skip" and check.detail in (NOT_MAC, NOT_LINUX)

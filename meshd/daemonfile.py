@@ -13,15 +13,19 @@ from meshd.fsutil import atomic_write_bytes
 DAEMON_FILE = "daemon.json"
 
 
-def write_daemon_file(home: Path, address: str, peer_id: str, socket: str, http: str = "") -> None:
+def write_daemon_file(
+    home: Path, address: str, peer_id: str, socket: str, http: str = "", open_files: int = 0
+) -> None:
     """Record this process as the daemon of home: its TCP address ("" when it has none), its
-    Unix socket address and its HTTP address ("" when it has none)."""
+    Unix socket address, its HTTP address ("" when it has none) and its open-file limit (which
+    only Linux lets another process read)."""
     record = {
         "pid": os.getpid(),
         "address": address,
         "peer_id": peer_id,
         "socket": socket,
         "http": http,
+        "open_files": open_files,
     }
     atomic_write_bytes(home / DAEMON_FILE, json.dumps(record).encode())
 

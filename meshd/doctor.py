@@ -8,21 +8,24 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 
 import psutil
 
-from meshd.addresses import is_loopback
+from meshd import service
+from meshd.addresses import is_loopback, read_interfaces, usable_ipv4
 from meshd.alwayson import always_on
 from meshd.checks import Check
 from meshd.client import MeshClient
 from meshd.config import Settings
 from meshd.daemonfile import running_daemon
 from meshd.errors import InvalidModelFile, MeshdError
+from meshd.macchecks import mac_checks, read_mac_state
 from meshd.renewal import read_record
 from meshd.security.credentials import TlsCredentials
 from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
-from meshd.types import MeshStatus
+from meshd.types import MeshStatus, ModelInfo
 
 CERT_WARN_DAYS = 30
 MAX_SKEW_S = 60.0  # certificates allow 5 minutes; complain well before that
@@ -35,11 +38,14 @@ def run_checks(settings: Settings) -> list[Check]:
     keyring = Keyring(settings.home)
     record = running_daemon(settings.home)
     checks = [_identity(keyring), _certificate(keyring)]
-    daemon_check, mesh = _daemon(record)
+    daemon_check, mesh, models = _daemon(record)
     checks += [daemon_check, _listening(settings, keyring, record), _multicast(settings)]
     checks += _peers(keyring, mesh)
-    checks += [_store(settings), _memory(), _local_network_permission()]
-    checks += always_on(settings, int(record["pid"]) if record else None)
+    checks += [_store(settings), _memory()]
+    checks += always_on(settings, record)
+    paths = [settings.home, Path(sys.prefix), *(spec.path for spec in settings.models)]
+    found = service.installed(settings.home)
+    checks += mac_checks(read_mac_state(), models, paths, found, settings.drain_seconds)
     return checks
 
 
@@ -71,19 +77,28 @@ def _certificate(keyring: Keyring) -> Check:
     return Check("certificate", "ok", f"valid for {days:.0f} more days, renewed automatically")
 
 
-def _daemon(record: dict[str, str] | None) -> tuple[Check, MeshStatus | None]:
+def _daemon(
+    record: dict[str, str] | None,
+) -> tuple[Check, MeshStatus | None, list[ModelInfo] | None]:
     fix = "run `meshd service install` (or `meshd serve` in a terminal)"
     if record is None:
-        return Check("daemon", "fail", "not running", fix), None
+        return Check("daemon", "fail", "not running", fix), None, None
     try:
         with MeshClient(record["socket"], timeout=PEER_TIMEOUT_S) as local:
             serving = local.health()
             mesh = local.mesh_status()
+            models = local.models()
     except MeshdError as error:
-        return Check("daemon", "fail", f"pid {record['pid']} does not answer: {error}", fix), None
+        detail = f"pid {record['pid']} does not answer: {error}"
+        return Check("daemon", "fail", detail, fix), None, None
     if not serving:
-        return Check("daemon", "fail", "running but not serving (starting or draining)", fix), mesh
-    return Check("daemon", "ok", f"pid {record['pid']}, serving on {record['socket']}"), mesh
+        detail = "running but not serving (starting or draining)"
+        return Check("daemon", "fail", detail, fix), mesh, models
+    return (
+        Check("daemon", "ok", f"pid {record['pid']}, serving on {record['socket']}"),
+        mesh,
+        models,
+    )
 
 
 def _listening(settings: Settings, keyring: Keyring, record: dict[str, str] | None) -> Check:
@@ -105,20 +120,13 @@ def _listening(settings: Settings, keyring: Keyring, record: dict[str, str] | No
 def _multicast(settings: Settings) -> Check:
     if not settings.discovery:
         return Check("mDNS", "skip", "discovery is off; static peers only")
-    up = [
-        name
-        for name, stats in psutil.net_if_stats().items()
-        if stats.isup and not name.startswith("lo") and _can_multicast(stats)
-    ]
-    if not up:
+    # The interfaces discovery announces on: a Mac's always-up tunnels (utun), AirDrop's awdl0
+    # and VM bridges can multicast too, but no friend is on them.
+    lan = [i for i in read_interfaces() if usable_ipv4([i]) and i.multicast]
+    if not lan:
         fix = "connect to the LAN (Wi-Fi or Ethernet), or list friends with peers = [...]"
-        return Check("mDNS", "fail", "no network interface that can multicast is up", fix)
-    return Check("mDNS", "ok", f"multicast on {', '.join(sorted(up)[:3])}")
-
-
-def _can_multicast(stats: object) -> bool:
-    flags = getattr(stats, "flags", None)  # psutil ≥ 5.9.3; older: assume it can
-    return flags is None or "multicast" in str(flags).split(",")
+        return Check("mDNS", "fail", "no LAN interface that can multicast is up", fix)
+    return Check("mDNS", "ok", f"multicast on {', '.join(sorted(i.name for i in lan)[:3])}")
 
 
 def _peers(keyring: Keyring, mesh: MeshStatus | None) -> list[Check]:
@@ -171,16 +179,6 @@ def _memory() -> Check:
         fix = "close other apps, or lower memory_budget in meshd.toml"
         return Check("memory", "warn", detail, fix)
     return Check("memory", "ok", detail)
-
-
-def _local_network_permission(platform: str = sys.platform) -> Check:
-    if platform != "darwin":
-        return Check("Local Network (macOS)", "skip", "not macOS")
-    fix = (
-        "if peers never appear: System Settings → Privacy & Security → Local Network, "
-        "allow the app running meshd (Terminal or python)"
-    )
-    return Check("Local Network (macOS)", "warn", "macOS asks once; a denial hides the LAN", fix)
 
 
 def failed(checks: list[Check]) -> bool:

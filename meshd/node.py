@@ -212,7 +212,9 @@ class Node:
         http = (
             f"{self.settings.http_listen.rpartition(':')[0]}:{self.http.port}" if self.http else ""
         )
-        write_daemon_file(self.settings.home, self.address, self.peer_id, socket, http)  # last
+        write_daemon_file(  # last: the daemon is ready
+            self.settings.home, self.address, self.peer_id, socket, http, open_files
+        )
         self._say_how_reachable()
 
     def _gauges(self) -> list[Metric]:

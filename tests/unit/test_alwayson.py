@@ -87,3 +87,10 @@ def test_assertion_logs_and_open_files_of_a_process(tmp_path: Path) -> None:
     logs.mkdir()
     (logs / "service.log").write_bytes(b"x" * (11 * 2**20))
     assert log_size(settings).outcome == "warn"
+
+
+def test_the_open_file_limit_the_daemon_recorded_is_read_on_any_platform() -> None:
+    """psutil reads another process's limits only on Linux: the daemon writes its own."""
+    assert open_file_limit(os.getpid(), recorded=256).outcome == "warn"
+    assert open_file_limit(os.getpid(), recorded=8192).detail == "8192"
+    assert open_file_limit(None, recorded=8192).outcome == "skip"

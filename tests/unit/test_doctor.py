@@ -45,9 +45,3 @@ def test_certificate_expiry_and_a_loopback_listener_are_flagged(tmp_path: Path) 
     (tmp_path / "tls" / "peer.crt").write_bytes(pki.cert_pem(expired))
     check = _by_name(tmp_path)["certificate"]
     assert check.outcome == "fail" and "meshd join" in check.fix
-
-
-def test_the_macos_local_network_hint_only_on_macos() -> None:
-    assert doctor._local_network_permission("darwin").outcome == "warn"
-    assert "Local Network" in doctor._local_network_permission("darwin").fix
-    assert doctor._local_network_permission("linux").outcome == "skip"

@@ -70,4 +70,3 @@ def test_a_busy_child_dies_with_its_killed_parent(kind: str) -> None:
         os.close(read)
         if daemon.poll() is None:
             daemon.kill()
-
