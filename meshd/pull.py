@@ -25,6 +25,7 @@ import grpc
 from meshd import errors
 from meshd.fsutil import fsync_file
 from meshd.gossip import peer_address
+from meshd.macos import important_free_bytes
 from meshd.rpc import channels
 from meshd.rpc.status import error_from_rpc
 from meshd.security.credentials import TlsCredentials
@@ -280,11 +281,13 @@ def _check_space(store: ModelStore, needed: int) -> None:
     store.partial.mkdir(parents=True, exist_ok=True)
     usage = shutil.disk_usage(store.partial)
     floor = max(SPACE_MARGIN, int(usage.total * FREE_SHARE))
-    if needed + floor > usage.free:
+    # On macOS, space APFS frees on demand (caches, local snapshots) counts too, as in Finder.
+    free = max(usage.free, important_free_bytes(str(store.partial)) or 0)
+    if needed + floor > free:
         raise errors.InsufficientSpace(
             f"not enough disk space: the model needs {needed / 2**20:.0f} MiB more, and "
             f"{floor / 2**20:.0f} MiB ({FREE_SHARE:.0%} of the disk) stay free; "
-            f"{usage.free / 2**20:.0f} MiB free in {store.root}"
+            f"{free / 2**20:.0f} MiB free in {store.root}"
         )
 
 

@@ -27,6 +27,7 @@ from meshd.config import MODEL_NAME
 from meshd.errors import InvalidModelFile, InvalidRequest, ModelNotFound, quoted
 from meshd.fsutil import atomic_write_bytes, fsync_dir, fsync_file, private_dir
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
+from meshd.macos import exclude_from_backups
 
 DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
 HASH_CHUNK = 4 * 2**20
@@ -203,7 +204,9 @@ class ModelStore:
         target = self.blob_path(digest)
         with partial.open("rb") as handle:
             fsync_file(handle.fileno())
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        if not self.blobs.is_dir():
+            self.blobs.mkdir(parents=True)
+            exclude_from_backups(str(self.root))  # macOS: Time Machine skips the models
         with self._locked() as manifest:  # a blob appears with its name: gc never sees it alone
             os.replace(partial, target)
             fsync_dir(self.blobs)

@@ -1,6 +1,7 @@
 # Shared by scripts/demo.sh and scripts/test.sh: make .venv and install meshd with an extra.
 # The first run compiles llama-cpp-python from source (about 5-8 minutes on 2 cores) with
-# scripts/llama_build.py, which keeps the wheel in ~/.cache/meshd/wheels, so later runs take seconds.
+# scripts/llama_build.py, which keeps the wheel in ~/.cache/meshd/wheels (~/Library/Caches/meshd
+# on macOS), so later runs take seconds.
 
 ensure_venv() {
   local extra="$1"

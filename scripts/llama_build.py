@@ -113,13 +113,34 @@ def current_args() -> list[str]:
     return args + extra
 
 
-def cache_dir() -> Path:
+def cache_dir(system: str | None = None) -> Path:
+    """~/Library/Caches/meshd/wheels on macOS (where Macs keep caches, outside Time Machine's
+    way), $XDG_CACHE_HOME/meshd/wheels elsewhere."""
+    if (system or platform.system()) == "Darwin":
+        return Path.home() / "Library" / "Caches" / "meshd" / "wheels"
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "meshd" / "wheels"
 
 
+def under_rosetta() -> bool:
+    """An x86_64 Python translated on Apple Silicon: its llama.cpp would have no Metal."""
+    if platform.system() != "Darwin" or platform.machine() != "x86_64":
+        return False
+    done = subprocess.run(
+        ["sysctl", "-n", "sysctl.proc_translated"], capture_output=True, text=True, check=False
+    )
+    return done.stdout.strip() == "1"
+
+
 def ensure(venv: Path) -> None:
     """Make venv hold llama-cpp-python built with this machine's flags."""
+    if under_rosetta() and os.environ.get("MESHD_ALLOW_ROSETTA") != "1":
+        raise SystemExit(
+            "this Python is x86_64 running under Rosetta: llama.cpp would build without Metal "
+            "and run several times slower. Use an arm64 Python (python.org's universal2, or "
+            "Homebrew's in /opt/homebrew): PYTHON=/opt/homebrew/bin/python3 ./scripts/test.sh "
+            "(MESHD_ALLOW_ROSETTA=1 builds it anyway)"
+        )
     version, args = pinned_version(), current_args()
     key = build_key(version, args)
     marker = venv / "meshd-llama-build"

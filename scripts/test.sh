@@ -16,9 +16,13 @@ if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get 
   fi
 fi
 # The official openai JS SDK, for the test that runs it in a page of another origin; npm's
-# registry, a pinned major version, kept in ~/.cache/meshd/npm. Where npm is missing the test
+# registry, a pinned major version, kept in ~/.cache/meshd/npm (~/Library/Caches on macOS). Where npm is missing the test
 # says why it skips.
-OPENAI_JS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/meshd/npm"
+if [ "$(uname -s)" = Darwin ]; then
+  OPENAI_JS_DIR="$HOME/Library/Caches/meshd/npm"
+else
+  OPENAI_JS_DIR="${XDG_CACHE_HOME:-$HOME/.cache}/meshd/npm"
+fi
 if command -v npm >/dev/null && [ ! -f "$OPENAI_JS_DIR/node_modules/openai/index.mjs" ]; then
   echo "installing the openai JS SDK for the browser test (npm)" >&2
   mkdir -p "$OPENAI_JS_DIR"

@@ -50,6 +50,22 @@ def test_macos_and_arm_keep_the_default_build() -> None:
     assert llama_build.cmake_args("Linux", "aarch64", {"neon"}) == []
 
 
+def test_macs_keep_the_wheel_with_their_caches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", "/tmp/xdg")
+    mac = llama_build.cache_dir("Darwin")
+    assert mac == Path.home() / "Library" / "Caches" / "meshd" / "wheels"
+    assert llama_build.cache_dir("Linux") == Path("/tmp/xdg/meshd/wheels")
+
+
+def test_a_python_under_rosetta_is_refused_before_an_eight_minute_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(llama_build, "under_rosetta", lambda: True)
+    monkeypatch.delenv("MESHD_ALLOW_ROSETTA", raising=False)
+    with pytest.raises(SystemExit, match=r"under Rosetta.*arm64 Python"):
+        llama_build.ensure(tmp_path / "venv")
+
+
 def test_the_cpu_flags_come_from_the_first_processor() -> None:
     cpuinfo = "processor : 0\nflags\t\t: fpu avx2 fma\n\nprocessor : 1\nflags : fpu\n"
     assert llama_build.cpu_flags(cpuinfo) == {"fpu", "avx2", "fma"}
@@ -90,3 +106,8 @@ def test_the_installed_llama_cpp_has_no_amx_instruction() -> None:
     assert libraries, "libggml-cpu is where the CPU kernels live"
     for library in libraries:
         assert llama_build.amx_instructions(library) == [], library
+
+
+def test_rosetta_is_only_found_on_an_x86_mac() -> None:
+    if platform.system() != "Darwin":
+        assert llama_build.under_rosetta() is False

@@ -70,3 +70,16 @@ def test_pressure_and_rosetta(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_nothing_is_asked_off_macos() -> None:
     assert macos.performance_cores() is None or macos.sys.platform == "darwin"
     assert macos.memory_pressure_level() is None or macos.sys.platform == "darwin"
+
+
+def test_the_backup_exclusion_is_what_tmutil_writes() -> None:
+    import plistlib
+
+    value = macos.backup_exclusion()
+    assert value.startswith(b"bplist00")
+    assert plistlib.loads(value) == "com.apple.backupd"
+    assert macos.BACKUP_EXCLUDE_XATTR == "com.apple.metadata:com_apple_backup_excludeItem"
+
+
+def test_off_macos_nothing_is_written(tmp_path: object) -> None:
+    assert macos.exclude_from_backups(str(tmp_path)) is (macos.sys.platform == "darwin")
