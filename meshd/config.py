@@ -52,8 +52,8 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     models: tuple[ModelSpec, ...] = ()
     pins: frozenset[str] = frozenset()
-    slots: int = 1
-    context: int = 2048
+    slots: int = 4  # sequences each model serves at once, in one batch (meshd.runner.batching)
+    context: int = 2048  # tokens each sequence holds
     threads: int = 0  # 0: one per performance (else physical) core (load_settings fills it in)
     batch: int = 512
     # Layers of each model on the GPU: -1 ("auto") all of them where llama.cpp was built with a

@@ -27,7 +27,7 @@ from meshd.runner.protocol import LoadOptions
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel
 
 # Scratch a llama.cpp context needs beyond weights and KV cache, before it is measured.
-SLOT_OVERHEAD_BYTES = 16 * 2**20
+CONTEXT_OVERHEAD_BYTES = 16 * 2**20
 MIN_RATE_TOKENS = 64  # a prompt this long (beyond its cached part) measures the prefill rate
 
 
@@ -143,13 +143,14 @@ class ModelHost:
         return 2 * self.projected_memory() + 2**30
 
     def projected_memory(self) -> int:
-        """Bytes the model will hold once loaded: weights once, KV cache and scratch per slot."""
+        """Bytes the model will hold once loaded: weights once, the KV cache of every slot
+        (sequence), and one context's scratch."""
         if self.memory_bytes:
             return self.memory_bytes
         if self.facts is None:
             return 0
-        per_slot = self.facts.kv_cache_bytes(self.options.context) + SLOT_OVERHEAD_BYTES
-        return self.facts.file_size + self.options.count * per_slot
+        kv = self.options.count * self.facts.kv_cache_bytes(self.options.context)
+        return self.facts.file_size + kv + CONTEXT_OVERHEAD_BYTES
 
     def resident(self, keep_alive: float) -> Resident:
         """How the eviction policy sees this model."""

@@ -1,13 +1,12 @@
-"""The token loop that runs on a slot's worker thread: prompt → tokens → text pieces.
+"""A request in a runner: the job the scheduler runs, its prompt as tokens (chat rendered
+through the model's template), and token pieces as bytes.
 
-Runs inside a runner process only: this is where llama.cpp and chat templates execute.
+Runs inside a runner process only: this is where chat templates execute.
 """
 
 from __future__ import annotations
 
-import codecs
 import ctypes
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,22 +15,20 @@ from typing import Any
 import llama_cpp
 
 from meshd.errors import Cancelled, InvalidRequest
-from meshd.runner import savedstate
 from meshd.runner.chatrender import ChatTemplate
 from meshd.runner.savedstate import SavedState
-from meshd.runner.stops import StopMatcher
-from meshd.types import Chunk, FinishReason, GenerateRequest
+from meshd.types import Chunk, GenerateRequest
 
 Emit = Callable[[Chunk], None]
 
 
 @dataclass
 class Job:
-    """One request on one slot; `cancel` is checked before every token and prefill batch."""
+    """One request on one sequence; `cancel` is checked before every decode step."""
 
     request: GenerateRequest
     cancel: threading.Event = field(default_factory=threading.Event)
-    # Called between prefill batches, so that the daemon sees a long prompt is progressing.
+    # Called between prefill chunks, so that the daemon sees a long prompt is progressing.
     progress: Callable[[], None] = lambda: None
     # A pinned prefix's state on disk: restored instead of evaluated when it matches, saved
     # after it was evaluated.
@@ -113,90 +110,5 @@ def _render_chat(
     return text, True
 
 
-def cached_prefix(llm: Any, tokens: list[int]) -> int:
-    """How many leading tokens of `tokens` the context already holds (llama.cpp re-evaluates
-    at least the last one of a prompt)."""
-    held = llm.input_ids[: llm.n_tokens]
-    shared = 0
-    for have, want in zip(held, tokens, strict=False):
-        if have != want:
-            break
-        shared += 1
-    return min(shared, max(len(tokens) - 1, 0))
-
-
-def run_prefill(llm: Any, job: Job, emit: Emit) -> None:
-    """Evaluate the prompt into the context and keep it (a warmed prefix); emits one last
-    chunk with the prompt's tokens and how many were already there: all of them when it was
-    restored from a saved state (an evaluation always evaluates at least one)."""
-    tokens = prompt_tokens(llm, job.request, job.cancel.is_set)
-    if len(tokens) >= llm.n_ctx():
-        raise InvalidRequest(
-            f"prefix is {len(tokens)} tokens; the context holds {llm.n_ctx()}", field="prefix"
-        )
-    if job.saved is not None and savedstate.restore(llm, job.saved, tokens):
-        emit(Chunk("", 0, FinishReason.LENGTH, len(tokens), cached_tokens=len(tokens)))
-        return
-    cached = cached_prefix(llm, tokens)
-    llm.between_batches = _between_batches(job)
-    llm.n_tokens = cached
-    llm.eval(tokens[cached:])
-    if job.saved is not None:
-        savedstate.save(llm, job.saved, tokens)
-    emit(Chunk("", 0, FinishReason.LENGTH, prompt_tokens=len(tokens), cached_tokens=cached))
-
-
 def _token_text(llm: Any, token: int) -> str:
     return "" if token < 0 else llm._model.token_get_text(token)
-
-
-def run_generation(llm: Any, vocab: Vocabulary, job: Job, emit: Emit) -> None:
-    """Generate for job on llm, calling emit per piece of text; the last chunk says why it ended."""
-    request, sampling = job.request, job.request.sampling
-    if request.prefill_only:
-        run_prefill(llm, job, emit)
-        return
-    tokens = prompt_tokens(llm, request, job.cancel.is_set)
-    cached = cached_prefix(llm, tokens)
-    n_ctx = llm.n_ctx()
-    if len(tokens) >= n_ctx:
-        raise InvalidRequest(
-            f"prompt is {len(tokens)} tokens; the context holds {n_ctx}", field="prompt"
-        )
-    budget = min(request.max_tokens, n_ctx - len(tokens))
-    llm.set_seed(sampling.seed if sampling.seed is not None else random.getrandbits(31))
-    llm.between_batches = _between_batches(job)
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    stops = StopMatcher(sampling.stop)
-    count, finish = 0, FinishReason.LENGTH
-    for token in llm.generate(
-        tokens,
-        top_k=sampling.top_k,
-        top_p=sampling.top_p,
-        min_p=0.0,
-        temp=sampling.temperature,
-        repeat_penalty=1.0,
-    ):
-        job.check()
-        if vocab.is_end(token):
-            finish = FinishReason.EOS
-            break
-        count += 1
-        text, stopped = stops.feed(decoder.decode(vocab.piece(token)))
-        if stopped:
-            emit(Chunk(text, count, FinishReason.STOP, len(tokens), cached_tokens=cached))
-            return
-        if text:
-            emit(Chunk(text, count))
-        if count >= budget:
-            break
-    tail = stops.feed(decoder.decode(b"", final=True))[0] + stops.flush()
-    emit(Chunk(tail, count, finish, prompt_tokens=len(tokens), cached_tokens=cached))
-
-
-def _between_batches(job: Job) -> Callable[[], None]:
-    def step() -> None:
-        job.check()
-        job.progress()
-
-    return step

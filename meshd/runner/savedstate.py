@@ -1,4 +1,4 @@
-"""A pinned prefix kept on disk as llama.cpp state: its slot's KV cache and its tokens.
+"""A pinned prefix kept on disk as llama.cpp state: one sequence's KV cells and its tokens.
 
 Runs in a runner process only. `<name>.state` is what `llama_state_seq_save_file` writes;
 `<name>.json` beside it says which model file, context size and prefix text it belongs to
@@ -19,7 +19,6 @@ from typing import Any
 import llama_cpp
 
 log = logging.getLogger("meshd.runner.savedstate")
-SEQUENCE = 0  # a slot's context holds one sequence
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,9 @@ class SavedState:
         return cls(Path(path), key)
 
 
-def restore(llm: Any, saved: SavedState, tokens: list[int]) -> bool:
-    """Load the saved state into llm's context if it is this prefix's; True when it was."""
+def restore(model: Any, seq: int, saved: SavedState, tokens: list[int]) -> bool:
+    """Load the saved state into sequence seq of the model's context if it is this prefix's;
+    True when it was (the sequence then holds exactly tokens), else the sequence is empty."""
     try:
         meta = json.loads(saved.meta.read_text())
     except (OSError, ValueError):
@@ -52,33 +52,27 @@ def restore(llm: Any, saved: SavedState, tokens: list[int]) -> bool:
     if not isinstance(meta, dict) or meta.get("key") != saved.key:
         log.info("%s belongs to another model file or prefix: evaluating again", saved.path.name)
         return False
-    capacity = llm.n_ctx()
+    capacity = model.n_ctx()
     out = (llama_cpp.llama_token * capacity)()
     count = ctypes.c_size_t(0)
-    llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+    llama_cpp.llama_memory_seq_rm(model.memory, seq, -1, -1)
     read = llama_cpp.llama_state_seq_load_file(
-        llm._ctx.ctx, str(saved.path).encode(), SEQUENCE, out, capacity, ctypes.byref(count)
+        model.ctx, str(saved.path).encode(), seq, out, capacity, ctypes.byref(count)
     )
-    loaded = list(out[: count.value])
-    if not read or loaded != tokens:
-        llm._ctx.kv_cache_seq_rm(-1, 0, -1)
-        llm.n_tokens = 0
+    if not read or list(out[: count.value]) != tokens:
+        llama_cpp.llama_memory_seq_rm(model.memory, seq, -1, -1)
         log.warning("%s could not be restored: evaluating the prefix again", saved.path.name)
         return False
-    llm.input_ids[: len(loaded)] = loaded
-    llm.n_tokens = len(loaded)
-    if hasattr(llm, "_requires_eval"):
-        llm._requires_eval = True  # its logits are not in the file: evaluate before sampling
     return True
 
 
-def save(llm: Any, saved: SavedState, tokens: list[int]) -> None:
-    """Write the context's state for tokens, then its key (a partial file is never used)."""
+def save(model: Any, seq: int, saved: SavedState, tokens: list[int]) -> None:
+    """Write sequence seq's state for tokens, then its key (a partial file is never used)."""
     saved.path.parent.mkdir(parents=True, exist_ok=True)
     partial = saved.path.with_suffix(".state.part")
     array = (llama_cpp.llama_token * len(tokens))(*tokens)
     written = llama_cpp.llama_state_seq_save_file(
-        llm._ctx.ctx, str(partial).encode(), SEQUENCE, array, len(tokens)
+        model.ctx, str(partial).encode(), seq, array, len(tokens)
     )
     if not written:
         partial.unlink(missing_ok=True)

@@ -1,14 +1,16 @@
-"""The runner process: hosts one model's slots and serves the daemon over an inherited socket.
+"""The runner process: hosts one model and serves the daemon over an inherited socket.
 
-The main thread reads frames; each slot runs jobs on its own thread and writes its frames
-under one lock. The runner exits when the daemon says so or when the socket closes (the daemon
-is gone), and dies with the daemon even mid-decode (meshd.runner.parentwatch).
+The main thread reads frames; the batch scheduler (meshd.runner.batching) runs every request
+in one llama.cpp context on its own thread, and frames are written under one lock. The runner
+exits when the daemon says so or when the socket closes (the daemon is gone), and dies with the
+daemon even mid-decode (meshd.runner.parentwatch).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import logging
 import os
 import resource
@@ -24,23 +26,24 @@ import llama_cpp
 
 from meshd.errors import MeshdError
 from meshd.runner import protocol
-from meshd.runner.generation import Job, prompt_tokens
+from meshd.runner.batching import Scheduler
+from meshd.runner.context import LoadedModel
+from meshd.runner.generation import Job
 from meshd.runner.gpu import offload_layers
 from meshd.runner.parentwatch import die_with_parent
 from meshd.runner.savedstate import SavedState
-from meshd.runner.slot import Slot
 
 log = logging.getLogger("meshd.runner")
 RUNNER_NICE = 5
 
 
 class Runner:
-    """One model's slots behind one socket."""
+    """One model's context and batch scheduler behind one socket."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.slots: list[Slot] = []
+        self.scheduler: Scheduler | None = None
         self.jobs: dict[int, Job] = {}
         self.jobs_lock = threading.Lock()
         self.counter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="count")
@@ -52,15 +55,19 @@ class Runner:
 
     def serve(self) -> None:
         """Read frames until exit or until the daemon goes away."""
-        while True:
-            message = self.receive()
-            if message is None or message["op"] == "exit":
-                return
-            handler = getattr(self, "on_" + message["op"], None)
-            if handler is None:
-                log.error("unknown frame %r from the daemon", message["op"][:32])
-                return
-            handler(message)
+        try:
+            while True:
+                message = self.receive()
+                if message is None or message["op"] == "exit":
+                    return
+                handler = getattr(self, "on_" + message["op"], None)
+                if handler is None:
+                    log.error("unknown frame %r from the daemon", message["op"][:32])
+                    return
+                handler(message)
+        finally:
+            if self.scheduler is not None:
+                self.scheduler.close()
 
     def receive(self) -> dict[str, Any] | None:
         header = self._read_exactly(protocol.HEADER.size)
@@ -79,28 +86,30 @@ class Runner:
         return bytes(data)
 
     def on_load(self, message: dict[str, Any]) -> None:
-        """Build every slot, one after another: the first maps the file, the rest share it."""
+        """Map the weights, make the one context for every sequence, and evaluate one token
+        (the graph built, the pages faulted) before saying ready."""
         opts = protocol.LoadOptions(**message["options"])
         started = time.monotonic()
         gpu_layers = offload_layers(opts.gpu_layers, bool(llama_cpp.llama_supports_gpu_offload()))
         try:
-            for i in range(opts.slots):
-                slot = Slot(f"slot-{i}")
-                slot.submit(
-                    slot.load,
-                    Path(opts.path),
-                    context=opts.context,
-                    threads=opts.threads,
-                    batch=opts.batch,
-                    use_mmap=opts.use_mmap,
-                    chat_template=opts.chat_template,
-                    gpu_layers=gpu_layers,
-                ).result()
-                self.slots.append(slot)
-                self.send({"op": "loaded", "slot": i})
+            model = LoadedModel(
+                Path(opts.path),
+                context=opts.context,
+                sequences=opts.slots,
+                threads=opts.threads,
+                batch=max(opts.batch, opts.slots),
+                use_mmap=opts.use_mmap,
+                gpu_layers=gpu_layers,
+                chat_template=opts.chat_template,
+            )
+            first_token(model)
         except Exception as exc:
             self.send({"op": "failed", "reason": f"llama.cpp could not load it: {exc}"})
             return
+        self.scheduler = Scheduler(model)
+        self.scheduler.start()
+        for i in range(opts.slots):
+            self.send({"op": "loaded", "slot": i})
         self.send(
             {"op": "ready", "load_seconds": time.monotonic() - started, "gpu_layers": gpu_layers}
         )
@@ -110,20 +119,40 @@ class Runner:
         job = Job(protocol.request_from_wire(message["request"]))
         job.saved = SavedState.from_wire(message.get("saved"))
         job.progress = lambda: self.send({"op": "progress", "id": request_id})
+        assert self.scheduler is not None, "generate before load"
+        if not 0 <= index < len(self.scheduler.seqs):
+            raise protocol.ProtocolError(f"no sequence {index}")
         with self.jobs_lock:
             self.jobs[request_id] = job
-        self.slots[index].submit(self._run, request_id, index, job)
+        self.scheduler.submit(
+            index,
+            job,
+            lambda chunk: self.send(protocol.chunk_to_wire(request_id, chunk)),
+            lambda error: self._ended(request_id, error),
+        )
+
+    def _ended(self, request_id: int, error: BaseException | None) -> None:
+        with self.jobs_lock:
+            self.jobs.pop(request_id, None)
+        if error is None:
+            return
+        if not isinstance(error, MeshdError):  # llama.cpp or a template raised the unexpected
+            log.error("request %d failed: %r", request_id, error)
+            error = MeshdError(f"runner error: {error}")
+        with contextlib.suppress(OSError):  # the daemon is gone: the main thread sees it, exits
+            self.send(protocol.error_to_wire(request_id, error))
 
     def on_count(self, message: dict[str, Any]) -> None:
         """How many tokens a request's prompt is (a prefix to warm is refused at once when it
-        cannot fit the context); counted on a thread of its own, beside the slots' work."""
+        cannot fit the context); counted on a thread of its own, beside the batch."""
         request_id = int(message["id"])
         request = protocol.request_from_wire(message["request"])
         self.counter.submit(self._count, request_id, request)
 
     def _count(self, request_id: int, request: Any) -> None:
         try:
-            tokens = len(prompt_tokens(self.slots[0].llm, request))
+            assert self.scheduler is not None, "count before load"
+            tokens = self.scheduler.count(Job(request))
             self.send({"op": "counted", "id": request_id, "tokens": tokens})
         except MeshdError as exc:
             self.send(protocol.error_to_wire(request_id, exc))
@@ -137,19 +166,15 @@ class Runner:
         if job is not None:
             job.cancel.set()
 
-    def _run(self, request_id: int, index: int, job: Job) -> None:
-        try:
-            self.slots[index].run(
-                job, lambda chunk: self.send(protocol.chunk_to_wire(request_id, chunk))
-            )
-        except MeshdError as exc:
-            self.send(protocol.error_to_wire(request_id, exc))
-        except Exception as exc:  # llama.cpp or a template raised something unexpected
-            log.exception("request %d failed", request_id)
-            self.send(protocol.error_to_wire(request_id, MeshdError(f"runner error: {exc}")))
-        finally:
-            with self.jobs_lock:
-                self.jobs.pop(request_id, None)
+
+def first_token(model: LoadedModel) -> None:
+    """Decode one token, so that the compute graph is built and the weights' pages are faulted
+    before the model is called warm; then forget it."""
+    bos = model.token_bos()
+    batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(bos if bos >= 0 else 0), 1)
+    if llama_cpp.llama_decode(model.ctx, batch) != 0:
+        raise MeshdError("the first token did not decode")
+    llama_cpp.llama_memory_seq_rm(model.memory, 0, -1, -1)
 
 
 def main(argv: list[str] | None = None) -> None:
