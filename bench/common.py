@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import math
 import os
 import platform
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 from rich.console import Console
@@ -24,6 +30,17 @@ from meshd.process import DaemonProcess
 os.environ.setdefault("MESHD_INSECURE_DEV", "true")
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Short prompts of the kind an app sends, asked in turn by the serving benchmarks.
+PROMPTS = [
+    "The capital of France is",
+    "Once upon a time, in a small village by the sea,",
+    "The three primary colors are",
+    "A good breakfast includes",
+    "The fastest land animal is",
+    "In 1969, the first person to walk on the moon was",
+    "Water boils at a temperature of",
+    "The largest planet in our solar system is",
+]
 console = Console()
 
 
@@ -115,3 +132,74 @@ def alternate(
             time.sleep(pause)
             out.append(fn())
     return xs, ys
+
+
+class Timing:
+    """One streamed answer: seconds to the first token, and tokens per second after it."""
+
+    def __init__(self, ttft: float, tokens: int, decode: float) -> None:
+        self.ttft, self.tokens, self.decode = ttft, tokens, decode
+
+    @property
+    def tok_s(self) -> float:
+        return (self.tokens - 1) / self.decode if self.tokens > 1 and self.decode > 0 else 0.0
+
+
+def over_http(base: str, prompt: str, model: str, max_tokens: int = 16) -> Timing:
+    """A streamed /v1/completions on a fresh connection, as most apps make it."""
+    parts = urlsplit(base)
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    )
+    started = time.perf_counter()
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
+    response = conn.getresponse()
+    first = last = 0.0
+    pieces = tokens = 0
+    for line in response:
+        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
+            continue
+        event = json.loads(line[6:])
+        if event.get("usage"):
+            tokens = event["usage"]["completion_tokens"]
+        if event.get("choices") and event["choices"][0].get("text"):
+            last = time.perf_counter()
+            first = first or last
+            pieces += 1
+    conn.close()
+    if not first:
+        raise RuntimeError(f"{base} sent no text")
+    return Timing(first - started, tokens or pieces, last - first)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def checkout(rev: str) -> Iterator[Path]:
+    """An older commit in a worktree, importable as `meshd` (with meshd.cli beside it)."""
+    where = Path(tempfile.mkdtemp(prefix="meshd-before-"))
+    subprocess.run(
+        ["git", "-C", str(REPO), "worktree", "add", "-f", str(where), rev],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        (where / "meshd" / "cli").symlink_to(where / "cli")
+        (where / "meshd" / "launchd").symlink_to(where / "launchd")
+        yield where
+    finally:
+        subprocess.run(
+            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(where, ignore_errors=True)

@@ -27,19 +27,18 @@ import contextlib
 import select
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import psutil
-from common import console, print_table, write_json
+from common import checkout, console, print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from rogue import RoguePeer
@@ -54,29 +53,6 @@ from meshd.v1 import access_pb2 as apb, mesh_pb2 as pb
 
 FD_LIMIT = 256
 FLOOD = 300
-REPO = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def checkout(rev: str) -> Iterator[Path]:
-    """An older commit in a worktree, importable as `meshd` (with meshd.cli beside it)."""
-    where = Path(tempfile.mkdtemp(prefix="meshd-before-"))
-    subprocess.run(
-        ["git", "-C", str(REPO), "worktree", "add", "-f", str(where), rev],
-        check=True,
-        capture_output=True,
-    )
-    try:
-        (where / "meshd" / "cli").symlink_to(where / "cli")
-        (where / "meshd" / "launchd").symlink_to(where / "launchd")
-        yield where
-    finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(where)],
-            check=False,
-            capture_output=True,
-        )
-        shutil.rmtree(where, ignore_errors=True)
 
 
 def founder(root: Path, source: Path | None) -> DaemonProcess:

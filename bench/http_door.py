@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import subprocess
 import sys
@@ -26,71 +25,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from common import alternate, bench_model, console, percentile, print_table, verdict, write_json
+from common import (
+    PROMPTS,
+    Timing,
+    alternate,
+    bench_model,
+    console,
+    over_http,
+    percentile,
+    print_table,
+    verdict,
+    write_json,
+)
 
 from meshd.client import MeshClient
 from meshd.process import DaemonProcess
 
 MODEL = "gemma3-270m"
-PROMPTS = [
-    "The capital of France is",
-    "Once upon a time, in a small village by the sea,",
-    "The three primary colors are",
-    "A good breakfast includes",
-    "The fastest land animal is",
-    "In 1969, the first person to walk on the moon was",
-    "Water boils at a temperature of",
-    "The largest planet in our solar system is",
-]
 MAX_TOKENS = 16
-
-
-class Timing:
-    """One streamed answer: seconds to the first token, and tokens per second after it."""
-
-    def __init__(self, ttft: float, tokens: int, decode: float) -> None:
-        self.ttft, self.tokens, self.decode = ttft, tokens, decode
-
-    @property
-    def tok_s(self) -> float:
-        return (self.tokens - 1) / self.decode if self.tokens > 1 and self.decode > 0 else 0.0
-
-
-def over_http(base: str, prompt: str, model: str) -> Timing:
-    """A streamed /v1/completions on a fresh connection, as most apps make it."""
-    parts = urlsplit(base)
-    body = json.dumps(
-        {
-            "model": model,
-            "prompt": prompt,
-            "max_tokens": MAX_TOKENS,
-            "temperature": 0,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-    )
-    started = time.perf_counter()
-    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-    conn.request("POST", "/v1/completions", body, {"content-type": "application/json"})
-    response = conn.getresponse()
-    first = last = 0.0
-    pieces = tokens = 0
-    for line in response:
-        if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
-            continue
-        event = json.loads(line[6:])
-        if event.get("usage"):
-            tokens = event["usage"]["completion_tokens"]
-        if event.get("choices") and event["choices"][0].get("text"):
-            last = time.perf_counter()
-            first = first or last
-            pieces += 1
-    conn.close()
-    if not first:
-        raise RuntimeError(f"{base} sent no text")
-    return Timing(first - started, tokens or pieces, last - first)
 
 
 def over_grpc(mesh: MeshClient, prompt: str) -> Timing:
@@ -194,7 +147,7 @@ def measure(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         with DaemonProcess(Path(tmp), [f"{MODEL}={model}"], env=env, extra_args=serve) as daemon:
             with MeshClient(daemon.socket) as mesh:
                 mesh.warm(MODEL, wait=True)
-                http_ask = rotating(lambda p: over_http(daemon.http, p, MODEL))
+                http_ask = rotating(lambda p: over_http(daemon.http, p, MODEL, MAX_TOKENS))
                 grpc_ask = rotating(lambda p: over_grpc(mesh, p))
                 for _ in range(4):
                     http_ask(), grpc_ask()

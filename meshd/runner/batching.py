@@ -89,6 +89,7 @@ class Scheduler:
         self.model = model
         self.vocab = Vocabulary(model)
         self.seqs = [Sequence(i) for i in range(model.sequences)]
+        self.n_swa = model.n_swa
         self.capacity = max(model.batch, model.sequences)
         self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
         self.cond = threading.Condition()
@@ -179,24 +180,21 @@ class Scheduler:
             self._end(seq, None)
             return
         limit = max(len(prompt) - 1, 0)  # at least the last token is decoded: its logits
-        own = shared_prefix(seq.held, prompt)
+        own = min(self._reusable(seq, shared_prefix(seq.held, prompt)), limit)
         source, best = None, own
         for other in self.seqs:
-            if other is not seq and (shared := shared_prefix(other.held, prompt)) > best:
+            shared = min(self._reusable(other, shared_prefix(other.held, prompt)), limit)
+            if other is not seq and shared > best:
                 source, best = other, shared
-        keep = min(best, limit)
-        memory = self.model.memory
-        if source is not None and keep > min(own, limit):
+        memory, keep = self.model.memory, best
+        if source is not None:
             # Streams are copied whole (llama.cpp copies across streams only so); the copy's
             # tail past the shared prefix is dropped at once.
             llama_cpp.llama_memory_seq_rm(memory, seq.index, -1, -1)
             llama_cpp.llama_memory_seq_cp(memory, source.index, seq.index, -1, -1)
-            llama_cpp.llama_memory_seq_rm(memory, seq.index, keep, -1)
-        else:
-            keep = min(own, limit)
-            if not llama_cpp.llama_memory_seq_rm(memory, seq.index, keep, -1):
-                llama_cpp.llama_memory_seq_rm(memory, seq.index, -1, -1)
-                keep = 0
+        if not llama_cpp.llama_memory_seq_rm(memory, seq.index, keep, -1):
+            llama_cpp.llama_memory_seq_rm(memory, seq.index, -1, -1)
+            keep = 0
         seq.held = prompt[:keep]
         active.cached = active.fed = keep
         if not job.request.prefill_only:
@@ -204,6 +202,16 @@ class Scheduler:
             active.budget = min(request.max_tokens, self.model.context - len(prompt))
             active.sampler = Sampler(request.sampling)
             active.stops = StopMatcher(request.sampling.stop)
+
+    def _reusable(self, seq: Sequence, shared: int) -> int:
+        """How many of the `shared` leading tokens seq's cells can really serve: a model with
+        sliding-window attention (Gemma 3) keeps only the last window's cells of its windowed
+        layers, so a prefix that ends before what those still hold must be computed again (as
+        llama-server decides)."""
+        if shared == 0 or self.n_swa <= 0:
+            return shared
+        oldest = llama_cpp.llama_memory_seq_pos_min(self.model.memory, seq.index)
+        return shared if oldest <= max(0, shared - self.n_swa) else 0
 
     def _restore(self, seq: Sequence, saved: savedstate.SavedState, prompt: list[int]) -> bool:
         if not savedstate.restore(self.model, seq.index, saved, prompt):

@@ -67,6 +67,7 @@ class LoadedModel:
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.vocab = self._model.vocab
         self.context, self.sequences, self.batch = context, sequences, batch
+        self.n_swa = int(llama_cpp.llama_model_n_swa(self._model.model))  # 0: no sliding window
         self.metadata = self._model.metadata()
         # The Jinja chat template chats render with: the file's own, or the one meshd chose
         # for a model whose file has none; "" when the model takes prompts only.

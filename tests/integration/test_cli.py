@@ -188,7 +188,7 @@ def test_help_fits_a_terminal_and_shows_defaults() -> None:
     serve = meshd("serve", "--help", columns=80).stdout
     assert _fits(serve)
     assert " ." not in serve, "a help text lost a bracketed default"
-    assert "[default: (1)]" in serve and "[default: (0.0.0.0:7070)]" in serve
+    assert "[default: (4)]" in serve and "[default: (0.0.0.0:7070)]" in serve
     assert "[default: (30m)]" in serve and "[default: (127.0.0.1:7071)]" in serve
     for command in (["pause"], ["invite"], ["service", "install"], ["ca", "restore"], ["status"]):
         text = meshd(*command, "--help", columns=80).stdout

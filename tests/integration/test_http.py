@@ -189,7 +189,7 @@ def test_bodies_that_are_not_requests(node: NodeThread) -> None:
 
 
 def test_overloaded_is_429_with_retry_after(start_node: Callable[..., NodeThread]) -> None:
-    node = start_node(max_queue=0)
+    node = start_node(slots=1, max_queue=0)
     parts = urlsplit(url_of(node))
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
     body = json.dumps({"model": "tiny", "prompt": "Hi", "max_tokens": 400, "stream": True})

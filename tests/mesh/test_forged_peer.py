@@ -50,7 +50,7 @@ def serve():
 threading.Thread(target=serve, daemon=True).start()
 async def main():
     properties = txt_record("peer-rogue", mesh_id, "0.1.0", 7070)
-    found = Discovery("peer-rogue", mesh_id, ip, 7070, properties, lambda *a: None)
+    found = Discovery("peer-rogue", mesh_id, [ip], 7070, properties, lambda *a: None)
     await found.start()
     while True:
         await asyncio.sleep(0.2)

@@ -14,7 +14,7 @@ def test_defaults_without_any_source(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, environ={})
     assert settings.home == tmp_path.resolve()
     assert settings.listen == "0.0.0.0:7070"  # every interface, served only with mutual TLS
-    assert settings.slots == 1 and settings.keep_alive == 1800 and settings.models == ()
+    assert settings.slots == 4 and settings.keep_alive == 1800 and settings.models == ()
 
 
 def test_file_then_environment_then_flags(tmp_path: Path) -> None:
