@@ -83,7 +83,7 @@ def shared_prefix(held: list[int], tokens: list[int]) -> int:
 
 
 class Scheduler:
-    """The batch loop of one runner; start() it once the model is loaded."""
+    """The batch loop of one runner: `Scheduler.load(...)` makes one."""
 
     def __init__(self, model: LoadedModel) -> None:
         self.model = model
@@ -97,11 +97,40 @@ class Scheduler:
         self.closing = False
         self.orders = itertools.count()
         self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
-        self.thread = threading.Thread(target=self._loop, name="batch", daemon=True)
         self.steps = 0  # decodes so far (tests and logs)
 
-    def start(self) -> None:
-        self.thread.start()
+    @classmethod
+    def load(cls, make: Callable[[], LoadedModel]) -> Scheduler:
+        """Load the model and run the batch loop on one thread of their own; return once a
+        first token has decoded (the graph built, the weights' pages faulted), or raise what
+        loading raised.
+
+        Every llama.cpp call that computes (loading, which repacks weights, and every decode)
+        runs on that one thread: with OpenMP (llama.cpp's Linux build), each calling thread
+        gets a thread team of its own, and once more threads than cores are in teams, GOMP
+        stops spinning at ggml's barriers and sleeps there instead, which made every decode
+        about a third slower."""
+        made: list[Scheduler] = []
+        failed: list[BaseException] = []
+        ready = threading.Event()
+
+        def run() -> None:
+            try:
+                model = make()
+                first_token(model)
+                made.append(cls(model))
+            except BaseException as error:
+                failed.append(error)
+                return
+            finally:
+                ready.set()
+            made[0]._loop()
+
+        threading.Thread(target=run, name="batch", daemon=True).start()
+        ready.wait()
+        if failed:
+            raise failed[0]
+        return made[0]
 
     def close(self) -> None:
         with self.cond:
@@ -345,3 +374,13 @@ class Scheduler:
         """Drop what seq's cells hold (after a failed decode their contents are unknown)."""
         llama_cpp.llama_memory_seq_rm(self.model.memory, seq.index, -1, -1)
         seq.held = []
+
+
+def first_token(model: LoadedModel) -> None:
+    """Decode one token, so that the compute graph is built and the weights' pages are faulted
+    before the model is called warm; then forget it."""
+    bos = model.token_bos()
+    batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(bos if bos >= 0 else 0), 1)
+    if llama_cpp.llama_decode(model.ctx, batch) != 0:
+        raise MeshdError("the first token did not decode")
+    llama_cpp.llama_memory_seq_rm(model.memory, 0, -1, -1)

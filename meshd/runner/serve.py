@@ -92,22 +92,21 @@ class Runner:
         started = time.monotonic()
         gpu_layers = offload_layers(opts.gpu_layers, bool(llama_cpp.llama_supports_gpu_offload()))
         try:
-            model = LoadedModel(
-                Path(opts.path),
-                context=opts.context,
-                sequences=opts.slots,
-                threads=opts.threads,
-                batch=max(opts.batch, opts.slots),
-                use_mmap=opts.use_mmap,
-                gpu_layers=gpu_layers,
-                chat_template=opts.chat_template,
+            self.scheduler = Scheduler.load(
+                lambda: LoadedModel(
+                    Path(opts.path),
+                    context=opts.context,
+                    sequences=opts.slots,
+                    threads=opts.threads,
+                    batch=max(opts.batch, opts.slots),
+                    use_mmap=opts.use_mmap,
+                    gpu_layers=gpu_layers,
+                    chat_template=opts.chat_template,
+                )
             )
-            first_token(model)
         except Exception as exc:
             self.send({"op": "failed", "reason": f"llama.cpp could not load it: {exc}"})
             return
-        self.scheduler = Scheduler(model)
-        self.scheduler.start()
         for i in range(opts.slots):
             self.send({"op": "loaded", "slot": i})
         self.send(
@@ -165,16 +164,6 @@ class Runner:
             job = self.jobs.get(int(message["id"]))
         if job is not None:
             job.cancel.set()
-
-
-def first_token(model: LoadedModel) -> None:
-    """Decode one token, so that the compute graph is built and the weights' pages are faulted
-    before the model is called warm; then forget it."""
-    bos = model.token_bos()
-    batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(bos if bos >= 0 else 0), 1)
-    if llama_cpp.llama_decode(model.ctx, batch) != 0:
-        raise MeshdError("the first token did not decode")
-    llama_cpp.llama_memory_seq_rm(model.memory, 0, -1, -1)
 
 
 def main(argv: list[str] | None = None) -> None:
