@@ -9,6 +9,7 @@ import math
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +22,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from meshd.client import MeshClient
 from meshd.config import default_home
 from meshd.demo_model import demo_model_path
 from meshd.process import DaemonProcess
@@ -203,3 +205,38 @@ def checkout(rev: str) -> Iterator[Path]:
             capture_output=True,
         )
         shutil.rmtree(where, ignore_errors=True)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def answers(server: subprocess.Popen[bytes], port: int, path: str, within: float) -> bool:
+    """Wait until the server on 127.0.0.1:port answers GET path with 200; False if it exits or
+    does not answer within `within` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def over_grpc(mesh: MeshClient, model: str, prompt: str, max_tokens: int) -> Timing:
+    """A streamed Generate: seconds to the first chunk, tokens, seconds after it."""
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    for chunk in mesh.generate(model, prompt, max_tokens=max_tokens, temperature=0):
+        last = time.perf_counter()
+        first = first or last
+        tokens = chunk.tokens
+    return Timing(first - started, tokens, last - first)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import tempfile
 import threading
 import time
@@ -36,7 +35,9 @@ from common import (
     bench_model,
     checkout,
     console,
+    free_port,
     loopback_daemon,
+    over_grpc,
     over_http,
     percentile,
     print_table,
@@ -51,23 +52,6 @@ MODEL = "gemma3-270m"
 SLOTS = 4
 CONTEXT = 512  # tokens per slot: prompt and answer
 Ask = Callable[[str], Timing]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def over_grpc(mesh: MeshClient, prompt: str, max_tokens: int) -> Timing:
-    started = time.perf_counter()
-    first = last = 0.0
-    tokens = 0
-    for chunk in mesh.generate(MODEL, prompt, max_tokens=max_tokens, temperature=0):
-        last = time.perf_counter()
-        first = first or last
-        tokens = chunk.tokens
-    return Timing(first - started, tokens, last - first)
 
 
 def crowd(ask: Ask, streams: int, each: int, offset: int) -> tuple[list[Timing], float]:
@@ -142,7 +126,7 @@ def main() -> None:
         mesh = stack.enter_context(MeshClient(daemon.address))
         sides: dict[str, Ask] = {
             "meshd HTTP": lambda p: over_http(daemon.http, p, MODEL, args.max_tokens),
-            "meshd gRPC": lambda p: over_grpc(mesh, p, args.max_tokens),
+            "meshd gRPC": lambda p: over_grpc(mesh, MODEL, p, args.max_tokens),
         }
         servers: dict[str, Any] = {}
         if not args.skip_llama_server:

@@ -15,13 +15,11 @@ Prints tables and writes bench/results/http.json.
 from __future__ import annotations
 
 import argparse
-import http.client
 import os
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,11 @@ from common import (
     PROMPTS,
     Timing,
     alternate,
+    answers,
     bench_model,
     console,
+    free_port,
+    over_grpc,
     over_http,
     percentile,
     print_table,
@@ -44,17 +45,6 @@ from meshd.process import DaemonProcess
 
 MODEL = "gemma3-270m"
 MAX_TOKENS = 16
-
-
-def over_grpc(mesh: MeshClient, prompt: str) -> Timing:
-    started = time.perf_counter()
-    first = last = 0.0
-    tokens = 0
-    for chunk in mesh.generate(MODEL, prompt, max_tokens=MAX_TOKENS, temperature=0):
-        last = time.perf_counter()
-        first = first or last
-        tokens = chunk.tokens
-    return Timing(first - started, tokens, last - first)
 
 
 def rotating(fn: Callable[[str], Timing]) -> Callable[[], Timing]:
@@ -107,25 +97,10 @@ def llama_server(model: Path, threads: int, port: int) -> subprocess.Popen[bytes
         "False",
     ]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/v1/models")
-            if conn.getresponse().status == 200:
-                return server
-        except OSError:
-            time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("llama_cpp.server did not start (pip install the `bench` extra?)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    if not answers(server, port, "/v1/models", 120):
+        server.kill()
+        raise RuntimeError("llama_cpp.server did not start (pip install the `bench` extra?)")
+    return server
 
 
 def summary(timings: list[Timing]) -> dict[str, float]:
@@ -148,7 +123,7 @@ def measure(model: Path, args: argparse.Namespace) -> dict[str, Any]:
             with MeshClient(daemon.socket) as mesh:
                 mesh.warm(MODEL, wait=True)
                 http_ask = rotating(lambda p: over_http(daemon.http, p, MODEL, MAX_TOKENS))
-                grpc_ask = rotating(lambda p: over_grpc(mesh, p))
+                grpc_ask = rotating(lambda p: over_grpc(mesh, MODEL, p, MAX_TOKENS))
                 for _ in range(4):
                     http_ask(), grpc_ask()
                 h, g = alternate(http_ask, grpc_ask, args.prompts)

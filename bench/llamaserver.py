@@ -10,7 +10,6 @@ it, about ten minutes on 2 cores, and says so.
 
 from __future__ import annotations
 
-import http.client
 import importlib.util
 import os
 import shutil
@@ -18,9 +17,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 from types import ModuleType
+
+from common import answers
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,20 +96,10 @@ def start(
         "--no-webui", "--log-disable",
     ]  # fmt: skip
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {server.returncode}: {' '.join(command)}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return server
-        except OSError:
-            pass
-        time.sleep(0.2)
-    server.kill()
-    raise RuntimeError("llama-server did not answer /health within 300 s")
+    if not answers(server, port, "/health", 300):
+        server.kill()
+        raise RuntimeError(f"llama-server did not start: {' '.join(command)}")
+    return server
 
 
 if __name__ == "__main__":
