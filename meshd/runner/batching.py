@@ -152,6 +152,8 @@ class Scheduler:
         try:
             tokens = prompt_tokens(self.model, job.request, job.cancel.is_set)
             what = "prefix" if job.request.prefill_only else "prompt"
+            if not tokens:  # a model without BOS, asked with nothing: nothing to decode
+                raise InvalidRequest(f"the {what} is empty", field=what)
             if len(tokens) >= self.model.context:
                 raise InvalidRequest(
                     f"{what} is {len(tokens)} tokens; the context holds {self.model.context}",
