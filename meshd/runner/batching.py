@@ -90,6 +90,7 @@ class Scheduler:
         self.vocab = Vocabulary(model)
         self.seqs = [Sequence(i) for i in range(model.sequences)]
         self.n_swa = model.n_swa
+        self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
         self.capacity = max(model.batch, model.sequences)
         self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
         self.cond = threading.Condition()
@@ -231,7 +232,7 @@ class Scheduler:
         if not job.request.prefill_only:
             request = job.request
             active.budget = min(request.max_tokens, self.model.context - len(prompt))
-            active.sampler = Sampler(request.sampling)
+            active.sampler = Sampler(request.sampling, self.n_vocab)
             active.stops = StopMatcher(request.sampling.stop)
 
     def _reusable(self, seq: Sequence, shared: int) -> int:
@@ -382,7 +383,8 @@ def first_token(model: LoadedModel) -> None:
     """Decode one token, so that the compute graph is built and the weights' pages are faulted
     before the model is called warm; then forget it."""
     bos = model.token_bos()
-    batch = llama_cpp.llama_batch_get_one((llama_cpp.llama_token * 1)(bos if bos >= 0 else 0), 1)
+    token = (llama_cpp.llama_token * 1)(bos if bos >= 0 else 0)  # alive while it decodes
+    batch = llama_cpp.llama_batch_get_one(token, 1)
     if llama_cpp.llama_decode(model.ctx, batch) != 0:
         raise MeshdError("the first token did not decode")
     llama_cpp.llama_memory_seq_rm(model.memory, 0, -1, -1)

@@ -198,3 +198,33 @@ def test_a_runner_killed_mid_batch_ends_every_stream_typed(start_node: Callable)
         os.kill(info.runner_pid, signal.SIGKILL)
         outcomes = [s.result(timeout=120) for s in streams]
     assert outcomes == ["RunnerFailed"] * 3
+
+
+def test_the_greedy_argmax_is_llama_cpps_greedy_sampler(tiny_model: Path) -> None:
+    """At temperature 0 the runner reads the argmax from the logits itself; it picks what
+    llama.cpp's own greedy sampler picks, step after step."""
+    import llama_cpp
+
+    from meshd.runner.context import LoadedModel
+    from meshd.runner.sampling import Sampler
+    from meshd.types import Sampling
+
+    model = LoadedModel(
+        tiny_model, context=128, sequences=1, threads=1, batch=64, use_mmap=True, gpu_layers=0
+    )
+    ours = Sampler(Sampling(temperature=0), llama_cpp.llama_vocab_n_tokens(model.vocab))
+    theirs = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+    llama_cpp.llama_sampler_chain_add(theirs, llama_cpp.llama_sampler_init_greedy())
+    tokens = model.tokenize(b"The capital of France is", True)
+    picked = []
+    for _ in range(16):
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)  # alive while it decodes
+        batch = llama_cpp.llama_batch_get_one(array, len(tokens))
+        assert llama_cpp.llama_decode(model.ctx, batch) == 0
+        token = ours.sample(model.ctx, -1)
+        assert token == llama_cpp.llama_sampler_sample(theirs, model.ctx, -1)
+        picked.append(token)
+        tokens = [token]
+    llama_cpp.llama_sampler_free(theirs)
+    model.close()
+    assert len(set(picked)) > 1, "a model that says one token proves nothing"
