@@ -5,7 +5,6 @@ reads local state only."""
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,13 +74,6 @@ def sleep_settings(settings: Settings, pmset: str | None) -> Check:
     return Check("sleep settings (macOS)", "ok", idle)
 
 
-def read_pmset(platform: str = sys.platform) -> str | None:
-    if platform != "darwin":
-        return None
-    done = subprocess.run(["pmset", "-g"], capture_output=True, text=True, timeout=10)
-    return done.stdout
-
-
 def sleep_assertion(settings: Settings, daemon_pid: int | None) -> Check:
     name = "kept awake"
     if settings.keep_awake == "never":
@@ -131,14 +123,17 @@ def open_file_limit(daemon_pid: int | None, recorded: int = 0) -> Check:
     return Check(name, "ok", f"{soft}")
 
 
-def always_on(settings: Settings, daemon: dict[str, str] | None) -> list[Check]:
-    """Every always-on check; daemon is the running daemon's record (meshd.daemonfile)."""
+def always_on(
+    settings: Settings, daemon: dict[str, str] | None, pmset: str | None
+) -> list[Check]:
+    """Every always-on check; daemon is the running daemon's record (meshd.daemonfile), pmset
+    what `pmset -g` printed (None: not macOS)."""
     daemon_pid = int(daemon["pid"]) if daemon else None
     recorded = daemon.get("open_files", "0") if daemon else "0"
     return [
         starts_at_boot(settings),
         lingering(),
-        sleep_settings(settings, read_pmset()),
+        sleep_settings(settings, pmset),
         sleep_assertion(settings, daemon_pid),
         log_size(settings),
         open_file_limit(daemon_pid, int(recorded) if recorded.isdigit() else 0),

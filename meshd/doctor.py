@@ -42,10 +42,11 @@ def run_checks(settings: Settings) -> list[Check]:
     checks += [daemon_check, _listening(settings, keyring, record), _multicast(settings)]
     checks += _peers(keyring, mesh)
     checks += [_store(settings), _memory()]
-    checks += always_on(settings, record)
+    mac = read_mac_state()  # None off macOS
+    checks += always_on(settings, record, mac.pmset if mac else None)
     paths = [settings.home, Path(sys.prefix), *(spec.path for spec in settings.models)]
     found = service.installed(settings.home)
-    checks += mac_checks(read_mac_state(), models, paths, found, settings.drain_seconds)
+    checks += mac_checks(mac, models, paths, found, settings.drain_seconds)
     return checks
 
 

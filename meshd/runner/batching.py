@@ -91,14 +91,13 @@ class Scheduler:
         self.seqs = [Sequence(i) for i in range(model.sequences)]
         self.n_swa = model.n_swa
         self.n_vocab = int(llama_cpp.llama_vocab_n_tokens(model.vocab))
-        self.capacity = max(model.batch, model.sequences)
+        self.capacity = model.batch  # tokens per step
         self.batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
         self.cond = threading.Condition()
         self.inbox: collections.deque[tuple[int, Active]] = collections.deque()
         self.closing = False
         self.orders = itertools.count()
         self.preparer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
-        self.steps = 0  # decodes so far (tests and logs)
 
     @classmethod
     def load(cls, make: Callable[[], LoadedModel]) -> Scheduler:
@@ -287,7 +286,6 @@ class Scheduler:
             chunks.append((seq, take))
         batch.n_tokens = n
         result = llama_cpp.llama_decode(self.model.ctx, batch)
-        self.steps += 1
         if result != 0:
             error = MeshdError(f"llama.cpp could not decode (llama_decode returned {result})")
             for seq in {s.index: s for s in generating + [c[0] for c in chunks]}.values():

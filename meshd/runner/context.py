@@ -50,6 +50,7 @@ class LoadedModel:
                 internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
             )
         )
+        batch = max(batch, sequences)  # a step holds at least one token of every sequence
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = context * sequences
         params.n_seq_max = sequences

@@ -98,7 +98,7 @@ class Runner:
                     context=opts.context,
                     sequences=opts.slots,
                     threads=opts.threads,
-                    batch=max(opts.batch, opts.slots),
+                    batch=opts.batch,
                     use_mmap=opts.use_mmap,
                     gpu_layers=gpu_layers,
                     chat_template=opts.chat_template,
