@@ -123,9 +123,7 @@ def open_file_limit(daemon_pid: int | None, recorded: int = 0) -> Check:
     return Check(name, "ok", f"{soft}")
 
 
-def always_on(
-    settings: Settings, daemon: dict[str, str] | None, pmset: str | None
-) -> list[Check]:
+def always_on(settings: Settings, daemon: dict[str, str] | None, pmset: str | None) -> list[Check]:
     """Every always-on check; daemon is the running daemon's record (meshd.daemonfile), pmset
     what `pmset -g` printed (None: not macOS)."""
     daemon_pid = int(daemon["pid"]) if daemon else None
