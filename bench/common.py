@@ -61,16 +61,6 @@ def bench_model(path: str | None) -> Path:
     return Path(path) if path else demo_model_path(default_home() / "demo" / "models")
 
 
-def drop_from_page_cache(path: Path) -> None:
-    """Ask the kernel to forget the file's cached pages, so the next read comes from disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {

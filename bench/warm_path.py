@@ -24,7 +24,6 @@ from common import (
     alternate,
     bench_model,
     console,
-    drop_from_page_cache,
     percentile,
     print_table,
     verdict,
@@ -35,6 +34,7 @@ from llama_cpp import Llama, llama_vocab_is_eog
 from meshd.client import MeshClient
 from meshd.config import ModelSpec, Settings
 from meshd.engine import Engine
+from meshd.engine.residency import drop_from_cache
 from meshd.engine.runnerproc import RunnerOptions, RunnerProcess
 from meshd.process import DaemonProcess
 from meshd.runner.protocol import LoadOptions
@@ -290,7 +290,7 @@ async def _load_times(
             await asyncio.sleep(0)  # the model hears of it
             assert host.state is ModelState.FAILED
         if from_disk:
-            drop_from_page_cache(path)
+            drop_from_cache(path)
         started = time.perf_counter()
         await engine.warm(MODEL, wait=True)
         times.append(time.perf_counter() - started)

@@ -15,6 +15,7 @@ from meshd.config import load_settings, parse_duration
 from meshd.daemonfile import running_daemon_http
 from meshd.errors import InvalidRequest
 from meshd.prefixes import read_prefix_file
+from meshd.types import PAGED_OUT_BELOW
 
 if TYPE_CHECKING:
     from meshd.types import Chunk, MeshStatus, ModelInfo
@@ -172,6 +173,7 @@ def _prefix_text(prefix_file: Path | None, system_file: Path | None) -> tuple[st
 MODEL_COLUMNS = (
     Column("model"),
     Column("state"),
+    Column("resident", right=True),
     Column("memory", right=True),
     Column("warm for"),
     Column("chat"),
@@ -181,6 +183,7 @@ MODEL_COLUMNS = (
     Column("slots", wide_only=True, right=True),
     Column("quant", wide_only=True),
     Column("runner", wide_only=True),
+    Column("last load", wide_only=True),
     Column("gpu", wide_only=True),
     Column("note", wide_only=True),
 )
@@ -209,7 +212,8 @@ def models(
         rows.append(
             [
                 m.name,
-                str(m.state),
+                _state_cell(m),
+                _resident_cell(m),
                 human_bytes(m.memory_bytes),
                 "pinned" if m.pinned else human_until(m.warm_until),
                 _chat_cell(m.chat_template),
@@ -221,6 +225,7 @@ def models(
                 str(m.slots),
                 m.quantization or "-",
                 _runner_cell(m),
+                _load_cell(m),
                 _gpu_cell(m),
                 m.error,
             ]
@@ -230,6 +235,34 @@ def models(
         for m in listed:
             if m.error:
                 console.print(f"{m.name}: {m.error}", highlight=False)
+
+
+def _state_cell(m: ModelInfo) -> str:
+    """Its state; a warm model the OS paged out says so."""
+    share = m.resident_share
+    if m.state == "warm" and share is not None and share < PAGED_OUT_BELOW:
+        return "warm, paged out"
+    return str(m.state)
+
+
+def _resident_cell(m: ModelInfo) -> str:
+    """The share of its file in memory (mincore), and whether it is locked there."""
+    share = m.resident_share
+    cell = "-" if share is None else f"{share:.0%}"
+    return f"{cell} locked" if m.lock_memory else cell
+
+
+def _load_cell(m: ModelInfo) -> str:
+    """How long its last load took, and whether it read the file from the page cache or disk."""
+    if not m.load_seconds:
+        return "-"
+    if m.load_resident_share < 0:
+        source = ""
+    elif m.load_resident_share >= PAGED_OUT_BELOW:
+        source = " from page cache"
+    else:
+        source = f" from disk ({1 - m.load_resident_share:.0%})"
+    return f"{m.load_seconds:.1f} s{source}"
 
 
 def _gpu_cell(m: ModelInfo) -> str:
@@ -262,6 +295,7 @@ def _elsewhere(seen: MeshStatus) -> dict[str, list[str]]:
             continue
         for model in peer.info.models:
             mark = " (warm)" if model.state == "warm" else ""
+            mark = " (paged out)" if model.paged_out else mark
             found.setdefault(model.name, []).append(peer.info.peer_id + mark)
     return found
 

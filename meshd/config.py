@@ -32,6 +32,7 @@ class ModelSpec:
     name: str
     path: Path
     chat_template: ChatTemplate | None = None
+    lock_memory: bool | None = None  # lock its weights in memory (None: the global setting)
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,8 @@ class Settings:
     # Concurrent TCP connections (peers and apps); at most half the open-file limit.
     max_connections: int = 256
     use_mmap: bool = True
+    # Lock every model's weights in memory (mlock), within the memory budget; per model too.
+    lock_memory: bool = False
     # A model's runner that sends nothing for this long while serving a request is killed.
     runner_stall_timeout: float = 60.0
     # A runner resident past this is killed, with the reason (0: twice what its model needs,
@@ -314,11 +317,12 @@ def _models(value: Any, base: Path | None) -> tuple[ModelSpec, ...]:
     return tuple(parse_model(str(item), base) for item in items if str(item).strip())
 
 
-MODEL_KEYS = ("file", "chat_template")
+MODEL_KEYS = ("file", "chat_template", "lock_memory")
 
 
 def _model_entry(name: str, entry: Any, base: Path | None) -> ModelSpec:
-    """`name = "path"`, or a table: `[models.NAME]` with file = ... and chat_template = ..."""
+    """`name = "path"`, or a table: `[models.NAME]` with file = ..., chat_template = ... and
+    lock_memory = true/false."""
     if not isinstance(entry, Mapping):
         return model_spec(name, str(entry), base)
     unknown = sorted(set(entry) - set(MODEL_KEYS))
@@ -329,7 +333,10 @@ def _model_entry(name: str, entry: Any, base: Path | None) -> ModelSpec:
     template = entry.get("chat_template")
     if template is not None and not isinstance(template, str):
         raise ConfigError(f"{name}: chat_template must be a string")
-    spec = model_spec(name, entry["file"], base)
+    lock = entry.get("lock_memory")
+    if lock is not None and not isinstance(lock, bool):
+        raise ConfigError(f"{name}: lock_memory must be true or false")
+    spec = replace(model_spec(name, entry["file"], base), lock_memory=lock)
     try:
         chosen = parse_chat_template(template, base) if template is not None else None
     except ConfigError as exc:
@@ -355,6 +362,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "max_connections": _positive_int,
     "max_pull_bytes": parse_size,
     "use_mmap": _boolean,
+    "lock_memory": _boolean,
     "runner_stall_timeout": parse_duration,
     "runner_memory_limit": parse_size,
     "replica_max_models": _positive_int,

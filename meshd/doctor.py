@@ -6,6 +6,7 @@ knows; nothing is sent to any other address.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from meshd.config import Settings
 from meshd.daemonfile import running_daemon
 from meshd.errors import InvalidModelFile, MeshdError
 from meshd.macchecks import mac_checks, read_mac_state
+from meshd.memlock import how_to_raise, memlock_limit
 from meshd.renewal import read_record
 from meshd.security.credentials import TlsCredentials
 from meshd.security.keyring import Keyring
@@ -41,7 +43,7 @@ def run_checks(settings: Settings) -> list[Check]:
     daemon_check, mesh, models = _daemon(record)
     checks += [daemon_check, _listening(settings, keyring, record), _multicast(settings)]
     checks += _peers(keyring, mesh)
-    checks += [_store(settings), _memory()]
+    checks += [_store(settings), _memory(), _memory_lock(settings, models or [])]
     mac = read_mac_state()  # None off macOS
     checks += always_on(settings, record, mac.pmset if mac else None)
     paths = [settings.home, Path(sys.prefix), *(spec.path for spec in settings.models)]
@@ -180,6 +182,32 @@ def _memory() -> Check:
         fix = "close other apps, or lower memory_budget in meshd.toml"
         return Check("memory", "warn", detail, fix)
     return Check("memory", "ok", detail)
+
+
+def _memory_lock(settings: Settings, models: list[ModelInfo]) -> Check:
+    """Whether the models lock_memory asks for are locked, or can be."""
+    wanted = {
+        spec.name
+        for spec in settings.models
+        if (spec.lock_memory if spec.lock_memory is not None else settings.lock_memory)
+    }
+    if settings.lock_memory:
+        wanted |= {m.name for m in models}
+    if not wanted:
+        return Check("memory lock", "skip", "lock_memory is off (the OS may page idle models out)")
+    unlocked = [m.name for m in models if m.name in wanted and m.runner_pid and not m.lock_memory]
+    if unlocked:
+        detail = f"lock_memory is on but {', '.join(sorted(unlocked))} is not locked"
+        return Check("memory lock", "fail", detail, how_to_raise())
+    limit = memlock_limit()
+    biggest = max((m.size_bytes for m in models if m.name in wanted), default=0)
+    if limit is not None and limit < biggest and os.geteuid() != 0:
+        detail = (
+            f"the OS lets this user lock {limit // 2**20} MiB; "
+            f"the weights are {biggest // 2**20} MiB"
+        )
+        return Check("memory lock", "warn", detail, how_to_raise())
+    return Check("memory lock", "ok", f"the weights of {', '.join(sorted(wanted))} can be locked")
 
 
 def failed(checks: list[Check]) -> bool:

@@ -24,7 +24,7 @@ from meshd.engine import Engine
 from meshd.fdlimit import connection_cap, raise_open_file_limit
 from meshd.fsutil import private_dir
 from meshd.homelock import HomeLock
-from meshd.hostload import HostWatch, YieldRules
+from meshd.hostload import NORMAL, HostWatch, YieldRules, memory_pressure
 from meshd.http.server import HttpServer, http_door
 from meshd.mesh import Mesh
 from meshd.netwatch import AddressWatch
@@ -115,6 +115,7 @@ class Node:
         self.servers: list[aio.Server] = []  # TCP (when served) and the Unix socket
         self.http: HttpServer | None = None
         self.awake = KeepAwake(settings.keep_awake)
+        self.engine.keeper.owner_needs_memory = lambda: memory_pressure() != NORMAL
         self.host_watch = HostWatch(
             YieldRules(settings.yield_busy_cpu, settings.yield_on_battery),
             self._report_yield,
@@ -239,6 +240,18 @@ class Node:
                 "Runners started again after a failure.",
                 ["model"],
                 [([m.name], m.restarts) for m in models],
+            ),
+            gauge(
+                "meshd:model_resident_ratio",
+                "Share of each model file in memory (mincore); absent where unknown.",
+                ["model"],
+                [([m.name], share) for m in models if (share := m.resident_share) is not None],
+            ),
+            gauge(
+                "meshd:disk_read_bytes_per_second",
+                "How fast this peer reads model files from disk, as measured (0 until then).",
+                [],
+                [([], self.engine.read_rate.bytes_per_second)],
             ),
         ]
 

@@ -6,9 +6,13 @@ Inputs are plain data, so every rule here is unit-tested without a socket:
   the prompt that peer does not hold warm (from the prefix fingerprints it announces and its
   measured prefill rate), so a request goes where its prefix is warm unless that peer is
   busier by more than the prefill it saves;
+- a warm peer whose model the OS paged out (mincore says how much of its file is in memory)
+  also pays the page-in: the bytes not in memory / that peer's measured read rate, so the mesh
+  prefers a peer where the model is really warm;
 - near-equals (within NEAR_EQUAL of the best) are sampled by two random choices; the local
   peer wins ties;
-- no warm peer: the live peer that has the file and the most free memory (it warms, then serves);
+- no warm peer: the live peer that has the file and the most free memory (it warms, then serves;
+  the reason says whether the load reads the file from the page cache or from disk);
 - a paused peer is left out, unless it is this peer and no other can serve; a yielding peer
   (its host busy with its owner's work) serves only when no other peer can;
 - replicas: when fewer peers hold a model's file than a warm asks for, the open peers with the
@@ -22,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from meshd.prefixes import tokens_of, warm_chars
-from meshd.types import ModelState, PeerModel
+from meshd.types import PAGED_OUT_BELOW, ModelState, PeerModel
 
 NEAR_EQUAL_S = 0.002  # waits this close are treated as equal
 NEAR_EQUAL_FRACTION = 0.10
@@ -119,7 +123,19 @@ def choose(
     if not candidates:
         return None
     best = max(candidates, key=lambda p: (p.memory_free, p.local))
-    return Decision(best, f"no peer had it warm; {_who(best)} has the most free memory", False)
+    reason = f"no peer had it warm; {_who(best)} has the most free memory"
+    return Decision(best, reason + load_source(best.models[model]), False)
+
+
+def load_source(view: PeerModel) -> str:
+    """Where a load of this model reads its file from, and about how long that takes ("" when
+    its residency is unknown)."""
+    share = view.resident_share
+    if share is None:
+        return ""
+    if share >= PAGED_OUT_BELOW:
+        return f"; loads from the page cache ({share:.0%} of its file in memory)"
+    return f"; loads from disk (~{1000 * view.page_in_seconds():,.0f} ms to read {1 - share:.0%})"
 
 
 def _least_cost(
@@ -127,7 +143,11 @@ def _least_cost(
 ) -> Decision:
     rate = shared_rate(warm, model)
     fills = {p.peer_id: prefill(p, model, prompt, rate) for p in warm}
-    costs = {p.peer_id: expected_wait(p, model) + fills[p.peer_id].seconds for p in warm}
+    pages = {p.peer_id: p.models[model].page_in_seconds() for p in warm}
+    costs = {
+        p.peer_id: expected_wait(p, model) + fills[p.peer_id].seconds + pages[p.peer_id]
+        for p in warm
+    }
     best = min(costs.values())
     margin = max(NEAR_EQUAL_S, best * NEAR_EQUAL_FRACTION)
     near = [p for p in warm if costs[p.peer_id] <= best + margin]
@@ -148,7 +168,28 @@ def _least_cost(
         )
     else:
         reason = f"warm on {_who(chosen)}, least expected wait {wait_ms:.0f} ms"
-    return Decision(chosen, reason, True)
+    return Decision(chosen, reason + _residency_note(warm, model, chosen, pages), True)
+
+
+def _residency_note(
+    warm: list[PeerView], model: str, chosen: PeerView, pages: dict[str, float]
+) -> str:
+    """What paging cost the choice: the chosen peer's page-in, or the paged-out peers it
+    passed over."""
+    view = chosen.models[model]
+    if view.paged_out:
+        share = view.resident_share or 0.0
+        ms = 1000 * pages[chosen.peer_id]
+        return f"; paged out ({share:.0%} resident), ~{ms:,.0f} ms to page in"
+    passed = [p for p in warm if p is not chosen and p.models[model].paged_out]
+    if not passed:
+        return ""
+    worst = max(passed, key=lambda p: pages[p.peer_id])
+    worst_share = worst.models[model].resident_share or 0.0
+    return (
+        f"; resident there, paged out on {_who(worst)} ({worst_share:.0%} resident, "
+        f"~{1000 * pages[worst.peer_id]:,.0f} ms to page in)"
+    )
 
 
 def _warm(peer: PeerView, model: str) -> bool:

@@ -62,7 +62,8 @@ class Telemetry:
         )
         self.starts = Counter(
             "meshd:model_starts",
-            "Requests served on this peer: on a warm model (warm) or after a load (cold).",
+            "Requests served on this peer: on a warm model (warm), on a loaded model the OS had "
+            "paged out (paged_out) or after a load (cold).",
             ["model", "start"],
             registry=r,
         )

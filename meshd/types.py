@@ -6,6 +6,25 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 MAX_HOPS = 1  # a request that was forwarded this many times is served where it lands
+# Until a peer has measured how fast it reads model files, assume this many bytes per second.
+ASSUMED_READ_BYTES_PER_S = 400 * 2**20
+# A loaded model with less of its file than this in memory is warm but paged out.
+PAGED_OUT_BELOW = 0.90
+
+
+def resident_share(resident_bytes: int, size_bytes: int) -> float | None:
+    """The share of a file in memory; None when unknown (resident_bytes < 0)."""
+    if resident_bytes < 0:
+        return None
+    return min(resident_bytes / size_bytes, 1.0) if size_bytes else 1.0
+
+
+def page_in_seconds(resident_bytes: int, size_bytes: int, read_rate: float) -> float:
+    """Seconds to read back the part of a file not in memory at read_rate bytes/s (the assumed
+    rate while unmeasured); 0 when its residency is unknown."""
+    if resident_bytes < 0:
+        return 0.0
+    return max(size_bytes - resident_bytes, 0) / (read_rate or ASSUMED_READ_BYTES_PER_S)
 
 
 class FinishReason(StrEnum):
@@ -125,6 +144,18 @@ class ModelInfo:
     restarts: int = 0  # runners started again after the previous one failed
     chat_template: str = ""  # where its chat template comes from; "" when it takes prompts only
     gpu_layers: int = 0  # layers its runner put on the GPU (-1: all; 0: it runs on the CPU)
+    resident_bytes: int = -1  # of mapped_bytes, in memory now (mincore); -1 unknown
+    # Bytes of its file it reads through its mapping on every token (some weights are copied
+    # into memory of the runner's own at load); the whole file while no runner holds it.
+    mapped_bytes: int = 0
+    load_seconds: float = 0.0  # its last load, measured; 0 before one
+    load_resident_share: float = -1.0  # of its file in memory when that load began; -1 unknown
+    lock_memory: bool = False  # its weights are locked in memory (mlock)
+
+    @property
+    def resident_share(self) -> float | None:
+        """The share of what it reads that is in memory; None when unknown."""
+        return resident_share(self.resident_bytes, self.mapped_bytes or self.size_bytes)
 
 
 @dataclass(frozen=True)
@@ -157,6 +188,29 @@ class PeerModel:
     prefix_prints: tuple[int, ...] = ()  # fingerprints of what its slots hold (meshd.prefixes)
     prefill_rate: float = 0.0  # prompt tokens per second it prefills; 0 while unmeasured
     chat_template: str = ""  # where its chat template comes from; "" when it takes prompts only
+    resident_bytes: int = -1  # of mapped_bytes, in memory now (mincore); -1 unknown
+    mapped_bytes: int = 0  # what it reads through its mapping (see ModelInfo); 0: size_bytes
+    read_rate: float = 0.0  # bytes per second the peer reads model files from disk; 0 unmeasured
+
+    @property
+    def measured_bytes(self) -> int:
+        """The bytes resident_bytes is a part of."""
+        return self.mapped_bytes or self.size_bytes
+
+    def page_in_seconds(self) -> float:
+        """Seconds its evicted pages take to read back (0 when all are in memory)."""
+        return page_in_seconds(self.resident_bytes, self.measured_bytes, self.read_rate)
+
+    @property
+    def resident_share(self) -> float | None:
+        """The share of what it reads that is in memory; None when unknown."""
+        return resident_share(self.resident_bytes, self.measured_bytes)
+
+    @property
+    def paged_out(self) -> bool:
+        """Loaded, but with too little of what it reads in memory to answer at warm speed."""
+        share = self.resident_share
+        return self.state is ModelState.WARM and share is not None and share < PAGED_OUT_BELOW
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -17,7 +18,9 @@ from typing import Any
 from meshd.chattemplates import ChatTemplate
 from meshd.config import PinnedPrefix, Settings, with_machine_defaults
 from meshd.engine.eviction import expired, plan_eviction
+from meshd.engine.keeper import ResidencyKeeper
 from meshd.engine.model import ModelHost, PinnedReport, SlotOptions
+from meshd.engine.residency import ReadRate
 from meshd.engine.runnerproc import RunnerOptions
 from meshd.engine.runnersupply import RunnerSupply
 from meshd.engine.validate import Limits, validate_request
@@ -32,6 +35,7 @@ from meshd.errors import (
 from meshd.store import ModelStore
 from meshd.telemetry import Telemetry
 from meshd.types import (
+    ASSUMED_READ_BYTES_PER_S,
     Chunk,
     GenerateRequest,
     ModelInfo,
@@ -45,8 +49,6 @@ log = logging.getLogger("meshd.engine")
 PREFIX_DIR = "prefixes"  # pinned prefixes' saved states, in the home
 
 REAP_INTERVAL_S = 1.0
-# Until a model has loaded once, its load time is guessed from its size at this rate.
-ASSUMED_LOAD_BYTES_PER_S = 400 * 2**20
 
 
 def prefix_key(host: ModelHost, pin: PinnedPrefix, context: int) -> str:
@@ -84,14 +86,19 @@ class Engine:
             use_mmap=settings.use_mmap,
             memory_limit=settings.runner_memory_limit,
             gpu_layers=settings.gpu_layers,
+            lock_memory=settings.lock_memory,
         )
         self.supply = RunnerSupply(
             RunnerOptions(stall_timeout=settings.runner_stall_timeout), settings.spare_runner
         )
+        self.read_rate = ReadRate()
         self.hosts = {
-            spec.name: self._new_host(spec.name, spec.path, chat_template=spec.chat_template)
+            spec.name: self._new_host(
+                spec.name, spec.path, chat_template=spec.chat_template, lock=spec.lock_memory
+            )
             for spec in settings.models
         }
+        self.keeper = ResidencyKeeper(lambda: self.hosts.values(), self.read_rate)
         self._store_seen = -1
         self._retired: list[ModelHost] = []  # out of the store, still loaded
         self._load_lock = asyncio.Lock()
@@ -117,6 +124,7 @@ class Engine:
                     f"not serve (it has: {have})"
                 )
         self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
+        self.keeper.start()
         pinned = [h for h in self.hosts.values() if h.pinned and h.state is ModelState.COLD]
         for host in pinned:
             self._loading_task(host)
@@ -131,24 +139,36 @@ class Engine:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self._reaper = None
+        await self.keeper.close()
         async with self._load_lock:
-            loaded = [h for h in [*self.hosts.values(), *self._retired] if h.loaded]
-            await asyncio.gather(*(h.unload() for h in loaded))
+            everyone = [*self.hosts.values(), *self._retired]
+            await asyncio.gather(*(h.unload() for h in everyone if h.loaded))
+            for host in everyone:
+                host.probe.close()
             self._retired.clear()
         await self.supply.close()
 
     def _new_host(
-        self, name: str, path: Path, digest: str = "", chat_template: ChatTemplate | None = None
+        self,
+        name: str,
+        path: Path,
+        digest: str = "",
+        chat_template: ChatTemplate | None = None,
+        lock: bool | None = None,
     ) -> ModelHost:
+        options = (
+            self.options if lock is None else dataclasses.replace(self.options, lock_memory=lock)
+        )
         return ModelHost(
             name,
             path,
-            self.options,
+            options,
             self.supply,
             pinned=name in self.settings.pins,
             max_queue=self.settings.max_queue,
             digest=digest,
             chat_template=chat_template,
+            read_rate=self.read_rate,
         )
 
     async def refresh(self) -> None:
@@ -179,6 +199,8 @@ class Engine:
         """A model that left the store: the reaper unloads it once its requests finish."""
         if host.loaded:
             self._retired.append(host)
+        else:
+            host.probe.close()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -197,7 +219,9 @@ class Engine:
         host = self.host(request.model)
         host.last_request = time.time()
         with host.admit():
-            start = "warm" if host.state is ModelState.WARM else "cold"
+            start = "cold"
+            if host.state is ModelState.WARM:
+                start = "paged_out" if host.paged_out else "warm"
             self.telemetry.starts.labels(host.name, start).inc()
             await self.ensure_warm(host)
             waited = self.telemetry.queue.labels(host.name).observe
@@ -231,8 +255,12 @@ class Engine:
         host.lease_until = max(host.lease_until, now + lease)
         host.last_used = max(host.last_used, now)
         prefix_tokens = 0
+        if host.state is ModelState.WARM:
+            await asyncio.to_thread(host.measure_residency)
+        paged_out = host.state is ModelState.WARM and host.paged_out
         if wait:
             await self.ensure_warm(host, for_warm=True)
+            await self._page_in_if_evicted(host)
             if prefill is not None:
                 last = await self._prefill(host, prefill, now + lease)
                 prefix_tokens = last.prompt_tokens if last is not None else 0
@@ -240,9 +268,13 @@ class Engine:
             self._background(self._warm_then_prefill(host, prefill, now + lease), f"prefix-{name}")
         elif host.state is not ModelState.WARM:
             self._loading_task(host, for_warm=True)
-        state = host.state if host.state is ModelState.WARM else ModelState.LOADING
+        elif paged_out:
+            self._background(self._page_in_if_evicted(host), f"page-in-{name}")
+        ready = host.state is ModelState.WARM and not (paged_out and not wait)
+        state = ModelState.WARM if ready else ModelState.LOADING
         until = host.warm_until(self.keep_alive)
-        return WarmResult(name, state, self._ready_in(host), until, prefix_tokens=prefix_tokens)
+        ready_in = 0.0 if ready else self._ready_in(host)
+        return WarmResult(name, state, ready_in, until, prefix_tokens=prefix_tokens)
 
     def _prefill_request(self, name: str, prefix: Prefix) -> GenerateRequest:
         request = GenerateRequest(
@@ -255,7 +287,14 @@ class Engine:
         self, host: ModelHost, prefill: GenerateRequest, hold_until: float
     ) -> None:
         await self.ensure_warm(host, for_warm=True)
+        await self._page_in_if_evicted(host)
         await self._prefill(host, prefill, hold_until)
+
+    async def _page_in_if_evicted(self, host: ModelHost) -> None:
+        """A Warm on a loaded model whose pages the OS took: read them back before it says the
+        model is ready (measured now, not as the keeper last saw it)."""
+        if host.state is ModelState.WARM:
+            await self.keeper.page_in(host)
 
     async def _prefill(
         self,
@@ -370,11 +409,14 @@ class Engine:
         return f"{why}; raise memory_budget or unpin a model"
 
     def _ready_in(self, host: ModelHost) -> float:
+        """Seconds until host is ready: its page-in when loaded, else its last load's time, or
+        its file read at this peer's measured rate before it loaded once."""
         if host.state is ModelState.WARM:
-            return 0.0
+            return host.load_snapshot().page_in_seconds()
         if host.load_seconds is not None:
             return host.load_seconds
-        return host.projected_memory() / ASSUMED_LOAD_BYTES_PER_S
+        rate = self.read_rate.bytes_per_second or ASSUMED_READ_BYTES_PER_S
+        return host.projected_memory() / rate
 
     # -- keep-alive ------------------------------------------------------------------------
 
@@ -384,6 +426,7 @@ class Engine:
             for host in [h for h in self._retired if not h.busy]:
                 self._retired.remove(host)
                 await host.unload()
+                host.probe.close()
             loaded = [h.resident(self.keep_alive) for h in self.hosts.values() if h.loaded]
             names = expired(loaded, time.time())
             for name in names:

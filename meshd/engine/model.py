@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import time
@@ -17,6 +18,7 @@ from meshd.chattemplates import ChatTemplate, choose_template
 from meshd.engine import failures
 from meshd.engine.eviction import Resident, warm_until
 from meshd.engine.failures import FailureRecord, FileStamp, Verdict
+from meshd.engine.residency import ReadRate, Residency, ResidencyProbe
 from meshd.engine.runnerproc import RunnerProcess
 from meshd.engine.runnersupply import RunnerSupply
 from meshd.engine.slots import SlotPool
@@ -25,6 +27,8 @@ from meshd.ggufcheck import GGUFFacts, inspect_gguf
 from meshd.prefixes import canonical_of
 from meshd.runner.protocol import LoadOptions
 from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel
+
+log = logging.getLogger("meshd.engine")
 
 # Scratch a llama.cpp context needs beyond weights and KV cache, before it is measured.
 CONTEXT_OVERHEAD_BYTES = 16 * 2**20
@@ -42,6 +46,7 @@ class SlotOptions:
     use_mmap: bool
     memory_limit: int = 0  # a runner's resident bytes (0: from the model's needs)
     gpu_layers: int = -1  # layers on the GPU (-1: all where the build can offload)
+    lock_memory: bool = False  # lock the weights in memory (mlock)
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class ModelHost:
         max_queue: int,
         digest: str = "",
         chat_template: ChatTemplate | None = None,
+        read_rate: ReadRate | None = None,
     ) -> None:
         self.name, self.path, self.options = name, path, options
         self.configured_template = chat_template  # meshd.toml's, if it names one
@@ -92,6 +98,10 @@ class ModelHost:
         self.loading: asyncio.Task[None] | None = None
         self.failures = FailureRecord()
         self.restarts = 0  # runners started after the previous one failed
+        self.probe = ResidencyProbe(path)
+        self.residency: Residency | None = None  # its file in memory, as last measured
+        self.read_rate = read_rate or ReadRate()  # this peer's disk, shared by its models
+        self.load_resident_share = -1.0  # of its file in memory when the last load began
 
     # -- facts and memory ------------------------------------------------------------------
 
@@ -126,6 +136,26 @@ class ModelHost:
             facts.architecture,
             facts.chat_markers,
         )
+
+    def measure_residency(self) -> Residency | None:
+        """Measure how much of what it reads is in memory now, and keep it (blocking: mincore):
+        the parts of its file its runner reads through the mapping, the whole file when no
+        runner holds it (what a load reads)."""
+        self.residency = self.probe.measure(self.pages_used)
+        return self.residency
+
+    @property
+    def pages_used(self) -> tuple[tuple[int, int], ...] | None:
+        """The parts of its file its runner reads per token; None: all of it."""
+        runner = self.runner
+        if runner is None or self.state is not ModelState.WARM:
+            return None
+        return runner.pages_used
+
+    @property
+    def paged_out(self) -> bool:
+        """Loaded, with too little of its file in memory to answer at warm speed."""
+        return self.load_snapshot().paged_out
 
     async def count_tokens(self, request: GenerateRequest) -> int | None:
         """How many tokens the request's prompt is, as its runner tokenizes it; None when no
@@ -239,6 +269,7 @@ class ModelHost:
             self.restarts += 1
         self.state, self.error = ModelState.LOADING, ""
         opts = self.options
+        before = await asyncio.to_thread(self.measure_residency)
         started = time.monotonic()
         runner: RunnerProcess | None = None
         try:
@@ -249,7 +280,7 @@ class ModelHost:
                 LoadOptions(
                     str(self.path), opts.count, opts.context, opts.threads, opts.batch,
                     opts.use_mmap, template.text if template is not None else "",
-                    opts.gpu_layers,
+                    opts.gpu_layers, opts.lock_memory,
                 )
             )  # fmt: skip
         except (ModelUnavailable, asyncio.CancelledError) as exc:
@@ -265,10 +296,15 @@ class ModelHost:
             self.supply.replenish()
         self.free = SlotPool(opts.count)
         self.load_seconds = time.monotonic() - started
+        self.load_resident_share = before.share if before is not None else -1.0
+        if before is not None:  # what it read from disk, in the time the whole load took
+            self.read_rate.add(before.missing, self.load_seconds)
         self.memory_bytes = max(runner.rss(), self.facts.file_size if self.facts else 0)
         self.last_used = time.time()
         self.failures = failures.after_load(self.failures)
         self.state = ModelState.WARM
+        if opts.lock_memory and not runner.locked:
+            log.warning("%s: lock_memory: %s", self.name, runner.lock_note or "not locked")
         runner.ended.add_done_callback(lambda ended: self._runner_ended(runner, ended.result()))
 
     def _runner_ended(self, runner: RunnerProcess, reason: str) -> None:
@@ -387,9 +423,12 @@ class ModelHost:
         size = self.facts.file_size if self.facts else 0
         prints = self.free.fingerprints() if self.state is ModelState.WARM else ()
         template = self.chat_template
+        measured = self.residency
+        resident = measured.resident if measured is not None else -1
         return PeerModel(
             self.name, self.state, active, queued, slots, mean, memory, size, prints,
-            self.prefill_rate, template.source if template is not None else "",
+            self.prefill_rate, template.source if template is not None else "", resident,
+            measured.size if measured is not None else size, self.read_rate.bytes_per_second,
         )  # fmt: skip
 
     def info(self, keep_alive: float) -> ModelInfo:
@@ -417,4 +456,9 @@ class ModelHost:
             restarts=self.restarts,
             chat_template=template.source if template is not None else "",
             gpu_layers=runner.gpu_layers if runner is not None and runner.alive else 0,
+            resident_bytes=self.residency.resident if self.residency is not None else -1,
+            mapped_bytes=self.residency.size if self.residency is not None else 0,
+            load_seconds=self.load_seconds or 0.0,
+            load_resident_share=self.load_resident_share,
+            lock_memory=runner.locked if runner is not None and runner.alive else False,
         )

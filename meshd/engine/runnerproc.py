@@ -37,6 +37,7 @@ STDERR_LINES_KEPT = 8
 STDERR_LINE_CHARS = 400
 EXIT_WAIT_S = 2.0  # after the socket closes, how long the process may take to be reaped
 COUNT_TIMEOUT_S = 30.0  # a count renders a chat (bounded to 5 s) and tokenizes
+POPULATE_TIMEOUT_S = 120.0  # mapping a model's pages again: page-cache work, no disk read
 
 
 @dataclass
@@ -104,9 +105,16 @@ class RunnerProcess:
         # Resident bytes past which the runner is killed (0: no limit); its ModelHost sets it.
         self.memory_limit = 0
         self.gpu_layers = 0  # layers its model runs on the GPU (-1: all), as it said when ready
+        self.locked = False  # its weights are locked in memory, as it said when ready
+        # (offset, length) parts of its file a token reads through the mapping, as it said
+        # when ready; None: all of the file, as far as it could tell.
+        self.pages_used: tuple[tuple[int, int], ...] | None = None
+        self.lock_note = ""  # why they are not, when that was asked
         self._load: _Load | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._counts: dict[int, asyncio.Future[int]] = {}  # token counts asked, by id
+        # Questions asked of the runner (a token count, a populate), by id: the op of the
+        # answer expected, and where it goes.
+        self._asks: dict[int, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
 
     @property
     def pid(self) -> int:
@@ -237,16 +245,28 @@ class RunnerProcess:
 
     async def count(self, request: GenerateRequest, timeout: float = COUNT_TIMEOUT_S) -> int:
         """How many tokens the runner makes of the request's prompt (a chat: rendered)."""
+        answer = await self._ask(
+            {"op": "count", "request": protocol.request_to_wire(request)}, "counted", timeout
+        )
+        tokens = answer.get("tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool):
+            raise protocol.ProtocolError("a count without a token count")
+        return tokens
+
+    async def populate(self, timeout: float = POPULATE_TIMEOUT_S) -> None:
+        """Have the runner map what a token reads into its page table again (after the daemon
+        read it back into the page cache)."""
+        await self._ask({"op": "populate"}, "populated", timeout)
+
+    async def _ask(self, message: dict[str, Any], answer: str, timeout: float) -> dict[str, Any]:
         request_id = next(self.ids)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._counts[request_id] = future
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asks[request_id] = (answer, future)
         try:
-            self._send(
-                {"op": "count", "id": request_id, "request": protocol.request_to_wire(request)}
-            )
+            self._send({**message, "id": request_id})
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         finally:
-            self._counts.pop(request_id, None)
+            self._asks.pop(request_id, None)
 
     def _send(self, message: dict[str, Any]) -> None:
         assert self.writer is not None
@@ -273,14 +293,15 @@ class RunnerProcess:
         if op in ("loaded", "ready", "failed"):
             self._on_load_frame(op, message, now)
             return
-        counting = self._counts.pop(message.get("id", -1), None)
-        if counting is not None:
-            if op == "counted" and isinstance(message.get("tokens"), int):
-                counting.set_result(int(message["tokens"]))
+        asked = self._asks.pop(message.get("id", -1), None)
+        if asked is not None:
+            expected, future = asked
+            if op == expected:
+                future.set_result(message)
             elif op == "error":
-                counting.set_exception(protocol.error_from_wire(message, RUNNER_ERRORS))
+                future.set_exception(protocol.error_from_wire(message, RUNNER_ERRORS))
             else:
-                raise protocol.ProtocolError(f"{op[:32]!r} frame for a count")
+                raise protocol.ProtocolError(f"{op[:32]!r} frame for a {expected[:32]!r}")
             return
         entry = self.requests.get(message.get("id", -1))
         if entry is None:
@@ -310,6 +331,9 @@ class RunnerProcess:
         elif op == "ready":
             layers = message.get("gpu_layers", 0)
             self.gpu_layers = layers if isinstance(layers, int) and -1 <= layers < 2**16 else 0
+            self.locked = message.get("locked") is True
+            self.lock_note = str(message.get("lock_note", ""))[:STDERR_LINE_CHARS]
+            self.pages_used = _ranges(message.get("pages_used"))
             load.done.set_result(float(message.get("load_seconds", 0.0)))
         else:
             reason = str(message.get("reason", "load failed"))[:STDERR_LINE_CHARS]
@@ -386,8 +410,27 @@ class RunnerProcess:
             note = f"; the text so far ({entry.tokens} tokens) is partial" if entry.tokens else ""
             entry.chunks.put_nowait(RunnerFailed(f"{self.label}: {reason}{note}"))
             self._finish(request_id)
-        for counting in self._counts.values():
-            if not counting.done():
-                counting.set_exception(RunnerFailed(f"{self.label}: {reason}"))
+        for _, future in self._asks.values():
+            if not future.done():
+                future.set_exception(RunnerFailed(f"{self.label}: {reason}"))
         if not self.closing:
             log.error("%s: %s", self.label, reason)
+
+
+MAX_USED_RANGES = 4096
+
+
+def _ranges(value: Any) -> tuple[tuple[int, int], ...] | None:
+    """A runner's pages_used: (offset, length) pairs of non-negative ints, at most
+    MAX_USED_RANGES; None for anything else (then the whole file counts)."""
+    if not isinstance(value, list) or len(value) > MAX_USED_RANGES:
+        return None
+    pairs = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 2):
+            return None
+        offset, length = item
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**62 for x in item):
+            return None
+        pairs.append((offset, length))
+    return tuple(pairs)

@@ -234,11 +234,18 @@ class Door:
                         "owned_by": "meshd",
                         "state": m.state.value,
                         "warm_on": [],
+                        "paged_out_on": [],
+                        "resident": {},
                         "chat_template": m.chat_template,
                     },
                 )
                 if m.state is ModelState.WARM:
                     entry["warm_on"].append(peer.info.peer_id)
+                if m.paged_out:
+                    entry["paged_out_on"].append(peer.info.peer_id)
+                share = m.resident_share
+                if share is not None:  # of its file in memory on that peer (mincore)
+                    entry["resident"][peer.info.peer_id] = round(share, 4)
                 if order.index(m.state) < order.index(ModelState(entry["state"])):
                     entry["state"] = m.state.value
                 entry["chat_template"] = entry["chat_template"] or m.chat_template

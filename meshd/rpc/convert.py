@@ -178,6 +178,11 @@ def model_to_pb(info: ModelInfo) -> pb.ModelInfo:
         restarts=info.restarts,
         chat_template=info.chat_template,
         gpu_layers=info.gpu_layers,
+        resident_bytes=info.resident_bytes if info.resident_bytes >= 0 else None,
+        load_seconds=info.load_seconds,
+        load_resident_share=info.load_resident_share if info.load_resident_share >= 0 else None,
+        lock_memory=info.lock_memory,
+        mapped_bytes=info.mapped_bytes,
     )
 
 
@@ -203,7 +208,30 @@ def model_from_pb(m: pb.ModelInfo) -> ModelInfo:
         restarts=m.restarts,
         chat_template=m.chat_template[:MAX_TEMPLATE_SOURCE],
         gpu_layers=max(min(m.gpu_layers, 2**16), -1),
+        resident_bytes=_resident_from_pb(m),
+        load_seconds=_finite(m.load_seconds),
+        load_resident_share=(
+            _share(m.load_resident_share) if m.HasField("load_resident_share") else -1.0
+        ),
+        lock_memory=m.lock_memory,
+        mapped_bytes=min(m.mapped_bytes, m.size_bytes),
     )
+
+
+def _resident_from_pb(m: pb.ModelInfo | pb.PeerModel) -> int:
+    """Resident bytes as sent (at most what was measured); -1 when unknown."""
+    if not m.HasField("resident_bytes"):
+        return -1
+    return min(m.resident_bytes, min(m.mapped_bytes, m.size_bytes) or m.size_bytes)
+
+
+def _finite(value: float) -> float:
+    """A non-negative finite number from a peer; 0 for anything else."""
+    return value if math.isfinite(value) and value > 0 else 0.0
+
+
+def _share(value: float) -> float:
+    return min(max(value, 0.0), 1.0) if math.isfinite(value) else -1.0
 
 
 def status_to_pb(status: PeerStatus) -> pb.PeerStatusReply:
@@ -268,6 +296,9 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
                 prefix_prints=m.prefix_prints,
                 prefill_tokens_per_second=m.prefill_rate,
                 chat_template=m.chat_template,
+                resident_bytes=m.resident_bytes if m.resident_bytes >= 0 else None,
+                read_bytes_per_second=m.read_rate,
+                mapped_bytes=m.mapped_bytes,
             )
             for m in info.models
         ],
@@ -380,12 +411,14 @@ def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
         name, state, x.active, x.queued, x.slots, x.service_seconds, x.memory_bytes, x.size_bytes
     )
     if isinstance(x, pb.PeerModel):  # what a peer says it holds: bounded, a finite rate
-        rate = x.prefill_tokens_per_second
         model = dataclasses.replace(
             model,
             prefix_prints=tuple(x.prefix_prints[:MAX_FINGERPRINTS]),
-            prefill_rate=rate if math.isfinite(rate) and rate > 0 else 0.0,
+            prefill_rate=_finite(x.prefill_tokens_per_second),
             chat_template=x.chat_template[:MAX_TEMPLATE_SOURCE],
+            resident_bytes=_resident_from_pb(x),
+            mapped_bytes=min(x.mapped_bytes, x.size_bytes),
+            read_rate=_finite(x.read_bytes_per_second),
         )
     return model
 

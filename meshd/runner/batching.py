@@ -34,6 +34,7 @@ from meshd.errors import Cancelled, InvalidRequest, MeshdError
 from meshd.runner import savedstate
 from meshd.runner.context import LoadedModel
 from meshd.runner.generation import Emit, Job, Vocabulary, prompt_tokens
+from meshd.runner.mapping import pages_used
 from meshd.runner.sampling import Sampler
 from meshd.runner.stops import StopMatcher
 from meshd.types import Chunk, FinishReason
@@ -118,6 +119,7 @@ class Scheduler:
             try:
                 model = make()
                 first_token(model)
+                model.pages_used = pages_used(model.path, lambda: first_token(model))
                 made.append(cls(model))
             except BaseException as error:
                 failed.append(error)

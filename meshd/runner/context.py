@@ -41,6 +41,10 @@ class LoadedModel:
         chat_template: str = "",
     ) -> None:
         route_llama_logs()
+        self.path = path
+        # The parts of the file a token reads through the mapping (set once loaded; None: all
+        # of it, as far as anyone can tell).
+        self.pages_used: list[tuple[int, int]] | None = None
         self._stack = contextlib.ExitStack()
         model_params = llama_cpp.llama_model_default_params()
         model_params.use_mmap = use_mmap

@@ -39,6 +39,7 @@ class LoadOptions:
     use_mmap: bool
     chat_template: str = ""  # Jinja text for models whose file has none ("": the file's own)
     gpu_layers: int = -1  # layers offloaded to the GPU (-1: all where the build can, else 0)
+    lock_memory: bool = False  # lock the weights in memory (mlock), as far as the OS allows
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -25,7 +25,8 @@ from typing import Any
 import llama_cpp
 
 from meshd.errors import MeshdError
-from meshd.runner import protocol
+from meshd.memlock import lock_refusal
+from meshd.runner import mapping, protocol
 from meshd.runner.batching import Scheduler
 from meshd.runner.context import LoadedModel
 from meshd.runner.generation import Job
@@ -47,6 +48,7 @@ class Runner:
         self.jobs: dict[int, Job] = {}
         self.jobs_lock = threading.Lock()
         self.counter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="count")
+        self.populator = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="populate")
 
     def send(self, message: dict[str, Any]) -> None:
         frame = protocol.encode(message)
@@ -109,9 +111,37 @@ class Runner:
             return
         for i in range(opts.slots):
             self.send({"op": "loaded", "slot": i})
+        used = self.scheduler.model.pages_used
+        lock_note = self._lock(opts, used) if opts.lock_memory else ""
         self.send(
-            {"op": "ready", "load_seconds": time.monotonic() - started, "gpu_layers": gpu_layers}
+            {
+                "op": "ready",
+                "load_seconds": time.monotonic() - started,
+                "gpu_layers": gpu_layers,
+                "locked": opts.lock_memory and not lock_note,
+                "lock_note": lock_note,
+                "pages_used": used,
+            }
         )
+
+    @staticmethod
+    def _lock(opts: protocol.LoadOptions, used: list[tuple[int, int]] | None) -> str:
+        """Lock what a token reads in memory; "" when locked, else why not (one line)."""
+        need = sum(n for _, n in used) if used is not None else os.path.getsize(opts.path)
+        return lock_refusal(need) or mapping.lock(Path(opts.path), used)
+
+    def on_populate(self, message: dict[str, Any]) -> None:
+        """Map what a token reads into the page table again (the daemon read it back into the
+        page cache), on a thread of its own, then say so."""
+        request_id = int(message["id"])
+        assert self.scheduler is not None, "populate before load"
+        model = self.scheduler.model
+
+        def run() -> None:
+            mapping.populate(model.path, model.pages_used)
+            self.send({"op": "populated", "id": request_id})
+
+        self.populator.submit(run)
 
     def on_generate(self, message: dict[str, Any]) -> None:
         request_id, index = int(message["id"]), int(message["slot"])

@@ -389,6 +389,11 @@ class ModelInfo(_message.Message):
     RESTARTS_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
     GPU_LAYERS_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    LOAD_SECONDS_FIELD_NUMBER: _builtins.int
+    LOAD_RESIDENT_SHARE_FIELD_NUMBER: _builtins.int
+    LOCK_MEMORY_FIELD_NUMBER: _builtins.int
+    MAPPED_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     path: _builtins.str
     size_bytes: _builtins.int
@@ -417,6 +422,16 @@ class ModelInfo(_message.Message):
     """where its chat template comes from; empty: prompts only"""
     gpu_layers: _builtins.int
     """layers its runner put on the GPU (-1: all; 0: CPU only)"""
+    resident_bytes: _builtins.int
+    """of mapped_bytes, in memory now (mincore); unset: unknown"""
+    load_seconds: _builtins.float
+    """its last load, measured; 0 before one"""
+    load_resident_share: _builtins.float
+    """of its file in memory when that load began"""
+    lock_memory: _builtins.bool
+    """its weights are locked in memory (mlock)"""
+    mapped_bytes: _builtins.int
+    """of its file, what a token reads through the mapping; 0: all"""
     def __init__(
         self,
         *,
@@ -439,12 +454,24 @@ class ModelInfo(_message.Message):
         restarts: _builtins.int = ...,
         chat_template: _builtins.str = ...,
         gpu_layers: _builtins.int = ...,
+        resident_bytes: _builtins.int | None = ...,
+        load_seconds: _builtins.float = ...,
+        load_resident_share: _builtins.float | None = ...,
+        lock_memory: _builtins.bool = ...,
+        mapped_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_load_resident_share", b"_load_resident_share", "_resident_bytes", b"_resident_bytes", "load_resident_share", b"load_resident_share", "resident_bytes", b"resident_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "digest", b"digest", "error", b"error", "gpu_layers", b"gpu_layers", "last_used_unix", b"last_used_unix", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_load_resident_share", b"_load_resident_share", "_resident_bytes", b"_resident_bytes", "architecture", b"architecture", "chat_template", b"chat_template", "context_length", b"context_length", "digest", b"digest", "error", b"error", "gpu_layers", b"gpu_layers", "last_used_unix", b"last_used_unix", "load_resident_share", b"load_resident_share", "load_seconds", b"load_seconds", "lock_memory", b"lock_memory", "mapped_bytes", b"mapped_bytes", "memory_bytes", b"memory_bytes", "name", b"name", "path", b"path", "pinned", b"pinned", "quantization", b"quantization", "resident_bytes", b"resident_bytes", "restarts", b"restarts", "runner_pid", b"runner_pid", "runner_rss_bytes", b"runner_rss_bytes", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__load_resident_share: _TypeAlias = _typing.Literal["load_resident_share"]  # noqa: Y015
+    _WhichOneofArgType__load_resident_share: _TypeAlias = _typing.Literal["_load_resident_share", b"_load_resident_share"]  # noqa: Y015
+    _WhichOneofReturnType__resident_bytes: _TypeAlias = _typing.Literal["resident_bytes"]  # noqa: Y015
+    _WhichOneofArgType__resident_bytes: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__load_resident_share) -> _WhichOneofReturnType__load_resident_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resident_bytes) -> _WhichOneofReturnType__resident_bytes | None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
 
@@ -674,6 +701,9 @@ class PeerModel(_message.Message):
     PREFIX_PRINTS_FIELD_NUMBER: _builtins.int
     PREFILL_TOKENS_PER_SECOND_FIELD_NUMBER: _builtins.int
     CHAT_TEMPLATE_FIELD_NUMBER: _builtins.int
+    RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
+    READ_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    MAPPED_BYTES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___ModelState.ValueType
     active: _builtins.int
@@ -687,6 +717,12 @@ class PeerModel(_message.Message):
     """measured; 0 while unknown"""
     chat_template: _builtins.str
     """where its chat template comes from; empty: prompts only"""
+    resident_bytes: _builtins.int
+    """of mapped_bytes, in memory now (mincore); unset: unknown"""
+    read_bytes_per_second: _builtins.float
+    """how fast the peer reads model files; 0 unmeasured"""
+    mapped_bytes: _builtins.int
+    """of its file, what a token reads through the mapping; 0: all"""
     @_builtins.property
     def prefix_prints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """fingerprints of what its slots hold (meshd.prefixes)"""
@@ -705,12 +741,17 @@ class PeerModel(_message.Message):
         prefix_prints: _abc.Iterable[_builtins.int] | None = ...,
         prefill_tokens_per_second: _builtins.float = ...,
         chat_template: _builtins.str = ...,
+        resident_bytes: _builtins.int | None = ...,
+        read_bytes_per_second: _builtins.float = ...,
+        mapped_bytes: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes", "resident_bytes", b"resident_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "chat_template", b"chat_template", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes", "active", b"active", "chat_template", b"chat_template", "mapped_bytes", b"mapped_bytes", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "read_bytes_per_second", b"read_bytes_per_second", "resident_bytes", b"resident_bytes", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__resident_bytes: _TypeAlias = _typing.Literal["resident_bytes"]  # noqa: Y015
+    _WhichOneofArgType__resident_bytes: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__resident_bytes) -> _WhichOneofReturnType__resident_bytes | None: ...
 
 Global___PeerModel: _TypeAlias = PeerModel  # noqa: Y015
 

@@ -165,3 +165,17 @@ def test_machine_defaults(
 
     got = machine_defaults(platform, machine, total, physical, performance)
     assert got[1] == threads and abs(got[0] - budget) <= 1
+
+
+def test_lock_memory_is_global_and_per_model(tmp_path: Path) -> None:
+    (tmp_path / "meshd.toml").write_text(
+        'lock_memory = true\n[models]\na = "/a.gguf"\n'
+        '[models.b]\nfile = "/b.gguf"\nlock_memory = false\n'
+    )
+    settings = load_settings(tmp_path, environ={})
+    assert settings.lock_memory
+    by_name = {spec.name: spec.lock_memory for spec in settings.models}
+    assert by_name == {"a": None, "b": False}  # None: the global setting
+    (tmp_path / "meshd.toml").write_text('[models.b]\nfile = "/b.gguf"\nlock_memory = "yes"\n')
+    with pytest.raises(ConfigError, match="b: lock_memory must be true or false"):
+        load_settings(tmp_path, environ={})

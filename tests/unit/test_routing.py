@@ -286,3 +286,60 @@ def test_replica_edges_room_exactly_and_sources_that_hold_it() -> None:
     )
     cold = _holding("c")
     assert replica_source([yielding_warm, cold, target], "m", target) is cold
+
+
+# -- residency: a warm model the OS paged out pays its page-in -----------------------------
+
+MIB = 2**20
+
+
+def resident(
+    share: float, *, read_rate: float = 100 * MIB, warm: bool = True, **load: float
+) -> PeerModel:
+    """Model m (100 MiB) with this share of its file in memory, on a disk of read_rate."""
+    size = 100 * MIB
+    return PeerModel(
+        "m",
+        ModelState.WARM if warm else ModelState.COLD,
+        size_bytes=size,
+        resident_bytes=int(share * size),
+        read_rate=read_rate,
+        service_seconds=0.1,
+        **load,  # type: ignore[arg-type]
+    )
+
+
+def test_the_page_in_is_the_bytes_not_in_memory_over_the_read_rate() -> None:
+    assert math.isclose(resident(0.25).page_in_seconds(), 0.75)  # 75 MiB at 100 MiB/s
+    assert resident(1.0).page_in_seconds() == 0.0
+    unknown = PeerModel("m", ModelState.WARM, size_bytes=100 * MIB)
+    assert unknown.page_in_seconds() == 0.0 and not unknown.paged_out
+    assert resident(0.5).paged_out and not resident(0.95).paged_out
+    assert not resident(0.1, warm=False).paged_out  # a cold model is not "paged out"
+
+
+def test_routing_prefers_the_peer_where_the_model_is_really_resident() -> None:
+    evicted = peer("evicted", local=True, rtt=0, m=resident(0.03))
+    kept = peer("kept", m=resident(1.0))
+    for seed in range(20):
+        decision = choose([evicted, kept], "m", rng=random.Random(seed))
+        assert decision is not None and decision.peer.peer_id == "kept"
+        assert "resident there, paged out on this peer (3% resident" in decision.reason
+
+
+def test_a_busy_resident_peer_loses_to_a_quick_page_in() -> None:
+    """The page-in is a cost like any other: a tiny one loses to a long queue."""
+    nearly = peer("nearly", m=resident(0.85, read_rate=10_000 * MIB))  # 1.5 ms to page in
+    busy = peer("busy", m=resident(1.0, active=4, slots=1))
+    decision = choose([nearly, busy], "m", rng=random.Random(1))
+    assert decision is not None and decision.peer.peer_id == "nearly"
+    assert "paged out (85% resident), ~2 ms to page in" in decision.reason
+
+
+def test_the_cold_choice_says_whether_the_load_reads_the_page_cache_or_the_disk() -> None:
+    cached = choose([peer("p", m=resident(0.99, warm=False))], "m")
+    assert cached is not None and "loads from the page cache (99% of its file" in cached.reason
+    on_disk = choose([peer("p", m=resident(0.0, warm=False))], "m")
+    assert on_disk is not None and "loads from disk (~1,000 ms to read 100%)" in on_disk.reason
+    unknown = choose([peer("p", m=COLD)], "m")
+    assert unknown is not None and "loads" not in unknown.reason
