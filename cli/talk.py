@@ -231,18 +231,29 @@ def models(
             ]
         )
     show(console, table(MODEL_COLUMNS, rows, wide), wide)
+    for m in listed:
+        if _paged_out(m):
+            console.print(
+                f"{m.name}: loaded, but the OS paged it out ({m.resident_share:.0%} of what it "
+                f"reads is in memory): the next request reads it back; `meshd warm {m.name}` "
+                "does it now",
+                highlight=False,
+            )
     if not wide:  # what a narrow table has no room for, one line each
         for m in listed:
             if m.error:
                 console.print(f"{m.name}: {m.error}", highlight=False)
 
 
+def _paged_out(m: ModelInfo) -> bool:
+    """Loaded, with too little of what it reads in memory to answer at warm speed."""
+    share = m.resident_share
+    return m.state == "warm" and share is not None and share < PAGED_OUT_BELOW
+
+
 def _state_cell(m: ModelInfo) -> str:
     """Its state; a warm model the OS paged out says so."""
-    share = m.resident_share
-    if m.state == "warm" and share is not None and share < PAGED_OUT_BELOW:
-        return "warm, paged out"
-    return str(m.state)
+    return "paged out" if _paged_out(m) else str(m.state)
 
 
 def _resident_cell(m: ModelInfo) -> str:
@@ -259,9 +270,9 @@ def _load_cell(m: ModelInfo) -> str:
     if m.load_resident_share < 0:
         source = ""
     elif m.load_resident_share >= PAGED_OUT_BELOW:
-        source = " from page cache"
+        source = ", from page cache"
     else:
-        source = f" from disk ({1 - m.load_resident_share:.0%})"
+        source = f", {1 - m.load_resident_share:.0%} from disk"
     return f"{m.load_seconds:.1f} s{source}"
 
 

@@ -243,7 +243,8 @@ class Node:
             ),
             gauge(
                 "meshd:model_resident_ratio",
-                "Share of each model file in memory (mincore); absent where unknown.",
+                "Share of what each model reads from its file that is in memory (mincore); absent "
+                "where unknown.",
                 ["model"],
                 [([m.name], share) for m in models if (share := m.resident_share) is not None],
             ),
