@@ -141,7 +141,9 @@ class ModelHost:
         """Measure how much of what it reads is in memory now, and keep it (blocking: mincore):
         the parts of its file its runner reads through the mapping, the whole file when no
         runner holds it (what a load reads)."""
-        self.residency = self.probe.measure(self.pages_used)
+        used = self.pages_used
+        # Nothing read through a mapping (use_mmap off): the weights are the runner's own memory.
+        self.residency = self.probe.measure(used) if used != () else None
         return self.residency
 
     @property

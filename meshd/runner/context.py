@@ -16,6 +16,7 @@ template), in the shape meshd.runner.generation expects.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,8 @@ class LoadedModel:
         self.pages_used: list[tuple[int, int]] | None = None
         self._stack = contextlib.ExitStack()
         model_params = llama_cpp.llama_model_default_params()
-        model_params.use_mmap = use_mmap
-        model_params.n_gpu_layers = gpu_layers
+        mode = llama_cpp.LLAMA_LOAD_MODE_MMAP if use_mmap else llama_cpp.LLAMA_LOAD_MODE_NONE
+        set_fields(model_params, load_mode=mode, n_gpu_layers=gpu_layers)
         self._model = self._stack.enter_context(
             contextlib.closing(
                 internals.LlamaModel(path_model=str(path), params=model_params, verbose=False)
@@ -56,13 +57,17 @@ class LoadedModel:
         )
         batch = max(batch, sequences)  # a step holds at least one token of every sequence
         params = llama_cpp.llama_context_default_params()
-        params.n_ctx = context * sequences
-        params.n_seq_max = sequences
-        params.kv_unified = False  # a stream per sequence: see above
-        params.n_batch = batch
-        params.n_ubatch = batch
-        params.n_threads = params.n_threads_batch = threads
-        params.no_perf = True
+        set_fields(
+            params,
+            n_ctx=context * sequences,
+            n_seq_max=sequences,
+            kv_unified=False,  # a stream per sequence: see above
+            n_batch=batch,
+            n_ubatch=batch,
+            n_threads=threads,
+            n_threads_batch=threads,
+            no_perf=True,
+        )
         self._ctx = self._stack.enter_context(
             contextlib.closing(
                 internals.LlamaContext(model=self._model, params=params, verbose=False)
@@ -95,3 +100,14 @@ class LoadedModel:
 
     def close(self) -> None:
         self._stack.close()
+
+
+def set_fields(params: ctypes.Structure, **values: object) -> None:
+    """Set fields of a llama.cpp parameter struct, refusing a name the struct does not have:
+    a ctypes struct takes any attribute and passes only its fields to C, so a field renamed
+    upstream (use_mmap became load_mode) would be silently ignored."""
+    fields = {name for name, *_ in type(params)._fields_}
+    for name, value in values.items():
+        if name not in fields:
+            raise TypeError(f"llama.cpp's {type(params).__name__} has no field {name!r}")
+        setattr(params, name, value)

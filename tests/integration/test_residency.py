@@ -103,3 +103,16 @@ def test_a_warm_never_evicts_a_model_someone_asked_for_recently(
         assert _states(mesh) == {"mine": ModelState.WARM, "theirs": ModelState.COLD}
         assert mesh.complete("theirs", "Hi", max_tokens=2).tokens == 2  # a request may
         assert _states(mesh) == {"mine": ModelState.COLD, "theirs": ModelState.WARM}
+
+
+def test_a_model_loaded_without_mmap_is_never_called_paged_out(start_node: Callable) -> None:
+    """Its weights are the runner's own memory, not file pages: residency does not apply."""
+    node = start_node(use_mmap=False)
+    with MeshClient(node.address) as mesh:
+        mesh.warm("tiny", wait=True)
+        node.call(node.engine.keeper.check())
+        (info,) = mesh.models()
+        assert info.state is ModelState.WARM and info.resident_bytes == -1
+        assert info.resident_share is None
+        (mine,) = next(p for p in mesh.mesh_status().peers if p.local).info.models
+        assert not mine.paged_out
