@@ -49,6 +49,7 @@ from meshd.rpc import channels
 from meshd.rpc.join import join_mesh
 from meshd.security.keyring import Keyring
 from meshd.store import ModelStore
+from meshd.types import WarmRequest
 from meshd.v1 import access_pb2 as apb
 
 PAUSE_GOAL_S = 2.0
@@ -146,7 +147,7 @@ async def pressure(root: Path, model: Path, rounds: int) -> dict[str, float]:
     times = []
     try:
         for _ in range(rounds):
-            await node.engine.warm(MODEL, wait=True)
+            await node.engine.warm(WarmRequest(MODEL, wait=True))
             host = node.engine.hosts[MODEL]
             runner = host.runner
             assert runner is not None

@@ -38,7 +38,7 @@ from meshd.engine.residency import drop_from_cache
 from meshd.engine.runnerproc import RunnerOptions, RunnerProcess
 from meshd.process import DaemonProcess
 from meshd.runner.protocol import LoadOptions
-from meshd.types import GenerateRequest, ModelState, Sampling
+from meshd.types import GenerateRequest, ModelState, Sampling, WarmRequest
 
 MODEL = "gemma"
 COUNTRIES = [
@@ -282,7 +282,7 @@ async def _load_times(
     host = engine.hosts[MODEL]
     for _ in range(rounds):
         if after_kill:
-            await engine.warm(MODEL, wait=True)
+            await engine.warm(WarmRequest(MODEL, wait=True))
             runner = host.runner
             assert runner is not None
             os.kill(runner.pid, signal.SIGKILL)  # the runner dies; the page cache stays
@@ -292,7 +292,7 @@ async def _load_times(
         if from_disk:
             drop_from_cache(path)
         started = time.perf_counter()
-        await engine.warm(MODEL, wait=True)
+        await engine.warm(WarmRequest(MODEL, wait=True))
         times.append(time.perf_counter() - started)
         await host.unload()  # evicted
         await asyncio.sleep(1.0)  # idle, as between real loads: the spare runner gets ready
@@ -357,9 +357,9 @@ async def _memory(path: Path, home: Path, args: argparse.Namespace) -> dict[str,
     engine = Engine(settings)
     await engine.start()
     try:
-        await engine.warm("one", wait=True)
+        await engine.warm(WarmRequest("one", wait=True))
         alone = _runner_memory(engine, "one")
-        await engine.warm("two", wait=True)
+        await engine.warm(WarmRequest("two", wait=True))
         pair = [_runner_memory(engine, "one"), _runner_memory(engine, "two")]
     finally:
         await engine.close()

@@ -21,6 +21,7 @@ from meshd.types import (
     PeerInfo,
     Prefix,
     ReplicaPull,
+    WarmRequest,
     WarmResult,
 )
 
@@ -39,19 +40,9 @@ class PeerLink(Protocol):
         """Stream the completion that peer serves (or routes; request.hops says how far)."""
         ...
 
-    async def warm(
-        self,
-        address: str,
-        peer_id: str,
-        model: str,
-        lease: float,
-        wait: bool,
-        hops: int,
-        pull_from: str = "",
-        prefix: Prefix | None = None,
-    ) -> WarmResult:
-        """Warm model on that peer (and the prefix into a slot there); pull_from names a peer
-        it copies the file from first."""
+    async def warm(self, address: str, peer_id: str, request: WarmRequest) -> WarmResult:
+        """Warm the model on that peer (and the prefix into a slot there); pull_from names a
+        peer it copies the file from first."""
         ...
 
     async def renew_certificate(self, address: str, peer_id: str) -> bytes:
@@ -87,18 +78,7 @@ class Router(Protocol):
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]: ...
 
-    async def warm(
-        self,
-        model: str,
-        lease: float,
-        wait: bool,
-        replicas: int,
-        hops: int,
-        pull_from: str = "",
-        prefix: Prefix | None = None,
-        *,
-        from_owner: bool = False,
-    ) -> WarmResult: ...
+    async def warm(self, request: WarmRequest) -> WarmResult: ...
 
     def local_info(self) -> PeerInfo: ...
 

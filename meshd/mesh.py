@@ -37,6 +37,7 @@ from meshd.routing import (
     choose,
     replica_source,
     replica_targets,
+    warm_copies,
     warm_targets,
 )
 from meshd.store import parse_name
@@ -48,14 +49,15 @@ from meshd.types import (
     MeshStatus,
     ModelState,
     PeerInfo,
-    Prefix,
     ReplicaUse,
     RoutingRecord,
+    WarmRequest,
     WarmResult,
 )
 
 log = logging.getLogger("meshd.mesh")
 RECENT_DECISIONS = 50
+FORWARDED_HERE = "forwarded here: served where it landed"
 RETRYABLE = (PeerUnavailable, Overloaded)
 ASSUMED_PULL_BYTES_S = 100e6  # a replica's expected wait, before its pull has begun
 
@@ -163,9 +165,12 @@ class Mesh:
         parse_name(request.model, field="model")
         self._refuse_if_paused(request.hops, request.from_owner)
         await self.engine.refresh()
-        if request.hops >= MAX_HOPS:
+        if request.hops >= MAX_HOPS:  # forwarded here: served where it landed
+            landed = Decision(self.views()[0], FORWARDED_HERE, True)
+            started = False
             async for chunk in self.engine.generate(request):
-                yield chunk
+                first, started = not started, True
+                yield _reasoned(chunk, landed, first)
             return
         tried: list[str] = []
         failure: Exception | None = None
@@ -247,90 +252,62 @@ class Mesh:
 
     # -- warm ------------------------------------------------------------------------------
 
-    async def warm(
-        self,
-        model: str,
-        lease: float,
-        wait: bool,
-        replicas: int,
-        hops: int,
-        pull_from: str = "",
-        prefix: Prefix | None = None,
-        *,
-        from_owner: bool = False,
-    ) -> WarmResult:
-        """Warm model on the best peer(s) of the mesh and hold it there for the lease; when fewer
-        than replicas peers hold its file, peers with room pull a copy first. pull_from (from
-        another peer's router) asks this peer to pull the file from that peer, then warm it.
-        A prefix is evaluated into a slot's cache on each of them and held for the lease."""
+    async def warm(self, request: WarmRequest) -> WarmResult:
+        """Warm the model on the best peer(s) of the mesh and hold it there for the lease; when
+        fewer than replicas peers hold its file, peers with room pull a copy first. pull_from
+        (from another peer's router) asks this peer to pull the file from that peer, then warm
+        it. A prefix is evaluated into a slot's cache on each of them and held for the lease."""
+        model = request.model
         parse_name(model, field="model")
-        validate_warm(lease, replicas)
-        self._refuse_if_paused(hops, from_owner)
-        if _for_others(hops, from_owner):  # an app's or another peer's: held an hour at most
-            lease = min(lease, self.remote_lease_cap)
+        validate_warm(request.lease, request.replicas)
+        self._refuse_if_paused(request.hops, request.from_owner)
+        if _for_others(request.hops, request.from_owner):  # held an hour at most
+            request = dataclasses.replace(request, lease=min(request.lease, self.remote_lease_cap))
         await self.engine.refresh()
-        if pull_from and model not in self.engine.hosts:
-            return await self._pull_replica(model, lease, wait, pull_from, prefix)
+        if request.pull_from and model not in self.engine.hosts:
+            return self._served_here(await self._pull_replica(request, request.pull_from))
         views = self.views()
-        targets = warm_targets(views, model, replicas)
-        if hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
-            return await self.engine.warm(model, lease, wait, prefix)
+        targets = warm_targets(views, model, request.replicas)
+        if request.hops >= MAX_HOPS or (not targets and model in self.engine.hosts):
+            return self._served_here(await self.engine.warm(request))
         if not targets:
             raise ModelNotFound(f"no model named {model!r} in the mesh")
-        results = [
-            await self._warm_on(target, model, lease, wait, hops, prefix) for target in targets
-        ]
-        for target in replica_targets(views, model, replicas):
+        onward = dataclasses.replace(request, hops=request.hops + 1, replicas=1, pull_from="")
+        results = [await self._warm_on(target, onward) for target in targets]
+        for target in replica_targets(views, model, request.replicas):
             source = replica_source(views, model, target)
             if source is None:
                 continue
             try:
-                copied = await self._copy_to(target, source, model, lease, wait, hops, prefix)
-                results.append(copied)
+                results.append(await self._copy_to(target, source, onward))
             except MeshdError as error:
-                if wait:  # the caller waits for the copies: it hears why one failed
+                if request.wait:  # the caller waits for the copies: it hears why one failed
                     raise
                 log.warning("replica of %s on %s: %s", model, target.peer_id, error)
-        first = results[0]
-        return dataclasses.replace(first, served_by=first.served_by or self.peer_id)
+        return self._served_here(results[0])
 
-    async def _warm_on(
-        self,
-        target: PeerView,
-        model: str,
-        lease: float,
-        wait: bool,
-        hops: int,
-        prefix: Prefix | None,
-    ) -> WarmResult:
+    def _served_here(self, result: WarmResult) -> WarmResult:
+        """A warm result names the peer that holds the model (this one unless another said)."""
+        return dataclasses.replace(result, served_by=result.served_by or self.peer_id)
+
+    async def _warm_on(self, target: PeerView, onward: WarmRequest) -> WarmResult:
+        """Warm on one target: here, or through the link (onward counts this hop)."""
         if target.local:
-            return await self.engine.warm(model, lease, wait, prefix)
-        address, peer_id = target.address, target.peer_id
-        return await self.link.warm(address, peer_id, model, lease, wait, hops + 1, prefix=prefix)
+            return await self.engine.warm(onward)
+        return await self.link.warm(target.address, target.peer_id, onward)
 
-    async def _copy_to(
-        self,
-        target: PeerView,
-        source: PeerView,
-        model: str,
-        lease: float,
-        wait: bool,
-        hops: int,
-        prefix: Prefix | None,
-    ) -> WarmResult:
-        """Have target pull model from source, then warm it."""
+    async def _copy_to(self, target: PeerView, source: PeerView, onward: WarmRequest) -> WarmResult:
+        """Have target pull the model from source, then warm it."""
         address = self.address if source.local else source.address
-        log.info("%s: a replica on %s, pulled from %s", model, _who(target), _who(source))
+        log.info("%s: a replica on %s, pulled from %s", onward.model, _who(target), _who(source))
         if target.local:
-            return await self._pull_replica(model, lease, wait, address, prefix)
-        return await self.link.warm(
-            target.address, target.peer_id, model, lease, wait, hops + 1, address, prefix
-        )
+            return await self._pull_replica(onward, address)
+        pull = dataclasses.replace(onward, pull_from=address)
+        return await self.link.warm(target.address, target.peer_id, pull)
 
-    async def _pull_replica(
-        self, model: str, lease: float, wait: bool, address: str, prefix: Prefix | None
-    ) -> WarmResult:
-        """Pull model from the live peer at address, then warm it here."""
+    async def _pull_replica(self, request: WarmRequest, address: str) -> WarmResult:
+        """Pull the model from the live peer at address, then warm it here."""
+        model, lease, wait, prefix = request.model, request.lease, request.wait, request.prefix
         now = time.monotonic()
         entry = next((e for e in self.table.live(now) if e.address == address and e.info), None)
         if entry is None or entry.info is None:
@@ -342,28 +319,22 @@ class Mesh:
         task = self.fetcher.start(model, address, entry.info.peer_id, lease, prefix)
         if wait:
             await asyncio.shield(task)
-            return await self.engine.warm(model, lease, True, prefix)
+            return await self.engine.warm(dataclasses.replace(request, wait=True))
         size = next((m.size_bytes for m in entry.info.models if m.name == model), 0)
         ready_in = size / ASSUMED_PULL_BYTES_S
         return WarmResult(model, ModelState.LOADING, ready_in, time.time() + lease, self.peer_id)
 
     def replicas_due(self, wanted: Mapping[str, int], in_use_for: float) -> list[tuple[str, int]]:
         """Models to top up to their auto_replicas count: asked of this peer within in_use_for
-        seconds, with fewer live peers holding them warm (or loading, or pulling them)."""
+        seconds, with fewer warm copies (routing.warm_copies: the one replica rule)."""
         now = time.monotonic()
         views = self.views()
-        due = []
-        for model, count in wanted.items():
-            if now - self.routed_at.get(model, -in_use_for - 1) > in_use_for:
-                continue
-            held = sum(
-                model in v.pulling
-                or (model in v.models and v.models[model].state in _HELD and not v.paused)
-                for v in views
-            )
-            if held < count:
-                due.append((model, count))
-        return due
+        return [
+            (model, count)
+            for model, count in wanted.items()
+            if now - self.routed_at.get(model, -in_use_for - 1) <= in_use_for
+            and warm_copies(views, model) < count
+        ]
 
 
 def _view(
@@ -390,19 +361,21 @@ def _view(
     )
 
 
-_HELD = (ModelState.WARM, ModelState.LOADING)
-
-
 def _who(peer: PeerView) -> str:
     return "this peer" if peer.local else peer.peer_id
 
 
 def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:
-    """The first chunk (for a door that answers with headers) and the last one carry why this
-    peer was chosen, and so are encoded again; the others pass through as they came."""
+    """The one place that says who served a chunk and why: every chunk served here names this
+    peer; the first chunk (for a door that answers with headers) and the last one carry why
+    this peer was chosen, and so are encoded again. A relayed chunk in between passes through
+    as it came (the serving peer's router named itself)."""
+    served_by = chunk.served_by or decision.peer.peer_id
     if chunk.finish_reason is None and not first:
-        return chunk
-    return dataclasses.replace(chunk, routing_reason=decision.reason, wire=None)
+        return chunk if chunk.served_by else dataclasses.replace(chunk, served_by=served_by)
+    return dataclasses.replace(
+        chunk, served_by=served_by, routing_reason=decision.reason, wire=None
+    )
 
 
 def _for_others(hops: int, from_owner: bool) -> bool:

@@ -29,7 +29,7 @@ from meshd.pull import PeerSource, pull
 from meshd.security.credentials import TlsCredentials
 from meshd.store import ModelStore
 from meshd.tasks import stop_task
-from meshd.types import Prefix, ReplicaPull
+from meshd.types import Prefix, ReplicaPull, WarmRequest
 
 log = logging.getLogger("meshd.replicas")
 MAX_PULLS = 2  # model files copied at once: each is a disk and network hog
@@ -200,7 +200,7 @@ class PeerFetcher:
             )
             self.failures.pop(model, None)
             await self.engine.refresh()
-            await self.engine.warm(model, lease, True, prefix)
+            await self.engine.warm(WarmRequest(model, lease, wait=True, prefix=prefix))
         except MeshdError as error:
             self.failures[model] = str(error)
             self._throttle.log(log, logging.WARNING, model, "replica of %s: %s", model, error)
@@ -290,7 +290,7 @@ class ReplicaKeeper:
         """Warm (and, where peers lack the file, copy) every model short of its count."""
         for model, count in self.mesh.replicas_due(self.wanted, self.in_use_for):
             try:
-                await self.mesh.warm(model, 0.0, False, count, 0, from_owner=True)
+                await self.mesh.warm(WarmRequest(model, replicas=count, from_owner=True))
             except MeshdError as error:
                 self._throttle.log(
                     log, logging.WARNING, model, "auto_replicas %s: %s", model, error

@@ -15,8 +15,10 @@ Inputs are plain data, so every rule here is unit-tested without a socket:
   the reason says whether the load reads the file from the page cache or from disk);
 - a paused peer is left out, unless it is this peer and no other can serve; a yielding peer
   (its host busy with its owner's work) serves only when no other peer can;
-- replicas: when fewer peers hold a model's file than a warm asks for, the open peers with the
-  most free memory that fits it pull a copy (pulls under way count as copies).
+- replicas, one rule (`copies`): a copy is a peer open to mesh work (not paused, not yielding)
+  that holds the model's file or is pulling it now; when a warm asks for more copies than
+  there are, the open peers with the most free memory that fits it pull one, and auto_replicas
+  tops up while fewer copies are warm (or loading, or being pulled) than it asks for.
 """
 
 from __future__ import annotations
@@ -210,22 +212,38 @@ def warm_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[P
     return ranked[: max(replicas, 1)]
 
 
+def open_to_mesh(peer: PeerView) -> bool:
+    """Takes mesh work now: neither paused by its owner nor yielding to them."""
+    return not (peer.paused or peer.yielding)
+
+
+def copies(peers: Sequence[PeerView], model: str) -> list[PeerView]:
+    """The copies of model the mesh counts: peers open to mesh work that hold its file or are
+    pulling it now (a paused or yielding holder serves nobody else, so it is no copy)."""
+    return [p for p in peers if open_to_mesh(p) and (model in p.models or model in p.pulling)]
+
+
+def warm_copies(peers: Sequence[PeerView], model: str) -> int:
+    """Copies that are warm, loading, or being pulled (they warm once copied)."""
+    held = (ModelState.WARM, ModelState.LOADING)
+    return sum(model not in p.models or p.models[model].state in held for p in copies(peers, model))
+
+
 def replica_targets(peers: Sequence[PeerView], model: str, replicas: int) -> list[PeerView]:
-    """Peers without model's file that should pull a copy so that replicas peers hold it: open
-    to mesh work (not paused, not yielding), with the most free memory, enough for the model.
-    Peers holding the file, and pulls under way, count toward replicas."""
+    """Peers without model's file that should pull one so that there are `replicas` copies:
+    open to mesh work, with the most free memory, enough for the model. Nothing when no peer
+    holds the file to copy from."""
     holders = [p for p in peers if model in p.models]
     if not holders:
         return []
-    pulling = [p for p in peers if model in p.pulling and model not in p.models]
-    wanted = replicas - len(holders) - len(pulling)
+    wanted = replicas - len(copies(peers, model))
     need = max(h.models[model].memory_bytes for h in holders)
     room = [
         p
         for p in peers
         if model not in p.models
         and model not in p.pulling
-        and not (p.paused or p.yielding)
+        and open_to_mesh(p)
         and p.memory_free >= need
     ]
     return sorted(room, key=lambda p: (-p.memory_free, p.peer_id))[: max(wanted, 0)]

@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from meshd.types import Chunk
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -81,9 +83,12 @@ class Telemetry:
         return generate_latest(self.registry)
 
 
+COLD_REASONS = ("no peer had it warm", "only this peer knows it")  # meshd.mesh's cold choices
+
+
 def routing_kind(reason: str, local: bool) -> str:
     """A routing reason as a metric label: warm or cold, here or on a peer."""
-    start = "warm" if reason.startswith("warm") or reason == "local" else "cold"
+    start = "cold" if reason.startswith(COLD_REASONS) else "warm"
     return f"{start}_{'local' if local else 'peer'}"
 
 
@@ -119,6 +124,11 @@ class Tracked:
         if self.first is None:
             self.first = time.monotonic()
             self.t.ttft.labels(self.model).observe(self.first - self.started)
+
+    def finished(self, last: Chunk, here: str) -> None:
+        """The answer ended with last: served by `here` (this peer) or another, and why."""
+        local = last.served_by == here
+        self.done(last.prompt_tokens, last.tokens, routing_kind(last.routing_reason, local))
 
     def done(self, prompt_tokens: int, tokens: int, reason: str) -> None:
         if self.ended:

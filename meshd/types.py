@@ -110,6 +110,21 @@ class Chunk:
 
 
 @dataclass(frozen=True)
+class WarmRequest:
+    """Make a model warm somewhere in the mesh and hold it so for at least the lease."""
+
+    model: str
+    lease: float = 0.0  # seconds it stays warm at least
+    wait: bool = False  # return once it is warm, not at once
+    replicas: int = 1  # peers that should hold it warm (copies are pulled where too few)
+    hops: int = 0  # how many routers forwarded it already
+    pull_from: str = ""  # (between routers) the address of the peer to copy its file from
+    prefix: Prefix | None = None  # a prompt's beginning to evaluate into a slot, too
+    # Asked by this machine's owner: set by the door that took it, never carried on the wire.
+    from_owner: bool = False
+
+
+@dataclass(frozen=True)
 class WarmResult:
     """Where a Warm left the model: its state, the expected wait, and the lease."""
 

@@ -12,6 +12,7 @@ from meshd.rpc import channels
 from meshd.rpc.join import join_mesh
 from meshd.security.credentials import TlsCredentials
 from meshd.security.keyring import Keyring
+from meshd.types import WarmRequest
 from meshd.v1 import access_pb2 as apb
 
 Start = Callable[..., NodeThread]
@@ -67,7 +68,7 @@ def two_warm_peers(start: Start, **settings: Any) -> tuple[NodeThread, NodeThrea
     b = start(peers=[a.address], **FAST, **settings)
     assert a.node is not None and b.node is not None
     for node in (a, b):  # each its own copy (a Warm asked of b may be served by a warm a)
-        node.call(node.engine.warm("tiny", wait=True))
+        node.call(node.engine.warm(WarmRequest("tiny", wait=True)))
     b_id = b.node.peer_id
     eventually(lambda: served_by(b) == b_id and len(a.node.table.live(time.monotonic())) == 1)
     return a, b

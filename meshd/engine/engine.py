@@ -42,6 +42,7 @@ from meshd.types import (
     ModelState,
     PeerModel,
     Prefix,
+    WarmRequest,
     WarmResult,
 )
 
@@ -229,11 +230,11 @@ class Engine:
                 async for chunk in chunks:
                     yield chunk
 
-    async def warm(
-        self, name: str, lease: float = 0.0, wait: bool = False, prefix: Prefix | None = None
-    ) -> WarmResult:
-        """Start warming the model (or wait for it) and hold it warm for at least the lease;
-        with a prefix, then evaluate it into a slot's cache and hold it there for the lease."""
+    async def warm(self, request: WarmRequest) -> WarmResult:
+        """Start warming the model here (or wait for it) and hold it warm for at least the
+        lease; with a prefix, then evaluate it into a slot's cache and hold it there for the
+        lease. (Replicas and hops are the router's: see meshd.mesh.)"""
+        name, lease, wait, prefix = request.model, request.lease, request.wait, request.prefix
         await self.refresh()
         host = self.host(name)
         prefill = self._prefill_request(name, prefix) if prefix else None

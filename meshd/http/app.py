@@ -35,8 +35,8 @@ from meshd.http.openai import (
 )
 from meshd.links import Router
 from meshd.logthrottle import Throttle
-from meshd.telemetry import Telemetry, Tracked, routing_kind
-from meshd.types import Chunk, ModelState
+from meshd.telemetry import Telemetry, Tracked
+from meshd.types import Chunk, ModelState, WarmRequest
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -136,14 +136,14 @@ class Door:
             tracked.failed(type(exc).__name__ if isinstance(exc, errors.MeshdError) else "gone")
             raise
         tracked.token()
-        served_by = first.served_by or self.router.peer_id
+        served_by = first.served_by
         noted(request)["served_by"] = served_by
         headers = {
             "x-meshd-served-by": served_by,
-            "x-meshd-routing-reason": first.routing_reason or "local",
+            "x-meshd-routing-reason": first.routing_reason,
         }
         if asked.stream:
-            events = self._events(asked, first, stream, served_by, tracked)
+            events = self._events(asked, first, stream, tracked)
             return StreamingResponse(events, media_type="text/event-stream", headers=headers)
         return await self._whole(asked, first, stream, headers, tracked)
 
@@ -165,21 +165,15 @@ class Door:
                 tracked.failed(type(error).__name__)
                 raise
         body = Shaper(asked.request.model, asked.chat).whole("".join(text), last)
-        reason = last.routing_reason or headers["x-meshd-routing-reason"]
-        body["meshd"] = {"served_by": headers["x-meshd-served-by"], "routing_reason": reason}
-        self._finished(tracked, last, headers["x-meshd-served-by"], reason)
+        body["meshd"] = {"served_by": last.served_by, "routing_reason": last.routing_reason}
+        tracked.finished(last, self.router.peer_id)
         return JSONResponse(body, headers=headers)
-
-    def _finished(self, tracked: Tracked, last: Chunk, served_by: str, reason: str) -> None:
-        local = served_by == self.router.peer_id
-        tracked.done(last.prompt_tokens, last.tokens, routing_kind(reason, local))
 
     async def _events(
         self,
         asked: Completion,
         first: Chunk,
         stream: AsyncGenerator[Chunk, None],
-        served_by: str,
         tracked: Tracked,
     ) -> AsyncIterator[bytes]:
         """SSE: a chunk per piece of text, the finish, the usage when asked, [DONE]. A failure
@@ -189,7 +183,7 @@ class Door:
             chunk, is_first = first, True
             try:
                 while True:
-                    yield self._event(shaper, chunk, is_first, served_by)
+                    yield self._event(shaper, chunk, is_first)
                     if chunk.finish_reason is not None:
                         break
                     chunk, is_first = await anext(rest), False
@@ -205,15 +199,14 @@ class Door:
                 raise
         if asked.include_usage:
             yield sse(shaper.usage_chunk(chunk))
-        self._finished(tracked, chunk, served_by, chunk.routing_reason)
+        tracked.finished(chunk, self.router.peer_id)
         yield sse("[DONE]")
 
     @staticmethod
-    def _event(shaper: Shaper, chunk: Chunk, first: bool, served_by: str) -> bytes:
+    def _event(shaper: Shaper, chunk: Chunk, first: bool) -> bytes:
         body = shaper.chunk(chunk.text, chunk.finish_reason, first)
         if chunk.finish_reason is not None:
-            reason = chunk.routing_reason or "local"
-            body["meshd"] = {"served_by": served_by, "routing_reason": reason}
+            body["meshd"] = {"served_by": chunk.served_by, "routing_reason": chunk.routing_reason}
         return sse(body)
 
     def _listing(self) -> list[dict[str, Any]]:
@@ -291,15 +284,15 @@ class Door:
             lease = min(lease, WEB_WARM_LEASE_CAP_S)
         prefix = parse_prefix(fields)
         result = await self.router.warm(
-            model, lease, False, 1, 0, prefix=prefix, from_owner=self.owner
+            WarmRequest(model, lease, prefix=prefix, from_owner=self.owner)
         )
-        noted(request)["served_by"] = result.served_by or self.router.peer_id
+        noted(request)["served_by"] = result.served_by
         body = {
             "model": result.model,
             "state": result.state.value,
             "ready_in_seconds": result.ready_in,
             "warm_until": result.warm_until if math.isfinite(result.warm_until) else None,
-            "served_by": result.served_by or self.router.peer_id,
+            "served_by": result.served_by,
         }
         return JSONResponse(body, status_code=202)
 

@@ -25,6 +25,7 @@ from meshd.types import (
     ReplicaUse,
     RoutingRecord,
     Sampling,
+    WarmRequest,
     WarmResult,
 )
 from meshd.v1 import mesh_pb2 as pb
@@ -129,6 +130,35 @@ def chunk_from_pb(message: pb.GenerateChunk, *, relayed: bool = False) -> Chunk:
         routing_reason=message.routing_reason,
         cached_tokens=min(message.cached_tokens, message.prompt_tokens),
         wire=message if relayed else None,
+    )
+
+
+def warm_request_to_pb(request: WarmRequest) -> pb.WarmRequest:
+    """Wire form of a WarmRequest (from_owner never travels)."""
+    message = pb.WarmRequest(
+        model=request.model,
+        lease_seconds=request.lease,
+        wait=request.wait,
+        replicas=request.replicas,
+        hops=request.hops,
+        pull_from=request.pull_from,
+    )
+    if request.prefix:
+        prefix_to_pb(request.prefix, message)
+    return message
+
+
+def warm_request_from_pb(message: pb.WarmRequest, from_owner: bool = False) -> WarmRequest:
+    """A WarmRequest from the wire; from_owner is the door's to say."""
+    return WarmRequest(
+        message.model,
+        message.lease_seconds,
+        message.wait,
+        message.replicas,
+        message.hops,
+        message.pull_from,
+        prefix_from_pb(message),
+        from_owner=from_owner,
     )
 
 

@@ -10,7 +10,7 @@ from grpc import aio
 
 from meshd.rpc import channels, convert
 from meshd.rpc.status import error_from_rpc
-from meshd.types import Chunk, GenerateRequest, Prefix, WarmResult
+from meshd.types import Chunk, GenerateRequest, WarmRequest, WarmResult
 from meshd.v1 import mesh_pb2 as pb
 
 
@@ -33,25 +33,11 @@ class GrpcLink:
         finally:
             call.cancel()
 
-    async def warm(
-        self,
-        address: str,
-        peer_id: str,
-        model: str,
-        lease: float,
-        wait: bool,
-        hops: int,
-        pull_from: str = "",
-        prefix: Prefix | None = None,
-    ) -> WarmResult:
-        request = pb.WarmRequest(
-            model=model, lease_seconds=lease, wait=wait, hops=hops, pull_from=pull_from
-        )
-        if prefix:
-            convert.prefix_to_pb(prefix, request)
+    async def warm(self, address: str, peer_id: str, request: WarmRequest) -> WarmResult:
         stub = channels.aio_mesh_stub(self.pool.get(address, peer_id))
         try:
-            reply = await stub.Warm(request, timeout=None if wait else 10.0)
+            message = convert.warm_request_to_pb(request)
+            reply = await stub.Warm(message, timeout=None if request.wait else 10.0)
         except (grpc.RpcError, aio.AioRpcError) as exc:
             raise error_from_rpc(exc, address) from None
         return convert.warm_from_pb(reply)

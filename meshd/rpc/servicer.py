@@ -22,8 +22,8 @@ from meshd.rpc import convert
 from meshd.rpc.guard import calls_from_here, certified_caller
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
-from meshd.telemetry import Telemetry, routing_kind
-from meshd.types import Chunk, PeerStatus as PeerStatusInfo
+from meshd.telemetry import Telemetry
+from meshd.types import PeerStatus as PeerStatusInfo
 from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
@@ -60,27 +60,17 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
                 async for chunk in chunks:
                     tracked.token()
                     if chunk.finish_reason is not None:
-                        local = chunk.served_by in ("", self.peer_id)
-                        kind = routing_kind(chunk.routing_reason or "local", local)
-                        tracked.done(chunk.prompt_tokens, chunk.tokens, kind)
+                        tracked.finished(chunk, self.peer_id)
                     if isinstance(chunk.wire, pb.GenerateChunk):  # relayed: sent on as it came
                         yield chunk.wire
                         continue
-                    yield self._message(chunk)
+                    yield convert.chunk_to_pb(chunk)
         except MeshdError as error:
             tracked.failed(type(error).__name__)
             raise
         except (GeneratorExit, asyncio.CancelledError):  # the caller went away
             tracked.abandoned()
             raise
-
-    def _message(self, chunk: Chunk) -> pb.GenerateChunk:
-        message = convert.chunk_to_pb(chunk)
-        if not message.served_by:
-            message.served_by = self.peer_id
-        if chunk.finish_reason is not None and not message.routing_reason:
-            message.routing_reason = "local"
-        return message
 
     async def Warm(
         self, request: pb.WarmRequest, context: aio.ServicerContext[Any, Any]
@@ -90,18 +80,9 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
             if caller is None or caller.kind != "peer" or not request.hops:
                 raise AccessDenied("only another peer's router may ask this peer to pull a model")
         result = await self.mesh.warm(
-            request.model,
-            request.lease_seconds,
-            request.wait,
-            request.replicas,
-            request.hops,
-            request.pull_from,
-            convert.prefix_from_pb(request),
-            from_owner=is_owner(context),
+            convert.warm_request_from_pb(request, from_owner=is_owner(context))
         )
-        reply = convert.warm_to_pb(result)
-        reply.served_by = result.served_by or self.peer_id
-        return reply
+        return convert.warm_to_pb(result)
 
     async def Heartbeat(
         self, request: pb.HeartbeatRequest, context: aio.ServicerContext[Any, Any]

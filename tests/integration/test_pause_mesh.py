@@ -16,6 +16,7 @@ from meshes import FAST, founder, served_by, two_warm_peers
 from meshd.client import MeshClient
 from meshd.errors import PeerUnavailable
 from meshd.security.keyring import Keyring
+from meshd.types import WarmRequest
 
 
 def test_pause_and_resume_move_the_mesh_s_requests(
@@ -60,7 +61,7 @@ def test_a_paused_peer_unloads_models_nobody_used_for_a_while(
     node = start_node(paused_unload_after="30m")
     assert node.node is not None
     host = node.node.engine.hosts["tiny"]
-    node.call(node.node.engine.warm("tiny", wait=True))
+    node.call(node.node.engine.warm(WarmRequest("tiny", wait=True)))
     assert node.call(node.node.paused_unload.check()) == []  # not paused: kept
     assert meshd("pause", home=node.settings.home).returncode == 0
     assert node.call(node.node.paused_unload.check()) == []  # used just now: kept

@@ -11,6 +11,7 @@ from conftest import NodeThread
 
 from meshd.client import MeshClient
 from meshd.errors import InvalidRequest
+from meshd.types import WarmRequest
 
 SYSTEM = "You are a careful assistant for the Hello team. " * 3
 OTHER = "Translate every sentence the user sends into plain words. " * 3
@@ -85,7 +86,7 @@ def test_the_mesh_routes_a_request_to_the_peer_holding_its_prefix(
     assert a.node is not None and b.node is not None
     system = SYSTEM * 10  # five fingerprint blocks: a prefill that matters even on tiny
     assert len(system) > 5 * BLOCK_CHARS
-    a.call(a.node.engine.warm("tiny", wait=True, prefix=Prefix(system), lease=60))
+    a.call(a.node.engine.warm(WarmRequest("tiny", 60, wait=True, prefix=Prefix(system))))
 
     def b_sees_a_prefix() -> bool:
         live = b.node.table.live(time.monotonic())  # type: ignore[union-attr]
@@ -136,7 +137,7 @@ def test_a_pinned_prefix_is_saved_then_restored_and_ignored_once_its_model_chang
         assert node.node is not None
         host = node.node.engine.hosts["tiny"]
         try:
-            node.call(node.node.engine.warm("tiny", wait=True))
+            node.call(node.node.engine.warm(WarmRequest("tiny", wait=True)))
             eventually(lambda: "team" in host.pinned_prefixes)
             answer = _ask(node, SYSTEM + "Hello?")
             return (

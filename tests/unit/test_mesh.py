@@ -23,6 +23,7 @@ from meshd.types import (
     ModelState,
     PeerInfo,
     PeerModel,
+    WarmRequest,
     WarmResult,
 )
 
@@ -51,19 +52,11 @@ class MemoryLink:
                 raise item
             yield item
 
-    async def warm(
-        self,
-        address: str,
-        peer_id: str,
-        model: str,
-        lease: float,
-        wait: bool,
-        hops: int,
-        pull_from: str = "",
-        prefix: object = None,
-    ) -> WarmResult:
-        self.calls.append(("warm", address, hops))
-        return WarmResult(model, ModelState.LOADING, 0.5, 99.0, served_by=f"peer-{address[0]}")
+    async def warm(self, address: str, peer_id: str, request: WarmRequest) -> WarmResult:
+        self.calls.append(("warm", address, request.hops))
+        return WarmResult(
+            request.model, ModelState.LOADING, 0.5, 99.0, served_by=f"peer-{address[0]}"
+        )
 
 
 class NoModelsHere:
@@ -92,8 +85,8 @@ class NoModelsHere:
         raise ModelNotFound(f"no model named {request.model!r} here")
         yield  # an async generator
 
-    async def warm(self, model: str, lease: float, wait: bool, prefix: object = None) -> WarmResult:
-        raise ModelNotFound(f"no model named {model!r} here")
+    async def warm(self, request: WarmRequest) -> WarmResult:
+        raise ModelNotFound(f"no model named {request.model!r} here")
 
 
 def router(peers: dict[str, bool], scripts: dict[str, Script]) -> tuple[Mesh, MemoryLink]:
@@ -200,24 +193,24 @@ def test_a_cold_model_goes_to_the_peer_with_the_most_free_memory() -> None:
 
 def test_warm_anywhere_warms_where_the_model_lives() -> None:
     mesh, link = router({"b:1": True, "c:1": False}, {})
-    result = asyncio.run(mesh.warm("m", lease=60, wait=False, replicas=1, hops=0))
+    result = asyncio.run(mesh.warm(WarmRequest("m", lease=60)))
     assert link.calls == [("warm", "b:1", 1)]
     assert (result.served_by, result.state, result.ready_in) == ("peer-b", ModelState.LOADING, 0.5)
-    asyncio.run(mesh.warm("m", lease=60, wait=False, replicas=2, hops=0))
+    asyncio.run(mesh.warm(WarmRequest("m", lease=60, replicas=2)))
     assert link.calls[1:] == [("warm", "b:1", 1), ("warm", "c:1", 1)]
 
 
 def test_warm_of_a_model_nobody_has() -> None:
     mesh, link = router({"b:1": True}, {})
     with pytest.raises(ModelNotFound, match="no model named 'x' in the mesh"):
-        asyncio.run(mesh.warm("x", lease=0, wait=False, replicas=1, hops=0))
+        asyncio.run(mesh.warm(WarmRequest("x")))
     assert link.calls == []
 
 
 def test_warm_at_the_hop_limit_stays_here() -> None:
     mesh, link = router({"b:1": True}, {})
     with pytest.raises(ModelNotFound, match="here"):
-        asyncio.run(mesh.warm("m", lease=0, wait=False, replicas=1, hops=MAX_HOPS))
+        asyncio.run(mesh.warm(WarmRequest("m", hops=MAX_HOPS)))
     assert link.calls == []
 
 

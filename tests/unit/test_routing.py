@@ -9,10 +9,12 @@ from meshd.routing import (
     PeerView,
     PromptShape,
     choose,
+    copies,
     expected_wait,
     prefill,
     replica_source,
     replica_targets,
+    warm_copies,
     warm_targets,
 )
 from meshd.types import ModelState, PeerModel
@@ -343,3 +345,31 @@ def test_the_cold_choice_says_whether_the_load_reads_the_page_cache_or_the_disk(
     assert on_disk is not None and "loads from disk (~1,000 ms to read 100%)" in on_disk.reason
     unknown = choose([peer("p", m=COLD)], "m")
     assert unknown is not None and "loads" not in unknown.reason
+
+
+# -- one replica rule: what counts as a copy -------------------------------------------------
+
+
+def _holder(pid: str, state: ModelState = ModelState.WARM, **flags: str) -> PeerView:
+    return PeerView(pid, f"{pid}:1", False, 0.001, 0, {"m": PeerModel("m", state)}, **flags)
+
+
+def test_a_paused_or_yielding_holder_is_no_copy_for_placement_or_topping_up() -> None:
+    paused = _holder("a", paused="its owner")
+    yielding = _holder("y", yielding="memory pressure")
+    open_warm = _holder("b")
+    room = peer("c", free=500)
+    peers = [paused, yielding, open_warm, room]
+    assert [p.peer_id for p in copies(peers, "m")] == ["b"]
+    assert warm_copies(peers, "m") == 1
+    # Two copies asked: the paused and yielding holders do not count, so c pulls one; the
+    # auto_replicas count agrees (it would otherwise ask, again and again, for nothing).
+    assert [p.peer_id for p in replica_targets(peers, "m", 2)] == ["c"]
+    assert replica_targets(peers, "m", 1) == []
+
+
+def test_warm_copies_count_loading_and_pulls_not_cold_holders() -> None:
+    pulling = PeerView("p", "p:1", False, 0.001, 500, {}, pulling=frozenset({"m"}))
+    peers = [_holder("a"), _holder("b", ModelState.LOADING), _holder("c", ModelState.COLD), pulling]
+    assert len(copies(peers, "m")) == 4
+    assert warm_copies(peers, "m") == 3

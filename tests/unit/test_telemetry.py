@@ -16,7 +16,8 @@ def test_failures_before_a_token_add_no_label_per_model_name() -> None:
 
 def test_routing_reasons_become_four_labels() -> None:
     assert routing_kind("warm on this peer, least expected wait 0 ms", local=True) == "warm_local"
-    assert routing_kind("local", local=True) == "warm_local"
+    assert routing_kind("forwarded here: served where it landed", local=True) == "warm_local"
+    assert routing_kind("prefix warm on peer-x, ~90 of ~100 tokens cached", False) == "warm_peer"
     assert routing_kind("warm on peer-x, least expected wait 3 ms", local=False) == "warm_peer"
     assert routing_kind("no peer had it warm; peer-x has the most free memory", False) == (
         "cold_peer"
