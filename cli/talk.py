@@ -142,8 +142,11 @@ def warm(
                 prefix=prefix,
                 messages=messages,
             )
+    short = replicas > 1 and result.copies < replicas
     if json_out:
         print_json(result)
+        if short:
+            raise typer.Exit(1)
         return
     eta = f", ready in ~{result.ready_in:.1f}s" if result.ready_in else ""
     console.print(
@@ -152,10 +155,17 @@ def warm(
     )
     if result.prefix_tokens:
         console.print(f"prefix of {result.prefix_tokens:,} tokens warm in a slot")
+    if short:
+        console.print(
+            f"only {result.copies} of the {replicas} copies asked for: no other peer open to "
+            "the mesh has the memory for one (`meshd status` shows each peer's)",
+            highlight=False,
+        )
+        raise typer.Exit(1)
     if replicas > 1:
         console.print(
-            f"asked for {replicas} warm copies: `meshd status` shows the peers holding them "
-            "and any copy still being pulled"
+            f"{replicas} copies warming: `meshd status` shows the peers holding them and any "
+            "copy still being pulled"
         )
 
 

@@ -273,18 +273,38 @@ class Mesh:
         if not targets:
             raise ModelNotFound(f"no model named {model!r} in the mesh")
         onward = dataclasses.replace(request, hops=request.hops + 1, replicas=1, pull_from="")
-        results = [await self._warm_on(target, onward) for target in targets]
-        for target in replica_targets(views, model, request.replicas):
-            source = replica_source(views, model, target)
-            if source is None:
-                continue
-            try:
-                results.append(await self._copy_to(target, source, onward))
-            except MeshdError as error:
+        copying = self._copies_to_make(views, model, request.replicas)
+        results = await asyncio.gather(*(self._warm_on(target, onward) for target in targets))
+        copied = await asyncio.gather(
+            *(self._copy_to(target, source, onward) for target, source in copying),
+            return_exceptions=True,
+        )
+        made = [c for c in copied if isinstance(c, WarmResult)]
+        for (target, _), error in zip(copying, copied, strict=True):
+            if isinstance(error, MeshdError):
                 if request.wait:  # the caller waits for the copies: it hears why one failed
-                    raise
+                    raise error
                 log.warning("replica of %s on %s: %s", model, target.peer_id, error)
-        return self._served_here(results[0])
+            elif isinstance(error, BaseException):
+                raise error
+        warmed = sum(r.state in (ModelState.WARM, ModelState.LOADING) for r in results)
+        return self._served_here(dataclasses.replace(results[0], copies=warmed + len(made)))
+
+    def _copies_to_make(
+        self, views: list[PeerView], model: str, replicas: int
+    ) -> list[tuple[PeerView, PeerView]]:
+        """(target, source) of each copy to pull; refused at once when copies are wanted and no
+        holder can give its file (it serves the model from a path, not from its store)."""
+        targets = replica_targets(views, model, replicas)
+        pairs = [(t, s) for t in targets if (s := replica_source(views, model, t)) is not None]
+        if targets and not pairs:
+            raise InvalidRequest(
+                f"model {model!r} is served from a file path, not from a store, so no peer can "
+                "copy it: `meshd pull` it into the store (or copy the file to the other peers "
+                "and serve it there too) to have more than one copy",
+                field="replicas",
+            )
+        return pairs
 
     def _served_here(self, result: WarmResult) -> WarmResult:
         """A warm result names the peer that holds the model (this one unless another said)."""
@@ -298,22 +318,23 @@ class Mesh:
 
     async def _copy_to(self, target: PeerView, source: PeerView, onward: WarmRequest) -> WarmResult:
         """Have target pull the model from source, then warm it."""
-        address = self.address if source.local else source.address
         log.info("%s: a replica on %s, pulled from %s", onward.model, _who(target), _who(source))
         if target.local:
-            return await self._pull_replica(onward, address)
-        pull = dataclasses.replace(onward, pull_from=address)
+            return await self._pull_replica(onward, source.peer_id)
+        pull = dataclasses.replace(onward, pull_from=source.peer_id)
         return await self.link.warm(target.address, target.peer_id, pull)
 
-    async def _pull_replica(self, request: WarmRequest, address: str) -> WarmResult:
-        """Pull the model from the live peer at address, then warm it here."""
+    async def _pull_replica(self, request: WarmRequest, source: str) -> WarmResult:
+        """Pull the model from the live peer whose id is source, then warm it here (a peer is
+        named by its id: each peer may know another at an address of its own)."""
         model, lease, wait, prefix = request.model, request.lease, request.wait, request.prefix
         now = time.monotonic()
-        entry = next((e for e in self.table.live(now) if e.address == address and e.info), None)
+        entry = next((e for e in self.table.live(now) if e.info and e.info.peer_id == source), None)
         if entry is None or entry.info is None:
             raise InvalidRequest(
-                f"pull_from names no live peer of this mesh: {quoted(address)}", "pull_from"
+                f"pull_from names no live peer of this mesh: {quoted(source)}", "pull_from"
             )
+        address = entry.address
         if self.fetcher is None:
             raise ModelNotFound(f"no model named {model!r} on {self.peer_id}, which pulls none")
         task = self.fetcher.start(model, address, entry.info.peer_id, lease, prefix)

@@ -250,9 +250,15 @@ def replica_targets(peers: Sequence[PeerView], model: str, replicas: int) -> lis
 
 
 def replica_source(peers: Sequence[PeerView], model: str, target: PeerView) -> PeerView | None:
-    """The holder a new replica pulls from: not the target, open to mesh work before paused or
-    yielding ones, then the one already warm (its file is in the page cache), then any."""
-    holders = [p for p in peers if model in p.models and p.peer_id != target.peer_id]
+    """The holder a new replica pulls from: not the target, one that has the file in its store
+    (a peer copies a file by its digest; a model served from a path has none), open to mesh
+    work before paused or yielding ones, then the one already warm (its file is in the page
+    cache), then any."""
+    holders = [
+        p
+        for p in peers
+        if model in p.models and p.models[model].digest and p.peer_id != target.peer_id
+    ]
     if not holders:
         return None
     return min(holders, key=lambda p: (bool(p.paused), bool(p.yielding), not _warm(p, model)))

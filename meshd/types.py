@@ -134,6 +134,7 @@ class WarmResult:
     warm_until: float
     served_by: str = ""
     prefix_tokens: int = 0  # with wait and a prefix: its tokens, now in a slot's cache
+    copies: int = 1  # peers warming it (or pulling a copy) for this warm
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,7 @@ class PeerModel:
     resident_bytes: int = -1  # of mapped_bytes, in memory now (mincore); -1 unknown
     mapped_bytes: int = 0  # what it reads through its mapping (see ModelInfo); 0: size_bytes
     read_rate: float = 0.0  # bytes per second the peer reads model files from disk; 0 unmeasured
+    digest: str = ""  # its file's, when in the store (another peer can copy it); "": a path
 
     @property
     def measured_bytes(self) -> int:

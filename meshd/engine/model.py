@@ -431,6 +431,7 @@ class ModelHost:
             self.name, self.state, active, queued, slots, mean, memory, size, prints,
             self.prefill_rate, template.source if template is not None else "", resident,
             measured.size if measured is not None else size, self.read_rate.bytes_per_second,
+            self.digest,
         )  # fmt: skip
 
     def info(self, keep_alive: float) -> ModelInfo:

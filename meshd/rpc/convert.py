@@ -47,6 +47,8 @@ _DEFAULT = Sampling()
 MAX_REASON_CHARS = 200  # what a peer says of its pause, as others show it
 MAX_NAME_CHARS = 80  # a model name or peer id another peer reports
 MAX_PULLS = 16  # replica pulls a heartbeat reports
+MAX_DIGEST_CHARS = 71  # "sha256:" and 64 hex digits
+MAX_COPIES = 64  # copies a warm reply may claim
 
 
 _INT32 = (-(2**31), 2**31 - 1)
@@ -171,6 +173,7 @@ def warm_to_pb(result: WarmResult) -> pb.WarmReply:
         warm_until_unix=result.warm_until,
         prefix_tokens=result.prefix_tokens,
         served_by=result.served_by,
+        copies=result.copies,
     )
 
 
@@ -183,6 +186,7 @@ def warm_from_pb(message: pb.WarmReply) -> WarmResult:
         message.warm_until_unix,
         message.served_by,
         message.prefix_tokens,
+        min(max(message.copies, 1), MAX_COPIES),
     )
 
 
@@ -329,6 +333,7 @@ def peer_info_to_pb(info: PeerInfo) -> pb.PeerInfo:
                 resident_bytes=m.resident_bytes if m.resident_bytes >= 0 else None,
                 read_bytes_per_second=m.read_rate,
                 mapped_bytes=m.mapped_bytes,
+                digest=m.digest,
             )
             for m in info.models
         ],
@@ -449,6 +454,7 @@ def _peer_model_from_pb(x: pb.PeerModel | pb.ModelLoad, name: str) -> PeerModel:
             resident_bytes=_resident_from_pb(x),
             mapped_bytes=min(x.mapped_bytes, x.size_bytes),
             read_rate=_finite(x.read_bytes_per_second),
+            digest=x.digest[:MAX_DIGEST_CHARS],
         )
     return model
 

@@ -322,6 +322,7 @@ class WarmReply(_message.Message):
     READY_IN_SECONDS_FIELD_NUMBER: _builtins.int
     WARM_UNTIL_UNIX_FIELD_NUMBER: _builtins.int
     PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
+    COPIES_FIELD_NUMBER: _builtins.int
     SERVED_BY_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     state: Global___ModelState.ValueType
@@ -331,6 +332,8 @@ class WarmReply(_message.Message):
     """the lease, as a Unix time"""
     prefix_tokens: _builtins.int
     """with wait and a prefix: its tokens, now in a slot's cache"""
+    copies: _builtins.int
+    """peers warming it (or pulling it) for this warm"""
     served_by: _builtins.str
     """Mesh routing."""
     def __init__(
@@ -341,11 +344,12 @@ class WarmReply(_message.Message):
         ready_in_seconds: _builtins.float = ...,
         warm_until_unix: _builtins.float = ...,
         prefix_tokens: _builtins.int = ...,
+        copies: _builtins.int = ...,
         served_by: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "prefix_tokens", b"prefix_tokens", "ready_in_seconds", b"ready_in_seconds", "served_by", b"served_by", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["copies", b"copies", "model", b"model", "prefix_tokens", b"prefix_tokens", "ready_in_seconds", b"ready_in_seconds", "served_by", b"served_by", "state", b"state", "warm_until_unix", b"warm_until_unix"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -704,6 +708,7 @@ class PeerModel(_message.Message):
     RESIDENT_BYTES_FIELD_NUMBER: _builtins.int
     READ_BYTES_PER_SECOND_FIELD_NUMBER: _builtins.int
     MAPPED_BYTES_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     state: Global___ModelState.ValueType
     active: _builtins.int
@@ -723,6 +728,8 @@ class PeerModel(_message.Message):
     """how fast the peer reads model files; 0 unmeasured"""
     mapped_bytes: _builtins.int
     """of its file, what a token reads through the mapping; 0: all"""
+    digest: _builtins.str
+    """sha256 of its file when it is in the store (a peer can copy it); empty: a path"""
     @_builtins.property
     def prefix_prints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """fingerprints of what its slots hold (meshd.prefixes)"""
@@ -744,10 +751,11 @@ class PeerModel(_message.Message):
         resident_bytes: _builtins.int | None = ...,
         read_bytes_per_second: _builtins.float = ...,
         mapped_bytes: _builtins.int = ...,
+        digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes", "resident_bytes", b"resident_bytes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes", "active", b"active", "chat_template", b"chat_template", "mapped_bytes", b"mapped_bytes", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "read_bytes_per_second", b"read_bytes_per_second", "resident_bytes", b"resident_bytes", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes", "active", b"active", "chat_template", b"chat_template", "digest", b"digest", "mapped_bytes", b"mapped_bytes", "memory_bytes", b"memory_bytes", "name", b"name", "prefill_tokens_per_second", b"prefill_tokens_per_second", "prefix_prints", b"prefix_prints", "queued", b"queued", "read_bytes_per_second", b"read_bytes_per_second", "resident_bytes", b"resident_bytes", "service_seconds", b"service_seconds", "size_bytes", b"size_bytes", "slots", b"slots", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__resident_bytes: _TypeAlias = _typing.Literal["resident_bytes"]  # noqa: Y015
     _WhichOneofArgType__resident_bytes: _TypeAlias = _typing.Literal["_resident_bytes", b"_resident_bytes"]  # noqa: Y015

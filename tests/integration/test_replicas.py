@@ -168,3 +168,30 @@ def test_a_remote_caller_s_lease_is_capped(
     with _client(a) as owner:  # the owner's own lease is the owner's to choose
         owner.warm("tiny", lease=week)
     assert a.node.engine.hosts["tiny"].lease_until > time.time() + week - 60
+
+
+def test_replicas_of_a_model_served_from_a_path_are_refused_in_one_line(
+    tmp_path: Path, start_peer: Start, tiny_model: Path
+) -> None:
+    """`meshd serve --model r=./r.gguf` then `meshd warm r --replicas 2`: no peer can copy a
+    file that is not in a store, so the CLI says so and exits 1, instead of reporting copies."""
+    a = founder(tmp_path, start_peer, "a", models={"r": tiny_model}, **FAST)
+    b = joined(tmp_path, start_peer, a, "b", models={}, **FAST)
+    eventually(lambda: len(b.node.table.live(time.monotonic())) == 1)
+    refused = meshd("warm", "r", "--replicas", "2", home=b.settings.home)
+    assert refused.returncode == 1
+    assert "served from a file path" in refused.stderr + refused.stdout
+    assert len((refused.stderr + refused.stdout).strip().splitlines()) == 1
+    assert a.node is not None and b.node is not None
+    assert "r" in a.node.engine.hosts and "r" not in b.node.engine.hosts
+    one = meshd("warm", "r", "--json", home=b.settings.home)  # one copy: fine, as before
+    assert one.returncode == 0 and json.loads(one.stdout)["copies"] == 1
+
+
+def test_warm_says_how_many_copies_it_could_make(
+    tmp_path: Path, start_peer: Start, tiny_model: Path
+) -> None:
+    _, b, _ = _three_peers(tmp_path, start_peer, tiny_model)
+    short = meshd("warm", "tiny", "--replicas", "5", "--json", home=b.settings.home)
+    assert short.returncode == 1, short.stdout + short.stderr
+    assert json.loads(short.stdout)["copies"] == 3  # a warm, b and c pulling

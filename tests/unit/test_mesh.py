@@ -226,3 +226,20 @@ def test_a_relay_passes_messages_through_and_notes_only_the_first_and_last() -> 
     assert chunks[0].wire is None and chunks[-1].wire is None, "these carry the routing note"
     assert chunks[0].routing_reason.startswith("warm on peer-b")
     assert chunks[-1].routing_reason.startswith("warm on peer-b")
+
+
+def test_replicas_due_counts_copies_as_placement_does() -> None:
+    """auto_replicas tops up while fewer warm copies than asked exist, counted by the same rule
+    as placement: a paused holder is no copy (else it would ask, every 5 s, for nothing)."""
+    table = PeerTable("me", "mesh", dead_after=60)
+    now = time.monotonic()
+    warm = PeerModel("m", ModelState.WARM, slots=1)
+    table.record_ok("b:1", PeerInfo("peer-b", "mesh", "1", "b:1", (warm,)), rtt=0.001, now=now)
+    paused = PeerInfo("peer-c", "mesh", "1", "c:1", (warm,), paused="its owner")
+    table.record_ok("c:1", paused, rtt=0.001, now=now)
+    mesh = Mesh(NoModelsHere(), table, MemoryLink({}), "me", "mesh", "me:1")  # type: ignore[arg-type]
+    mesh.routed_at["m"] = time.monotonic()
+    assert mesh.replicas_due({"m": 2}, in_use_for=60) == [("m", 2)]
+    assert mesh.replicas_due({"m": 1}, in_use_for=60) == []
+    mesh.routed_at["m"] = time.monotonic() - 120  # not asked for lately: left as it is
+    assert mesh.replicas_due({"m": 2}, in_use_for=60) == []

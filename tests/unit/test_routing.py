@@ -172,8 +172,11 @@ def test_a_paused_peer_takes_no_mesh_requests_unless_nobody_else_can() -> None:
     assert [p.peer_id for p in warm_targets([here, there], "m", 1)] == ["b"]
 
 
+DIGEST = "sha256:" + "ab" * 32
+
+
 def _holding(pid: str, *, free: int = 100, memory: int = 50, **kw: object) -> PeerView:
-    m = PeerModel("m", ModelState.COLD, memory_bytes=memory)
+    m = PeerModel("m", ModelState.COLD, memory_bytes=memory, digest=DIGEST)
     return PeerView(pid, f"{pid}:1", False, 0.001, free, {"m": m}, **kw)  # type: ignore[arg-type]
 
 
@@ -200,10 +203,18 @@ def test_pulls_under_way_count_as_copies() -> None:
 def test_a_replica_is_pulled_from_an_open_warm_holder_first() -> None:
     target = peer("t", free=500)
     paused_warm = PeerView(
-        "a", "a:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM)}, paused="owner"
+        "a",
+        "a:1",
+        False,
+        0.001,
+        0,
+        {"m": PeerModel("m", ModelState.WARM, digest=DIGEST)},
+        paused="owner",
     )
     cold = _holding("b")
-    warm = PeerView("c", "c:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM)})
+    warm = PeerView(
+        "c", "c:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM, digest=DIGEST)}
+    )
     assert replica_source([paused_warm, cold, warm, target], "m", target) is warm
     assert replica_source([paused_warm, cold, target], "m", target) is cold
     assert replica_source([paused_warm, target], "m", target) is paused_warm
@@ -284,7 +295,13 @@ def test_replica_edges_room_exactly_and_sources_that_hold_it() -> None:
     target = peer("t", free=500)
     assert replica_source([peer("x"), target], "m", target) is None
     yielding_warm = PeerView(
-        "w", "w:1", False, 0.0, 0, {"m": PeerModel("m", ModelState.WARM)}, yielding="cpu"
+        "w",
+        "w:1",
+        False,
+        0.0,
+        0,
+        {"m": PeerModel("m", ModelState.WARM, digest=DIGEST)},
+        yielding="cpu",
     )
     cold = _holding("c")
     assert replica_source([yielding_warm, cold, target], "m", target) is cold
@@ -373,3 +390,10 @@ def test_warm_copies_count_loading_and_pulls_not_cold_holders() -> None:
     peers = [_holder("a"), _holder("b", ModelState.LOADING), _holder("c", ModelState.COLD), pulling]
     assert len(copies(peers, "m")) == 4
     assert warm_copies(peers, "m") == 3
+
+
+def test_a_model_served_from_a_path_is_no_source_for_a_copy() -> None:
+    from_path = PeerView("a", "a:1", False, 0.001, 0, {"m": PeerModel("m", ModelState.WARM)})
+    target = peer("t", free=500)
+    assert replica_source([from_path, target], "m", target) is None
+    assert replica_source([from_path, _holding("b"), target], "m", target).peer_id == "b"
