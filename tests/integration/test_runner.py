@@ -57,3 +57,15 @@ def test_without_a_spare_a_load_starts_its_own_runner(start_node: Callable) -> N
         assert mesh.complete("tiny", "Hi", max_tokens=3).tokens == 3
         assert node.engine.supply.spare is None
         assert mesh.models()[0].runner_pid > 0
+
+
+def test_a_llama_cpp_parameter_that_does_not_exist_is_refused_not_ignored() -> None:
+    import llama_cpp
+
+    from meshd.runner.context import set_fields
+
+    params = llama_cpp.llama_model_default_params()
+    set_fields(params, n_gpu_layers=3)
+    assert params.n_gpu_layers == 3
+    with pytest.raises(TypeError, match="no field 'use_mmap'"):
+        set_fields(params, use_mmap=False)  # renamed load_mode upstream

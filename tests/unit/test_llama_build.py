@@ -1,11 +1,11 @@
 """scripts/llama_build.py: llama.cpp is built for this CPU with no instruction the OS may trap,
-and a build with other flags is never reused; the installed library is checked for AMX."""
+and a build with other flags is never reused (the installed library's check for AMX is in
+tests/integration/test_llama_installed.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import platform
-import shutil
 from pathlib import Path
 
 import pytest
@@ -83,29 +83,6 @@ def test_other_flags_make_another_cached_build() -> None:
 def test_the_pinned_version_is_what_pyproject_pins() -> None:
     text = (ROOT / "pyproject.toml").read_text()
     assert f'"llama-cpp-python=={llama_build.pinned_version()}"' in text
-
-
-def test_the_amx_scan_finds_tile_instructions(tmp_path: Path) -> None:
-    if shutil.which("as") is None or shutil.which("objdump") is None:
-        pytest.skip("binutils (as, objdump) are not installed")
-    import subprocess
-
-    source = tmp_path / "amx.s"
-    source.write_text(".text\nldtilecfg (%rax)\ntilezero %tmm0\ntdpbssd %tmm2, %tmm1, %tmm0\n")
-    subprocess.run(["as", str(source), "-o", str(tmp_path / "amx.o")], check=True)
-    assert llama_build.amx_instructions(tmp_path / "amx.o") == ["ldtilecfg", "tdpbssd", "tilezero"]
-
-
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="AMX exists only on x86-64")
-def test_the_installed_llama_cpp_has_no_amx_instruction() -> None:
-    if shutil.which("objdump") is None:
-        pytest.skip("objdump (binutils) is not installed")
-    spec = importlib.util.find_spec("llama_cpp")  # found, not imported: nothing is loaded
-    assert spec is not None and spec.origin is not None
-    libraries = sorted((Path(spec.origin).parent / "lib").glob("libggml-cpu*.so*"))
-    assert libraries, "libggml-cpu is where the CPU kernels live"
-    for library in libraries:
-        assert llama_build.amx_instructions(library) == [], library
 
 
 def test_rosetta_is_only_found_on_an_x86_mac() -> None:

@@ -65,14 +65,3 @@ def test_the_daemon_takes_only_well_formed_ranges_from_a_runner() -> None:
     assert _ranges([[0, 1, 2]]) is None
     assert _ranges([["0", 1]]) is None
     assert _ranges([[0, 1]] * (MAX_USED_RANGES + 1)) is None
-
-
-def test_a_llama_cpp_parameter_that_does_not_exist_is_refused_not_ignored() -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
-    from meshd.runner.context import set_fields
-
-    params = llama_cpp.llama_model_default_params()
-    set_fields(params, n_gpu_layers=3)
-    assert params.n_gpu_layers == 3
-    with pytest.raises(TypeError, match="no field 'use_mmap'"):
-        set_fields(params, use_mmap=False)  # renamed load_mode upstream
