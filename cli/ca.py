@@ -7,11 +7,10 @@ from pathlib import Path
 
 import typer
 
-from meshd.config import load_settings
 from meshd.errors import ConfigError
 from meshd.fsutil import read_small_file
 
-from .common import HomeOption, console, errors_as_exit
+from .common import HomeOption, console, errors_as_exit, settings_of
 
 app = typer.Typer(help="Back up the mesh CA, or make this peer a CA holder.", no_args_is_help=True)
 
@@ -44,7 +43,7 @@ def backup(
     with errors_as_exit():
         if out.exists():
             raise ConfigError(f"{out} exists; pick another --out")
-        keyring = Keyring(load_settings(home).home)
+        keyring = Keyring(settings_of(home).home)
         if not keyring.is_founder():
             raise ConfigError("this peer holds no CA key: back it up on the founder")
         sealed = keyring.ca_backup(_passphrase(passphrase_file, confirm=True))
@@ -65,5 +64,5 @@ def restore(
         from meshd.security.cabackup import MAX_BACKUP_BYTES
 
         data = read_small_file(backup_file, MAX_BACKUP_BYTES, "backup file")
-        Keyring(load_settings(home).home).ca_restore(data, _passphrase(passphrase_file, False))
+        Keyring(settings_of(home).home).ca_restore(data, _passphrase(passphrase_file, False))
     console.print("this peer now holds the mesh CA: `meshd invite` and `meshd revoke` work here")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
-from meshd.config import load_settings
+from meshd.config import Settings, load_settings
 from meshd.daemonfile import running_daemon_address, running_daemon_http, running_daemon_socket
 from meshd.errors import ConfigError, MeshdError, PeerUnavailable, quoted
 
@@ -60,6 +61,13 @@ def setting(name: str) -> str:
 DURATIONS = frozenset({"keep_alive"})
 
 
+@functools.cache
+def settings_of(home: Path | None) -> Settings:
+    """The settings of home (meshd.toml, MESHD_* variables), read once per invocation however
+    many helpers of the command ask."""
+    return load_settings(home)
+
+
 def resolve_address(addr: str | None, home: Path | None) -> str:
     """--addr if given, else the Unix socket of the daemon running from home; a clear error
     when none runs there (and when the home's meshd.toml is broken, as the daemon would)."""
@@ -69,7 +77,7 @@ def resolve_address(addr: str | None, home: Path | None) -> str:
         if not addr.startswith("unix:") and peer_address(addr) is None:
             raise ConfigError(f"--addr must be host:port or unix:PATH, got {quoted(addr)}")
         return addr
-    settings = load_settings(home)
+    settings = settings_of(home)
     running = running_daemon_socket(settings.home) or running_daemon_address(settings.home)
     if running:
         return running
@@ -90,7 +98,7 @@ def open_client(addr: str | None, home: Path | None, **options: Any) -> MeshClie
         from meshd.security.keyring import Keyring
 
         with contextlib.suppress(ConfigError):
-            credentials = Keyring(load_settings(home).home).credentials()
+            credentials = Keyring(settings_of(home).home).credentials()
     return MeshClient(address, credentials=credentials, **options)
 
 
@@ -105,7 +113,7 @@ def running_http(home: Path | None) -> str:
 
 
 def _running(home: Path | None, find: Callable[[Path], str | None], what: str) -> str:
-    settings = load_settings(home)
+    settings = settings_of(home)
     found = find(settings.home)
     if found is None:
         raise PeerUnavailable(

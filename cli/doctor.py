@@ -6,9 +6,7 @@ from pathlib import Path
 
 import typer
 
-from meshd.config import load_settings
-
-from .common import HomeOption, JsonOption, console, errors_as_exit, print_json
+from .common import HomeOption, JsonOption, console, errors_as_exit, print_json, settings_of
 
 _MARK = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[red]✗[/]", "skip": "[dim]-[/]"}
 
@@ -21,7 +19,7 @@ def doctor(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
     from meshd.doctor import failed, run_checks
 
     with errors_as_exit():
-        checks = run_checks(load_settings(home))
+        checks = run_checks(settings_of(home))
     if json_out:
         print_json(checks)
         raise typer.Exit(1 if failed(checks) else 0)

@@ -6,9 +6,7 @@ from pathlib import Path
 
 import typer
 
-from meshd.config import load_settings
-
-from .common import HomeOption, errors_as_exit
+from .common import HomeOption, errors_as_exit, settings_of
 
 
 def logs(
@@ -21,7 +19,7 @@ def logs(
     from meshd.logfile import follow as follow_log, last_lines, log_path
 
     with errors_as_exit():
-        home_dir = load_settings(home).home
+        home_dir = settings_of(home).home
         path = log_path(home_dir)
         if not path.exists() and not follow:
             raise ConfigError(f"no log at {path} yet: the daemon writes it once it runs")

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from meshd.config import MODEL_NAME, load_settings, parse_duration
+from meshd.config import MODEL_NAME, parse_duration
 from meshd.errors import ConfigError
 
 if TYPE_CHECKING:
     from meshd.v1.access_pb2_grpc import AdminStub
 
 
-from .common import HomeOption, console, err_console, errors_as_exit, local_socket
+from .common import HomeOption, console, err_console, errors_as_exit, local_socket, settings_of
 
 Reply = TypeVar("Reply")
 
@@ -32,7 +32,7 @@ def init(
     from meshd.security.keyring import Keyring
 
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = settings_of(home)
         keyring = Keyring(settings.home)
         ca = keyring.init_mesh(name)
     console.print(f"created mesh [bold]{name}[/] ({pki.mesh_id_of(ca)})")
@@ -92,7 +92,7 @@ def _api_key(name: str | None, home: Path | None) -> None:
 
     if not name or not MODEL_NAME.match(name):
         raise ConfigError("--client needs --name: letters, digits, '.', '_' or '-'")
-    key = Keyring(load_settings(home).home).issue_api_key(name)
+    key = Keyring(settings_of(home).home).issue_api_key(name)
     print(key)  # stdout alone, so that scripts can take it
     err_console.print(
         f"the API key of {name}: shown once, only its hash is kept; send it as "
@@ -113,7 +113,7 @@ def _client_bundle(name: str | None, out: Path | None, hosts: list[str], home: P
     path = out or Path(f"{name}.meshd.json")
     if path.exists():
         raise ConfigError(f"{path} exists; pick another --out")
-    settings = load_settings(home)
+    settings = settings_of(home)
     running = running_daemon_address(settings.home)
     host, _, port = (running or settings.listen).rpartition(":")
     addresses = [f"{h}:{port}" for h in (hosts or reachable_hosts(host))]
@@ -142,7 +142,7 @@ def join(
     from .service import default_at_boot, install_service
 
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = settings_of(home)
         joined = join_mesh(settings.home, code)
         console.print(
             f"joined mesh [bold]{joined.mesh_name}[/] ({joined.mesh_id}) as {joined.peer_id}"
@@ -174,7 +174,7 @@ def revoke(
     from meshd.v1 import access_pb2 as apb
 
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = settings_of(home)
         if running_daemon(settings.home) is None:  # offline: the daemon spreads it at start
             _, revoked = Keyring(settings.home).revoke(name)
             serials = [str(r.serial) for r in revoked]
@@ -194,7 +194,7 @@ def leave(
     from meshd.security.keyring import Keyring
 
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = settings_of(home)
         keyring = Keyring(settings.home)
         if keyring.ca() is None:
             raise ConfigError(f"{settings.home} belongs to no mesh")

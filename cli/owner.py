@@ -7,9 +7,9 @@ from pathlib import Path
 
 import typer
 
-from meshd.config import load_settings, parse_duration
+from meshd.config import parse_duration
 
-from .common import HomeOption, console, errors_as_exit
+from .common import HomeOption, console, errors_as_exit, settings_of
 
 
 def pause(
@@ -26,7 +26,7 @@ def pause(
         seconds = parse_duration(duration) if duration is not None else None
         if seconds is not None and seconds <= 0:
             raise ConfigError("--for must be longer than 0 (try 30m or 2h)")
-        until = pause_peer(load_settings(home).home, seconds)
+        until = pause_peer(settings_of(home).home, seconds)
     when = f"until {dt.datetime.fromtimestamp(until):%a %H:%M}" if until else "until `meshd resume`"
     console.print(
         f"paused {when}: streams in progress finish, the mesh sends new requests elsewhere "
@@ -40,5 +40,5 @@ def resume(home: Path | None = HomeOption) -> None:
     from meshd.pause import resume as resume_peer
 
     with errors_as_exit():
-        was = resume_peer(load_settings(home).home)
+        was = resume_peer(settings_of(home).home)
     console.print("resumed: the mesh may use this machine again" if was else "was not paused")

@@ -9,9 +9,17 @@ from pathlib import Path
 import typer
 
 from meshd import service as service_files
-from meshd.config import default_home, load_settings
+from meshd.config import default_home
 
-from .common import HomeOption, JsonOption, console, err_console, errors_as_exit, print_json
+from .common import (
+    HomeOption,
+    JsonOption,
+    console,
+    err_console,
+    errors_as_exit,
+    print_json,
+    settings_of,
+)
 
 app = typer.Typer(
     help="Run meshd as a per-user service (LaunchAgent on macOS, systemd on Linux).",
@@ -64,7 +72,7 @@ def service_home(home: Path | None) -> Path | None:
 def install(home: Path | None = HomeOption, at_boot: bool | None = AtBootOption) -> None:
     """Write the service definition and start meshd now and at every boot (or login)."""
     with errors_as_exit():
-        settings = load_settings(service_home(home))
+        settings = settings_of(service_home(home))
         at_boot = default_at_boot() if at_boot is None else at_boot
         done = install_service(settings.home, at_boot, settings.drain_seconds)
     console.print(f"installed {done.kind} service: {done.path}", highlight=False)
@@ -80,7 +88,7 @@ def install(home: Path | None = HomeOption, at_boot: bool | None = AtBootOption)
 def uninstall(home: Path | None = HomeOption) -> None:
     """Stop the service and remove its definition (whichever variant is installed)."""
     with errors_as_exit():
-        removed = service_files.uninstall(load_settings(service_home(home)).home)
+        removed = service_files.uninstall(settings_of(service_home(home)).home)
     for service in removed:
         console.print(f"removed {service.path}", highlight=False)
     if not removed:
@@ -91,7 +99,7 @@ def uninstall(home: Path | None = HomeOption) -> None:
 def status(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
     """Is the service installed? Exit 0 when it is, 1 when not."""
     with errors_as_exit():
-        settings = load_settings(service_home(home))
+        settings = settings_of(service_home(home))
         found = service_files.installed(settings.home)
         definition = found or service_files.service_file(settings.home)
     present = found is not None

@@ -15,8 +15,6 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from meshd.config import load_settings
-
 if TYPE_CHECKING:
     from meshd.pull import PullResult
 
@@ -29,6 +27,7 @@ from .common import (
     errors_as_exit,
     human_bytes,
     print_json,
+    settings_of,
 )
 
 
@@ -63,7 +62,7 @@ def pull(
     from meshd.store import ModelStore
 
     with errors_as_exit():
-        settings = load_settings(home)
+        settings = settings_of(home)
         store = ModelStore(settings.home)
         origin = open_source(source, from_peer, Keyring(settings.home).credentials())
         budget = settings.memory_budget
@@ -112,7 +111,7 @@ def gc(home: Path | None = HomeOption, json_out: bool = JsonOption) -> None:
     from meshd.store import ModelStore
 
     with errors_as_exit():
-        removed = ModelStore(load_settings(home).home).collect_garbage()
+        removed = ModelStore(settings_of(home).home).collect_garbage()
     if json_out:
         print_json([{"path": str(path), "bytes": size} for path, size in removed])
         return
@@ -130,5 +129,5 @@ def rm(
     from meshd.store import ModelStore
 
     with errors_as_exit():
-        removed = ModelStore(load_settings(home).home).remove(name)
+        removed = ModelStore(settings_of(home).home).remove(name)
     console.print(f"removed {removed.name} ({removed.digest[:19]}…)", highlight=False)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from meshd.config import load_settings, parse_duration
+from meshd.config import parse_duration
 from meshd.daemonfile import running_daemon_http
 from meshd.errors import InvalidRequest
 from meshd.prefixes import read_prefix_file
@@ -34,6 +34,7 @@ from .common import (
     open_client,
     print_json,
     running_http,
+    settings_of,
 )
 from .tables import Column, WideOption, show, table
 
@@ -346,7 +347,7 @@ def _verify_store(home: Path | None) -> None:
     from meshd.store import ModelStore
 
     with errors_as_exit():
-        store = ModelStore(load_settings(home).home)
+        store = ModelStore(settings_of(home).home)
         models, orphans = store.models(), store.orphans()
     bad = []
     for model in models:
@@ -397,7 +398,7 @@ def status(
     """The mesh as this peer sees it: peers, warm models, load, memory, RTT, last seen."""
     with errors_as_exit(), open_client(addr, home, timeout=5.0) as mesh:
         seen = mesh.mesh_status()
-    http = None if addr else running_daemon_http(load_settings(home).home)
+    http = None if addr else running_daemon_http(settings_of(home).home)
     if json_out:
         print_json({**dataclasses.asdict(seen), "http": http})
         return
