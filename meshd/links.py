@@ -4,30 +4,28 @@
   implementation is `meshd.rpc.links.GrpcLink`; tests use in-memory links.
 - `ReplicaFetcher`: how this peer's router copies a model file from another peer
   (`meshd.replicas.PeerFetcher`).
-- `Router`: what the gRPC servicer (one door in) needs of this peer's router; `meshd.mesh.Mesh`
-  is the one implementation.
+- `Router`: what the doors (the gRPC servicer, the HTTP app) need of this peer's router;
+  `meshd.mesh.Mesh` is the one implementation.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from meshd.types import (
     Chunk,
     GenerateRequest,
     MeshStatus,
+    ModelInfo,
     PeerInfo,
+    PeerStatus,
     Prefix,
     ReplicaPull,
     WarmRequest,
     WarmResult,
 )
-
-if TYPE_CHECKING:
-    from meshd.engine import Engine
-    from meshd.peers import PeerTable
 
 
 class PeerLink(Protocol):
@@ -70,11 +68,10 @@ class ReplicaFetcher(Protocol):
 
 
 class Router(Protocol):
-    """This peer's request path, as the servicer calls it."""
+    """This peer's request path and what it knows, as the doors call it: nothing behind it
+    (its engine, its peer table) is reached through it."""
 
     peer_id: str
-    engine: Engine
-    table: PeerTable
 
     def generate(self, request: GenerateRequest) -> AsyncGenerator[Chunk, None]: ...
 
@@ -83,3 +80,15 @@ class Router(Protocol):
     def local_info(self) -> PeerInfo: ...
 
     def status(self) -> MeshStatus: ...
+
+    async def models(self) -> list[ModelInfo]:
+        """This peer's models, the store looked at again first."""
+        ...
+
+    def peer_status(self) -> PeerStatus:
+        """This peer's identity, load and memory, now."""
+        ...
+
+    def heard_from(self, address: str, teller: str, teller_local: bool, vouched: bool) -> None:
+        """A peer heartbeat this one from address: heartbeat it back (see PeerTable.add)."""
+        ...

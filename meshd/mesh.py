@@ -16,6 +16,8 @@ import random
 import time
 from collections.abc import AsyncGenerator, Callable, Mapping
 
+import psutil
+
 from meshd import __version__
 from meshd.engine import Engine
 from meshd.engine.validate import validate_warm
@@ -47,8 +49,10 @@ from meshd.types import (
     GenerateRequest,
     MeshPeer,
     MeshStatus,
+    ModelInfo,
     ModelState,
     PeerInfo,
+    PeerStatus,
     ReplicaUse,
     RoutingRecord,
     WarmRequest,
@@ -73,9 +77,16 @@ class Mesh:
         peer_id: str,
         mesh_id: str,
         address: str,
+        *,
+        paused: Callable[[], str] = lambda: "",
+        ca_holder: Callable[[], bool] = lambda: False,
+        fetcher: ReplicaFetcher | None = None,
+        route_by_prefix: bool = True,
+        remote_lease_cap: float = 3600.0,
     ) -> None:
         self.engine, self.table, self.link = engine, table, link
         self.peer_id, self.mesh_id, self.address = peer_id, mesh_id, address
+        self.started = time.monotonic()
         self.recent: collections.deque[RoutingRecord] = collections.deque(maxlen=RECENT_DECISIONS)
         # Requests this peer has forwarded and not yet seen finish, by peer id and model.
         self.outstanding: collections.defaultdict[str, collections.Counter[str]] = (
@@ -83,13 +94,13 @@ class Mesh:
         )
         self.rng = random.Random()
         self.certificate_expires = 0.0  # Unix time, set by the node when it has a certificate
-        self.paused: Callable[[], str] = lambda: ""  # why the owner paused this peer, or ""
-        self.remote_lease_cap = 3600.0  # the longest lease an app or peer gets here
+        self.paused = paused  # why the owner paused this peer, or ""
+        self.remote_lease_cap = remote_lease_cap  # the longest lease an app or peer gets here
         self.yielding = ""  # why this peer's host is busy, or "" (set by the node's watch)
-        self.ca_holder: Callable[[], bool] = lambda: False  # it may invite, revoke, renew
-        self.fetcher: ReplicaFetcher | None = None  # copies model files for replicas
+        self.ca_holder = ca_holder  # it may invite, revoke, renew
+        self.fetcher = fetcher  # copies model files for replicas
         self.routed_at: dict[str, float] = {}  # model → when a request for it last came in here
-        self.route_by_prefix = True  # count the prefill a peer would still do (fingerprints)
+        self.route_by_prefix = route_by_prefix  # count the prefill a peer would still do
 
     # -- what this peer tells others -------------------------------------------------------
 
@@ -131,6 +142,30 @@ class Mesh:
                 if e.info is not None
             ),
         ]
+
+    async def models(self) -> list[ModelInfo]:
+        """This peer's models, the store looked at again first."""
+        await self.engine.refresh()
+        return self.engine.models()
+
+    def peer_status(self) -> PeerStatus:
+        """This peer's identity, load and memory, now."""
+        memory = psutil.virtual_memory()
+        return PeerStatus(
+            peer_id=self.peer_id,
+            version=__version__,
+            uptime=time.monotonic() - self.started,
+            load=tuple(self.engine.loads()),
+            memory_total=memory.total,
+            memory_available=memory.available,
+            memory_budget=self.engine.memory_budget,
+            memory_models=self.engine.memory_in_models(),
+            clock=time.time(),
+        )
+
+    def heard_from(self, address: str, teller: str, teller_local: bool, vouched: bool) -> None:
+        """A peer heartbeat this one from address: heartbeat it back (see PeerTable.add)."""
+        self.table.add(address, teller=teller, teller_local=teller_local, vouched=vouched)
 
     def status(self) -> MeshStatus:
         """Every known peer (this one first) and recent routing decisions."""

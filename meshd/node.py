@@ -79,14 +79,6 @@ class Node:
         self.table.refused = self.trust.refuses_peer
         self.trust.on_revoked = lambda _: self.table.forget_refused()
         link = GrpcLink(self.pool)
-        self.mesh = Mesh(self.engine, self.table, link, self.peer_id, mesh_id, "")
-        self.mesh.paused = PauseState(settings.home, settings.quiet_hours).why
-        self.paused_unload = UnloadWhilePaused(
-            self.mesh.paused, self.engine.unload_idle, settings.paused_unload_after
-        )
-        self.mesh.ca_holder = self.keyring.is_founder
-        self.mesh.route_by_prefix = settings.route_by_prefix
-        self.mesh.remote_lease_cap = settings.remote_lease_cap
         self.fetcher = PeerFetcher(
             self.store,
             self.engine,
@@ -94,7 +86,23 @@ class Node:
             settings.max_pull_bytes,
             replica_quota(settings),
         )
-        self.mesh.fetcher = self.fetcher
+        paused = PauseState(settings.home, settings.quiet_hours).why
+        self.mesh = Mesh(
+            self.engine,
+            self.table,
+            link,
+            self.peer_id,
+            mesh_id,
+            "",
+            paused=paused,
+            ca_holder=self.keyring.is_founder,
+            fetcher=self.fetcher,
+            route_by_prefix=settings.route_by_prefix,
+            remote_lease_cap=settings.remote_lease_cap,
+        )
+        self.paused_unload = UnloadWhilePaused(
+            paused, self.engine.unload_idle, settings.paused_unload_after
+        )
         self.keeper = ReplicaKeeper(
             self.mesh, dict(settings.auto_replicas), in_use_for=settings.keep_alive
         )

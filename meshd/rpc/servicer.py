@@ -7,15 +7,12 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
 from grpc import aio
 
-from meshd import __version__
 from meshd.errors import AccessDenied, InvalidRequest, MeshdError
 from meshd.links import Router
 from meshd.rpc import convert
@@ -23,7 +20,6 @@ from meshd.rpc.guard import calls_from_here, certified_caller
 from meshd.security.trust import Trust
 from meshd.store import ModelStore
 from meshd.telemetry import Telemetry
-from meshd.types import PeerStatus as PeerStatusInfo
 from meshd.v1 import mesh_pb2 as pb, mesh_pb2_grpc
 
 Reply = TypeVar("Reply")
@@ -43,10 +39,8 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     def __init__(self, mesh: Router, store: ModelStore, trust: Trust, telemetry: Telemetry) -> None:
         self.mesh, self.telemetry = mesh, telemetry
         self.trust = trust
-        self.engine = mesh.engine
         self.store = store
         self.peer_id = mesh.peer_id
-        self.started = time.monotonic()
 
     async def Generate(
         self, request: pb.GenerateRequest, context: aio.ServicerContext[Any, Any]
@@ -93,7 +87,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         self.trust.adopt(request.revocations, request.revocations_number or None)
         teller = caller.name if caller is not None else request.sender.peer_id
         if not self.trust.refuses_peer(teller):  # heartbeat it back
-            self.mesh.table.add(
+            self.mesh.heard_from(
                 request.sender.address,
                 teller=teller,
                 teller_local=calls_from_here(context),
@@ -126,8 +120,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def ListModels(
         self, request: pb.ListModelsRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.ListModelsReply:
-        await self.engine.refresh()
-        models = [convert.model_to_pb(m) for m in self.engine.models()]
+        models = [convert.model_to_pb(m) for m in await self.mesh.models()]
         caller = certified_caller(context)
         if caller is not None and caller.kind == "client":
             for model in models:  # an app has no business with this machine's file system
@@ -137,7 +130,7 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
     async def PeerStatus(
         self, request: pb.PeerStatusRequest, context: aio.ServicerContext[Any, Any]
     ) -> pb.PeerStatusReply:
-        return convert.status_to_pb(self.status())
+        return convert.status_to_pb(self.mesh.peer_status())
 
     async def FetchModel(
         self, request: pb.FetchModelRequest, context: aio.ServicerContext[Any, Any]
@@ -157,21 +150,6 @@ class MeshServicer(mesh_pb2_grpc.MeshServicer):
         yield pb.FetchModelChunk(manifest=manifest)
         async for block in read_blocks(path, request.offset):
             yield pb.FetchModelChunk(data=block)
-
-    def status(self) -> PeerStatusInfo:
-        """This peer's identity, load and memory, now."""
-        memory = psutil.virtual_memory()
-        return PeerStatusInfo(
-            peer_id=self.peer_id,
-            version=__version__,
-            uptime=time.monotonic() - self.started,
-            load=tuple(self.engine.loads()),
-            memory_total=memory.total,
-            memory_available=memory.available,
-            memory_budget=self.engine.memory_budget,
-            memory_models=self.engine.memory_in_models(),
-            clock=time.time(),
-        )
 
 
 async def read_blocks(path: Path, offset: int) -> AsyncIterator[bytes]:
