@@ -57,8 +57,8 @@ class ResidencyKeeper:
         every: float = MEASURE_EVERY_S,
     ) -> None:
         self.hosts, self.read_rate, self.every = hosts, read_rate, every
-        # Whether the owner's machine is short of memory now (set by the node from the host
-        # watch); while it is, nothing is read back.
+        # Whether the owner's machine is short of memory now (the node sets it to read the
+        # memory pressure the host watch reads); while it is, nothing is read back.
         self.owner_needs_memory: Callable[[], bool] = lambda: False
         self.restores = 0  # page-ins the keeper (not a Warm) started
         self.checks = 0  # rounds of measuring done
@@ -110,7 +110,8 @@ class ResidencyKeeper:
         self._urgent.add(host.name)
         try:
             while (task := self._paging.get(host.name)) is not None:
-                await asyncio.shield(task)
+                with contextlib.suppress(Exception):  # the keeper's read: logged where it failed
+                    await asyncio.shield(task)
             if not needs_restore(await asyncio.to_thread(host.measure_residency)):
                 return False
             done = await asyncio.shield(self._page_in_task(host, urgent=True))
@@ -134,7 +135,11 @@ class ResidencyKeeper:
             return self._closed or self.owner_needs_memory() or host.name in self._urgent
 
         started = time.monotonic()
-        done = await asyncio.to_thread(_restore, host, urgent, stop)
+        try:
+            done = await asyncio.to_thread(_restore, host, urgent, stop)
+        except OSError as error:  # the file went away or cannot be read: nothing to keep
+            log.warning("%s: cannot read its file back: %s", host.name, error)
+            return Restored(0, 0.0, True)
         self.read_rate.add(done.read, done.reading_seconds)
         runner = host.runner
         if done.read and runner is not None and runner.alive:
