@@ -20,9 +20,8 @@ from pathlib import Path
 
 import psutil
 
-from meshd.logthrottle import Throttle
 from meshd.macos import memory_pressure_level
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 
 log = logging.getLogger("meshd.host")
 NORMAL, WARN, CRITICAL = "normal", "warn", "critical"
@@ -136,28 +135,23 @@ class HostWatch:
         self.rules, self.report, self.unload_idle, self.every = rules, report, unload_idle, every
         self.make_sampler = make_sampler
         self.reason = ""
-        self._task: asyncio.Task[None] | None = None
-        self._failures = Throttle()
+        self.own_pid = 0
+        self._sampler: HostSampler | None = None
+        self._loop = Periodic(
+            "meshd-host-watch", self._step, every, log, 0.0, failing="cannot sample the host"
+        )
 
     def start(self, own_pid: int) -> None:
         """Start watching (idempotent)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(own_pid), name="meshd-host-watch")
+        self.own_pid = own_pid
+        self._loop.start()
 
-    async def _run(self, own_pid: int) -> None:
-        sampler = None
-        while True:
-            try:
-                if sampler is None:
-                    sampler = await asyncio.to_thread(self.make_sampler, own_pid)
-                sample = await asyncio.to_thread(sampler.sample)
-            except Exception as error:  # psutil, /proc or sysctl failing once is no reason to stop
-                self._failures.log(
-                    log, logging.WARNING, "sample", "cannot sample the host: %s", error
-                )
-            else:
-                await self.apply(sample)
-            await asyncio.sleep(self.every)
+    async def _step(self) -> None:
+        """One sample, acted on; a failing one (psutil, /proc or sysctl) is logged by the loop
+        and the next is taken as usual."""
+        if self._sampler is None:
+            self._sampler = await asyncio.to_thread(self.make_sampler, self.own_pid)
+        await self.apply(await asyncio.to_thread(self._sampler.sample))
 
     async def apply(self, sample: HostSample) -> None:
         """Act on one sample: report the reason (logging changes), unload if critical."""
@@ -175,5 +169,4 @@ class HostWatch:
                 log.warning("critical memory pressure: unloaded %s", ", ".join(names))
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()

@@ -9,7 +9,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 
 log = logging.getLogger("meshd.netwatch")
 WATCH_EVERY_S = 5.0
@@ -27,19 +27,17 @@ class AddressWatch:
     ) -> None:
         self.read, self.changed, self.every = read, changed, every
         self.current: list[str] = []
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("meshd-address-watch", self._step, every, log)
         self._failures = 0
 
     def start(self, current: list[str]) -> None:
         """Watch from the addresses in use now (idempotent)."""
-        if self._task is None:
+        if not self._loop.running:
             self.current = list(current)
-            self._task = asyncio.create_task(self._run(), name="meshd-address-watch")
+            self._loop.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            await self.check()
+    async def _step(self) -> None:
+        await self.check()
 
     async def check(self) -> bool:
         """Read once; True when the addresses changed (and `changed` was told)."""
@@ -63,5 +61,4 @@ class AddressWatch:
         return True
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()

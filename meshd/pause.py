@@ -9,7 +9,6 @@ until it ends; quiet hours come from `meshd.toml`.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from meshd.errors import ConfigError
 from meshd.fsutil import atomic_write_bytes
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 
 log = logging.getLogger("meshd.pause")
 UNLOAD_CHECK_S = 10.0
@@ -163,17 +162,15 @@ class UnloadWhilePaused:
         every: float = UNLOAD_CHECK_S,
     ) -> None:
         self.why, self.unload_idle, self.after, self.every = why, unload_idle, after, every
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("meshd-paused-unload", self._step, every, log)
 
     def start(self) -> None:
         """Check now and then in the background (nothing to do when after is 0)."""
-        if self.after > 0 and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="meshd-paused-unload")
+        if self.after > 0:
+            self._loop.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            await self.check()
+    async def _step(self) -> None:
+        await self.check()
 
     async def check(self) -> list[str]:
         """Unload now if paused; returns what was unloaded."""
@@ -187,5 +184,4 @@ class UnloadWhilePaused:
 
     async def close(self) -> None:
         """Stop checking."""
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()

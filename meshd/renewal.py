@@ -22,7 +22,7 @@ from meshd.peers import PeerTable
 from meshd.security import pki
 from meshd.security.keyring import Keyring
 from meshd.security.trust import Trust
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 
 log = logging.getLogger("meshd.renewal")
 RENEWAL_FILE = "renewal.json"
@@ -89,18 +89,16 @@ class Renewer:
         self.keyring, self.trust, self.table, self.link = keyring, trust, table, link
         self.renew_before, self.on_renewed, self.clock = renew_before, on_renewed, clock
         self.peer_id = keyring.peer_id()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("meshd-renewal", self._step, CHECK_EVERY_S, log, FIRST_CHECK_S)
 
     def start(self) -> None:
         """Check in the background (only inside a mesh)."""
-        if self._task is None and self.keyring.certificate() is not None:
-            self._task = asyncio.create_task(self._run(), name="meshd-renewal")
+        if self.keyring.certificate() is not None:
+            self._loop.start()
 
-    async def _run(self) -> None:
-        await asyncio.sleep(FIRST_CHECK_S)
-        while True:
-            renewed = await self.check()
-            await asyncio.sleep(CHECK_EVERY_S if renewed is not False else RETRY_EVERY_S)
+    async def _step(self) -> float:
+        renewed = await self.check()
+        return CHECK_EVERY_S if renewed is not False else RETRY_EVERY_S
 
     async def check(self) -> bool | None:
         """Renew if due: True when renewed, False when that failed, None when not due."""
@@ -147,5 +145,4 @@ class Renewer:
 
     async def close(self) -> None:
         """Stop checking."""
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()

@@ -28,7 +28,7 @@ from meshd.mesh import Mesh
 from meshd.pull import PeerSource, pull
 from meshd.security.credentials import TlsCredentials
 from meshd.store import ModelStore
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 from meshd.types import Prefix, ReplicaPull, WarmRequest
 
 log = logging.getLogger("meshd.replicas")
@@ -124,7 +124,7 @@ class PeerFetcher:
         self.credentials, self.max_bytes = credentials, max_bytes
         self.quota = quota
         self.record = ReplicaRecord(store.root.parent)
-        self._expiry: asyncio.Task[None] | None = None
+        self._expiry: Periodic | None = None
         self._use = (0, 0)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._progress: dict[str, ReplicaPull] = {}
@@ -222,15 +222,14 @@ class PeerFetcher:
         self._use = (len(held), sum(h.size for h in held))
 
     def start_expiry(self, every: float = EXPIRE_EVERY_S) -> None:
-        """Look for replicas nobody used, now and then, in the background."""
+        """Look for replicas nobody used, now and then (the first time now), in the background."""
         if self._expiry is None:
-            self._expiry = asyncio.create_task(self._expire_forever(every), name="replica-expiry")
+            self._expiry = Periodic("replica-expiry", self._expire_once, every, log, 0.0)
+            self._expiry.start()
 
-    async def _expire_forever(self, every: float) -> None:
-        while True:
-            await self.expire(time.time())
-            await asyncio.to_thread(self._count)
-            await asyncio.sleep(every)
+    async def _expire_once(self) -> None:
+        await self.expire(time.time())
+        await asyncio.to_thread(self._count)
 
     async def expire(self, now: float) -> list[str]:
         """Remove the replicas nobody used (asked for or warmed) for quota.expire_after, and
@@ -256,7 +255,8 @@ class PeerFetcher:
 
     async def close(self) -> None:
         """Stop every pull (each ends at its next block; partial files stay for a resume)."""
-        await stop_task(self._expiry)
+        if self._expiry is not None:
+            await self._expiry.close()
         self._expiry = None
         self._stopping = True
         tasks = list(self._tasks.values())
@@ -273,18 +273,16 @@ class ReplicaKeeper:
         self, mesh: Mesh, wanted: Mapping[str, int], in_use_for: float, every: float = KEEP_EVERY_S
     ) -> None:
         self.mesh, self.wanted, self.in_use_for, self.every = mesh, wanted, in_use_for, every
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("replica-keeper", self._step, every, log)
         self._throttle = Throttle()
 
     def start(self) -> None:
         """Count copies every few seconds in the background (nothing to do without settings)."""
-        if self.wanted and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="replica-keeper")
+        if self.wanted:
+            self._loop.start()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.every)
-            await self.check()
+    async def _step(self) -> None:
+        await self.check()
 
     async def check(self) -> None:
         """Warm (and, where peers lack the file, copy) every model short of its count."""
@@ -298,8 +296,7 @@ class ReplicaKeeper:
 
     async def close(self) -> None:
         """Stop counting."""
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()
 
 
 def _observed(task: asyncio.Task[None]) -> None:

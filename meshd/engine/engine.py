@@ -33,6 +33,7 @@ from meshd.errors import (
     ModelUnavailable,
 )
 from meshd.store import ModelStore
+from meshd.tasks import Periodic
 from meshd.telemetry import Telemetry
 from meshd.types import (
     ASSUMED_READ_BYTES_PER_S,
@@ -104,11 +105,11 @@ class Engine:
         self._retired: list[ModelHost] = []  # out of the store, still loaded
         self._load_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reaper: asyncio.Task[None] | None = None
+        self._reaper = Periodic("meshd-reaper", self._reap_step, REAP_INTERVAL_S, log, 0.0)
 
     async def start(self) -> None:
         """Validate every model file, start the keep-alive reaper, warm the pinned models."""
-        if self._reaper is not None:
+        if self._reaper.running:
             return
         for host in self.hosts.values():
             with contextlib.suppress(InvalidModelFile):
@@ -124,7 +125,7 @@ class Engine:
                     f"[prefixes.{pin.name}] names model {pin.model!r}, which this peer does "
                     f"not serve (it has: {have})"
                 )
-        self._reaper = asyncio.create_task(self._reap_forever(), name="meshd-reaper")
+        self._reaper.start()
         self.keeper.start()
         pinned = [h for h in self.hosts.values() if h.pinned and h.state is ModelState.COLD]
         for host in pinned:
@@ -134,12 +135,12 @@ class Engine:
 
     async def close(self) -> None:
         """Stop background work and free every model. Idempotent."""
-        tasks = [*self._tasks, *([self._reaper] if self._reaper else [])]
+        await self._reaper.close()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
-        self._reaper = None
         await self.keeper.close()
         async with self._load_lock:
             everyone = [*self.hosts.values(), *self._retired]
@@ -448,11 +449,12 @@ class Engine:
                 await host.unload()
             return [h.name for h in idle]
 
-    async def _reap_forever(self) -> None:
-        while True:
-            await asyncio.sleep(min(REAP_INTERVAL_S, max(self.keep_alive / 4, 0.05)))
-            await self.reap()
-            self._rewarm_pins()
+    async def _reap_step(self) -> float:
+        """One round: unload what expired, start failed pins again; returns the next wait (a
+        short keep-alive is reaped more often)."""
+        await self.reap()
+        self._rewarm_pins()
+        return min(REAP_INTERVAL_S, max(self.keep_alive / 4, 0.05))
 
     def _rewarm_pins(self) -> None:
         """A pinned model whose runner failed is started again, as its backoff allows."""

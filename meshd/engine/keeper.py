@@ -22,7 +22,7 @@ from meshd.engine.iopriority import background_io
 from meshd.engine.model import ModelHost
 from meshd.engine.residency import FileResidency, ReadRate, Residency, Restored
 from meshd.errors import MeshdError
-from meshd.tasks import stop_task
+from meshd.tasks import Periodic
 from meshd.types import ModelState
 
 log = logging.getLogger("meshd.engine")
@@ -66,26 +66,25 @@ class ResidencyKeeper:
         self._paging: dict[str, asyncio.Task[Restored]] = {}
         self._urgent: set[str] = set()  # models a Warm is paging in
         self._closed = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Periodic("meshd-residency", self._step, every, log, 0.0)
 
     def start(self) -> None:
         """Measure and keep in the background (idempotent)."""
         self._closed = False
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="meshd-residency")
+        self._loop.start()
 
     async def close(self) -> None:
         """Stop; a read under way ends at its next chunk."""
         self._closed = True
-        task, self._task = self._task, None
-        await stop_task(task)
+        await self._loop.close()
         for paging in list(self._paging.values()):
             await asyncio.gather(paging, return_exceptions=True)
 
-    async def _run(self) -> None:
-        while True:
-            cost = await self.check()
-            await asyncio.sleep(max(self.every, cost / COST_SHARE))
+    async def _step(self) -> float:
+        """One round of measuring; the next waits long enough that measuring costs at most
+        COST_SHARE of a core."""
+        cost = await self.check()
+        return max(self.every, cost / COST_SHARE)
 
     async def check(self) -> float:
         """Measure every model once and start page-ins for held models that need one; returns
