@@ -201,11 +201,10 @@ class Mesh:
         self._refuse_if_paused(request.hops, request.from_owner)
         await self.engine.refresh()
         if request.hops >= MAX_HOPS:  # forwarded here: served where it landed
-            landed = Decision(self.views()[0], FORWARDED_HERE, True)
             started = False
             async for chunk in self.engine.generate(request):
                 first, started = not started, True
-                yield _reasoned(chunk, landed, first)
+                yield _reasoned(chunk, self.peer_id, FORWARDED_HERE, first)
             return
         tried: list[str] = []
         failure: Exception | None = None
@@ -221,7 +220,7 @@ class Mesh:
                 async with contextlib.aclosing(self._serve(decision, request)) as chunks:
                     async for chunk in chunks:
                         first, started = not started, True
-                        yield _reasoned(chunk, decision, first)
+                        yield _reasoned(chunk, decision.peer.peer_id, decision.reason, first)
                 return
             except RETRYABLE as error:
                 if started:  # text already went out: never start it again elsewhere
@@ -421,17 +420,15 @@ def _who(peer: PeerView) -> str:
     return "this peer" if peer.local else peer.peer_id
 
 
-def _reasoned(chunk: Chunk, decision: Decision, first: bool) -> Chunk:
-    """The one place that says who served a chunk and why: every chunk served here names this
-    peer; the first chunk (for a door that answers with headers) and the last one carry why
-    this peer was chosen, and so are encoded again. A relayed chunk in between passes through
-    as it came (the serving peer's router named itself)."""
-    served_by = chunk.served_by or decision.peer.peer_id
+def _reasoned(chunk: Chunk, chosen: str, reason: str, first: bool) -> Chunk:
+    """The one place that says who served a chunk and why: a chunk names the chosen peer unless
+    it already names its server (the serving peer's router named itself); the first chunk (for
+    a door that answers with headers) and the last one carry the reason, and so are encoded
+    again. A relayed chunk in between passes through as it came."""
+    served_by = chunk.served_by or chosen
     if chunk.finish_reason is None and not first:
         return chunk if chunk.served_by else dataclasses.replace(chunk, served_by=served_by)
-    return dataclasses.replace(
-        chunk, served_by=served_by, routing_reason=decision.reason, wire=None
-    )
+    return dataclasses.replace(chunk, served_by=served_by, routing_reason=reason, wire=None)
 
 
 def _for_others(hops: int, from_owner: bool) -> bool:

@@ -26,7 +26,14 @@ from meshd.errors import InvalidModelFile, ModelUnavailable, Overloaded, RunnerF
 from meshd.ggufcheck import GGUFFacts, inspect_gguf
 from meshd.prefixes import canonical_of
 from meshd.runner.protocol import LoadOptions
-from meshd.types import Chunk, GenerateRequest, ModelInfo, ModelState, PeerModel
+from meshd.types import (
+    PAGED_OUT_BELOW,
+    Chunk,
+    GenerateRequest,
+    ModelInfo,
+    ModelState,
+    PeerModel,
+)
 
 log = logging.getLogger("meshd.engine")
 
@@ -156,8 +163,14 @@ class ModelHost:
 
     @property
     def paged_out(self) -> bool:
-        """Loaded, with too little of its file in memory to answer at warm speed."""
-        return self.load_snapshot().paged_out
+        """Loaded, with too little of what it reads in memory to answer at warm speed (as last
+        measured: asked on every request, so nothing is measured here)."""
+        measured = self.residency
+        return (
+            self.state is ModelState.WARM
+            and measured is not None
+            and measured.share < PAGED_OUT_BELOW
+        )
 
     async def count_tokens(self, request: GenerateRequest) -> int | None:
         """How many tokens the request's prompt is, as its runner tokenizes it; None when no
